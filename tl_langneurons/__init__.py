@@ -1,0 +1,12 @@
+"""tl_langneurons: language-specific neurons in multilingual language models, on TransformerLens."""
+
+__version__ = "0.1.0"
+
+from .corpus import Corpus, load_corpus  # noqa: E402
+from .errors import LangNeuronsError  # noqa: E402
+from .models import load_model  # noqa: E402
+from .stats import NeuronStats  # noqa: E402
+from .record import record  # noqa: E402  (the function shadows the module name on purpose)
+
+__all__ = ["Corpus", "LangNeuronsError", "NeuronStats", "load_corpus", "load_model", "record", "__version__"]
+
