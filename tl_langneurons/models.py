@@ -1,0 +1,247 @@
+"""Load a model as a TransformerLens model, and say where its "neurons" are read: the site.
+
+A model is a TransformerLens ``TransformerBridge`` (TL ≥ 4.3, raw weights — compatibility mode
+is never turned on, it rewrites weights and doubles memory). A TL 2.x/3.x ``HookedTransformer``
+object works too: it has the same hook names and the same ``model.hooks(...)`` context manager.
+
+Sites (METHODS §1):
+
+=========  ===============================================  =========================================
+site       gated MLP (Llama, Mistral, Qwen, Gemma)          non-gated MLP (GPT-2, BLOOM, OPT, XGLM)
+=========  ===============================================  =========================================
+``act``    ``φ(gate x)``: φ applied to ``mlp.hook_pre``      ``φ(W_1 x)`` = ``mlp.hook_post``
+``pre``    ``gate x`` = ``mlp.hook_pre``                     ``W_1 x`` = ``mlp.hook_pre``
+``post``   ``φ(gate x) ⊙ up x`` = ``mlp.hook_post``          ``mlp.hook_post``
+=========  ===============================================  =========================================
+
+Whether an MLP is gated is read from the model itself (does ``hook_pre_linear`` exist), and φ is
+the activation module the model really uses; nothing is inferred from the model's name.
+"""
+
+import hashlib
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from .errors import LangNeuronsError, choices
+
+SITES = ("act", "pre", "post")
+BUILTIN_MODELS = ("builtin",)
+
+
+def builtin_model_path(name: str = "builtin") -> Path:
+    """Directory of a built-in model (a standard Hugging Face model directory)."""
+    if name not in BUILTIN_MODELS:
+        raise LangNeuronsError(f"unknown built-in model {name!r}; available: {choices(BUILTIN_MODELS)}")
+    return Path(str(resources.files("tl_langneurons") / "assets" / "models" / name))
+
+
+def list_models() -> dict[str, str]:
+    """The built-in models and their directories."""
+    return {name: str(builtin_model_path(name)) for name in BUILTIN_MODELS}
+
+
+def _resolve_source(model: str) -> tuple[str, str]:
+    """``(kind, path_or_id)`` where kind is ``local`` or ``hub``."""
+    if model in BUILTIN_MODELS:
+        return "local", str(builtin_model_path(model))
+    path = Path(model).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise LangNeuronsError(f"model directory {model!r} has no config.json; expected a Hugging Face model directory")
+        return "local", str(path)
+    looks_like_path = model.startswith((".", "/", "~")) or model.count("/") > 1 or path.suffix != "" or "\\" in model
+    if looks_like_path or path.exists():
+        raise LangNeuronsError(
+            f"model directory {model!r} does not exist; expected {choices(BUILTIN_MODELS)}, "
+            "a Hugging Face hub id (org/name) or a local model directory"
+        )
+    return "hub", model
+
+
+def load_model(
+    model: str = "builtin",
+    device: str = "cpu",
+    dtype: str | torch.dtype | None = "float32",
+    site: str = "act",
+) -> Any:
+    """Load ``model`` as a TransformerLens ``TransformerBridge`` (raw mode).
+
+    Args:
+        model: ``"builtin"``, a Hugging Face hub id (needs a network, or a warm cache), or a local
+            Hugging Face model directory.
+        device: torch device.
+        dtype: weights and compute dtype (``float32``, ``bfloat16``, ``float16``).
+        site: the neuron site to check at load (``act``, ``pre``, ``post``): its hooks must exist,
+            fire, and have width ``d_mlp``.
+    """
+    from transformer_lens.model_bridge import TransformerBridge  # heavy import
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch_dtype = _dtype(dtype)
+    kind, where = _resolve_source(model)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(where)
+        hf_model = AutoModelForCausalLM.from_pretrained(where, dtype=torch_dtype)
+    except OSError as e:
+        if kind == "hub":
+            raise LangNeuronsError(
+                f"could not load model {model!r} from the Hugging Face hub ({str(e).splitlines()[0]}); "
+                f"expected {choices(BUILTIN_MODELS)}, a reachable hub id or a local model directory"
+            ) from None
+        raise LangNeuronsError(f"could not load model directory {model!r}: {str(e).splitlines()[0]}") from None
+    hf_model.eval()
+    bridge = TransformerBridge.boot_transformers(
+        where, hf_model=hf_model, tokenizer=tokenizer, device=device, dtype=torch_dtype
+    )
+    bridge.eval()
+    # Remember what the user asked for: the fingerprint and the artifacts name the model by it.
+    bridge._tl_langneurons_name = model
+    check_site(bridge, site)
+    return bridge
+
+
+def _dtype(dtype: str | torch.dtype | None) -> torch.dtype:
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    allowed = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+               "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+    if dtype not in allowed:
+        raise LangNeuronsError(f"unknown dtype {dtype!r}; allowed: {choices(allowed)}")
+    return allowed[dtype]
+
+
+# ---------------------------------------------------------------------------------------------
+# Sites
+
+
+@dataclass(frozen=True)
+class Site:
+    """Where a model's neurons are read, resolved for one model.
+
+    ``hook_names[l]`` is the TransformerLens hook whose output, passed through ``transform``, is the
+    ``[batch, pos, d_mlp]`` site activation of layer ``l``.
+    """
+
+    name: str
+    gated: bool
+    n_layers: int
+    d_mlp: int
+    hook_names: tuple[str, ...]
+    transform: Callable[[torch.Tensor], torch.Tensor] | None  # None = identity
+
+    def read(self, hook_output: torch.Tensor) -> torch.Tensor:
+        return hook_output if self.transform is None else self.transform(hook_output)
+
+
+def is_gated(model: Any) -> bool:
+    """A gated MLP exposes ``hook_pre_linear`` (the ``up x`` branch); read from the model, not its name."""
+    return "blocks.0.mlp.hook_pre_linear" in model.hook_dict
+
+
+def activation_fn(model: Any, layer: int = 0) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The activation φ that the model's MLP really applies (its own module, not a name lookup)."""
+    mlp = model.blocks[layer].mlp
+    for owner in (mlp, getattr(mlp, "original_component", None)):
+        fn = getattr(owner, "act_fn", None) if owner is not None else None
+        if callable(fn):
+            return fn
+    name = getattr(model.cfg, "act_fn", None)
+    if name:
+        from transformers.activations import ACT2FN
+
+        if name in ACT2FN:
+            return ACT2FN[name]
+    raise LangNeuronsError("cannot find the MLP activation function of this model; use site 'pre' or 'post'")
+
+
+def resolve_site(model: Any, site: str) -> Site:
+    if site not in SITES:
+        raise LangNeuronsError(f"unknown site {site!r}; allowed: {choices(SITES)}")
+    n_layers, d_mlp = int(model.cfg.n_layers), int(model.cfg.d_mlp)
+    gated = is_gated(model)
+    transform = None
+    if site == "act" and gated:
+        hook, transform = "hook_pre", activation_fn(model)
+    elif site == "pre":
+        hook = "hook_pre"
+    else:  # act on a non-gated MLP is hook_post; post is hook_post on both
+        hook = "hook_post"
+    names = tuple(f"blocks.{l}.mlp.{hook}" for l in range(n_layers))
+    missing = [n for n in names if n not in model.hook_dict]
+    if missing:
+        raise LangNeuronsError(f"site {site!r}: this model has no hook {missing[0]!r}")
+    return Site(site, gated, n_layers, d_mlp, names, transform)
+
+
+def check_site(model: Any, site: str) -> Site:
+    """Resolve ``site`` and check on a two-token input that every layer's hook fires with width d_mlp."""
+    resolved = resolve_site(model, site)
+    seen: dict[int, tuple] = {}
+
+    def make(layer: int):
+        def hook(act, hook):
+            seen[layer] = tuple(act.shape)
+        return hook
+
+    tok = torch.tensor([[_first_token(model), _first_token(model)]], device=model.cfg.device)
+    with torch.no_grad(), model.hooks(fwd_hooks=[(n, make(l)) for l, n in enumerate(resolved.hook_names)]):
+        model(tok, return_type=None)
+    for layer in range(resolved.n_layers):
+        if layer not in seen:
+            raise LangNeuronsError(f"site {site!r}: hook {resolved.hook_names[layer]!r} never fired")
+        if seen[layer][-1] != resolved.d_mlp:
+            raise LangNeuronsError(
+                f"site {site!r}: hook {resolved.hook_names[layer]!r} has width {seen[layer][-1]}, expected d_mlp={resolved.d_mlp}"
+            )
+    return resolved
+
+
+def _first_token(model: Any) -> int:
+    tok = getattr(model, "tokenizer", None)
+    bos = getattr(tok, "bos_token_id", None) if tok is not None else None
+    return int(bos) if bos is not None else 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Identity of a model, recorded in every artifact so that artifacts from different models never mix.
+
+
+def model_name(model: Any) -> str:
+    name = getattr(model, "_tl_langneurons_name", None)
+    return str(name if name is not None else getattr(model.cfg, "model_name", "unknown"))
+
+
+def weights_hash(model: Any, sample: int = 4096) -> str:
+    """A hash of the weights: names, shapes and an evenly strided sample of each tensor's values.
+
+    Sampling keeps this to milliseconds even for a 70B model while still telling any two trained
+    models (or a model and its fine-tune) apart.
+    """
+    h = hashlib.blake2b(digest_size=16)
+    for name, p in sorted(model.named_parameters(), key=lambda kv: kv[0]):
+        flat = p.detach().reshape(-1)
+        step = max(1, flat.numel() // sample)
+        vals = flat[::step][:sample].to("cpu", torch.float32).contiguous()
+        h.update(name.encode())
+        h.update(str(tuple(p.shape)).encode())
+        h.update(vals.numpy().tobytes())
+    return h.hexdigest()
+
+
+def fingerprint(model: Any) -> dict:
+    """What identifies a model: architecture, depth, width and a hash of the weights."""
+    arch = getattr(model.cfg, "architecture", None) or getattr(model.cfg, "original_architecture", None)
+    return {
+        "name": model_name(model),
+        "architecture": str(arch),
+        "n_layers": int(model.cfg.n_layers),
+        "d_mlp": int(model.cfg.d_mlp),
+        "gated": is_gated(model),
+        "weights_hash": weights_hash(model),
+    }

@@ -1,0 +1,298 @@
+"""Per-language neuron statistics: the result of recording, saved as safetensors + JSON.
+
+Every field is a sum over tokens (or a list of per-sentence values), so statistics recorded on
+disjoint text — other processes, other GPUs, an interrupted run — merge exactly by addition.
+"""
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+from jaxtyping import Float, Int64
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from .errors import LangNeuronsError, choices
+
+STATS_TENSORS = "stats.safetensors"
+STATS_JSON = "stats.json"
+FORMAT_VERSION = 1
+SENTENCE_STATS = ("mean", "median", "max", "min")
+
+
+def package_version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+@dataclass(frozen=True)
+class NeuronStats:
+    """Streaming statistics of every MLP neuron, per language.
+
+    ``count_pos[k, l, j]`` counts tokens of language ``k`` on which neuron ``(l, j)`` was > 0;
+    ``sum`` and ``sum_sq`` add its activation and squared activation; ``n_tokens[k]`` counts the
+    tokens (BOS and padding never count). All float64.
+
+    Optional:
+      * ``sentence_means`` ``[n_sentences, layer, d_mlp]`` (float32): each sentence's mean
+        activation, with ``sentence_language[s]`` the index of its language in ``languages``;
+      * ``hist`` ``[lang, layer, d_mlp, len(hist_edges) + 1]``: counts per bin, bin ``b`` holding
+        values in ``[edges[b-1], edges[b])`` (bin 0 is everything below ``edges[0]``, the last bin
+        everything from ``edges[-1]`` up).
+    """
+
+    languages: list[str]
+    site: str
+    n_tokens: Float[Tensor, " lang"]
+    count_pos: Float[Tensor, "lang layer d_mlp"]
+    sum: Float[Tensor, "lang layer d_mlp"]
+    sum_sq: Float[Tensor, "lang layer d_mlp"]
+    sentence_means: Float[Tensor, "sentence layer d_mlp"] | None = None
+    sentence_language: Int64[Tensor, " sentence"] | None = None
+    hist: Float[Tensor, "lang layer d_mlp bin"] | None = None
+    hist_edges: Float[Tensor, " edge"] | None = None
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        K = len(self.languages)
+        if len(set(self.languages)) != K:
+            raise LangNeuronsError(f"duplicate languages in statistics: {self.languages}")
+        if self.n_tokens.shape != (K,):
+            raise LangNeuronsError(f"n_tokens has shape {tuple(self.n_tokens.shape)}, expected ({K},)")
+        for name in ("count_pos", "sum", "sum_sq"):
+            t = getattr(self, name)
+            if t.ndim != 3 or t.shape[0] != K or t.shape != self.count_pos.shape:
+                raise LangNeuronsError(f"{name} has shape {tuple(t.shape)}, expected ({K}, layers, d_mlp)")
+        if (self.sentence_means is None) != (self.sentence_language is None):
+            raise LangNeuronsError("sentence_means and sentence_language must be given together")
+        if (self.hist is None) != (self.hist_edges is None):
+            raise LangNeuronsError("hist and hist_edges must be given together")
+
+    # -- shape -----------------------------------------------------------------------------
+
+    @property
+    def n_layers(self) -> int:
+        return self.count_pos.shape[1]
+
+    @property
+    def d_mlp(self) -> int:
+        return self.count_pos.shape[2]
+
+    def index(self, language: str) -> int:
+        if language not in self.languages:
+            raise LangNeuronsError(f"language {language!r} is not in these statistics; available: {choices(self.languages)}")
+        return self.languages.index(language)
+
+    # -- derived statistics ----------------------------------------------------------------
+
+    def _per_token(self, t: Tensor) -> Tensor:
+        if (self.n_tokens <= 0).any():
+            empty = [k for k, n in zip(self.languages, self.n_tokens.tolist()) if n <= 0]
+            raise LangNeuronsError(f"no tokens recorded for language(s) {empty}")
+        return t / self.n_tokens[:, None, None]
+
+    def activation_probability(self) -> Float[Tensor, "lang layer d_mlp"]:
+        """``p[k, l, j]``: the fraction of language k's tokens on which the neuron is > 0."""
+        return self._per_token(self.count_pos)
+
+    def mean(self) -> Float[Tensor, "lang layer d_mlp"]:
+        """Mean activation over tokens."""
+        return self._per_token(self.sum)
+
+    def var(self) -> Float[Tensor, "lang layer d_mlp"]:
+        """Population variance over tokens."""
+        m = self.mean()
+        return (self._per_token(self.sum_sq) - m * m).clamp_min(0.0)
+
+    def std(self) -> Float[Tensor, "lang layer d_mlp"]:
+        return self.var().sqrt()
+
+    def sentence_stat(self, stat: str = "median") -> Float[Tensor, "lang layer d_mlp"]:
+        """``mean``/``median``/``max``/``min`` over each language's per-sentence mean activations.
+
+        Kojima et al. force expert units to the median of sentence means; Rahmanisa et al. use the
+        max or the median. Needs ``record(..., sentence_means=True)``. The median of an even number
+        of values is the lower middle one (``torch.median``).
+        """
+        if stat not in SENTENCE_STATS:
+            raise LangNeuronsError(f"unknown sentence statistic {stat!r}; allowed: {choices(SENTENCE_STATS)}")
+        if self.sentence_means is None:
+            raise LangNeuronsError("these statistics hold no per-sentence means; record with sentence_means=True")
+        out = []
+        for k, lang in enumerate(self.languages):
+            rows = self.sentence_means[self.sentence_language == k].double()
+            if rows.shape[0] == 0:
+                raise LangNeuronsError(f"no sentences recorded for language {lang!r}")
+            if stat == "mean":
+                out.append(rows.mean(0))
+            elif stat == "median":
+                out.append(rows.median(0).values)
+            elif stat == "max":
+                out.append(rows.max(0).values)
+            else:
+                out.append(rows.min(0).values)
+        return torch.stack(out)
+
+    def quantile(self, q: float) -> Float[Tensor, "lang layer d_mlp"]:
+        """The q-quantile of each neuron's activations over a language's tokens, read from the histogram.
+
+        Linear interpolation inside the bin that holds the quantile; values in the open-ended
+        outer bins are reported as the outermost edge. Needs ``record(..., histogram_edges=...)``.
+        """
+        if not 0.0 <= q <= 1.0:
+            raise LangNeuronsError(f"quantile must be in [0, 1], got {q!r}")
+        if self.hist is None:
+            raise LangNeuronsError("these statistics hold no histograms; record with histogram_edges=...")
+        edges = self.hist_edges.double()
+        cum = self.hist.double().cumsum(-1)  # [K, L, I, B]
+        total = cum[..., -1:]
+        target = q * total
+        b = torch.searchsorted(cum.contiguous(), target.contiguous(), right=False).clamp(max=cum.shape[-1] - 1)
+        before = torch.where(b > 0, cum.gather(-1, (b - 1).clamp_min(0)), torch.zeros_like(target))
+        in_bin = self.hist.double().gather(-1, b)
+        frac = torch.where(in_bin > 0, (target - before) / in_bin, torch.zeros_like(target)).clamp(0, 1)
+        # bin b spans [edges[b-1], edges[b]); outer bins collapse to the outer edge
+        lo = edges[(b - 1).clamp(0, len(edges) - 1)]
+        hi = edges[b.clamp(0, len(edges) - 1)]
+        lo = torch.where(b == 0, edges[0], lo)
+        hi = torch.where(b == len(edges), edges[-1], hi)
+        return (lo + frac * (hi - lo))[..., 0]
+
+    def median(self) -> Float[Tensor, "lang layer d_mlp"]:
+        return self.quantile(0.5)
+
+    # -- combining -------------------------------------------------------------------------
+
+    def check_compatible(self, other: "NeuronStats") -> None:
+        """Raise if ``other`` comes from another model, site or shape."""
+        if other.site != self.site:
+            raise LangNeuronsError(f"statistics from different sites: {self.site!r} and {other.site!r}")
+        a, b = self.meta.get("model", {}), other.meta.get("model", {})
+        if a.get("weights_hash") and b.get("weights_hash") and a["weights_hash"] != b["weights_hash"]:
+            raise LangNeuronsError(f"statistics from different models: {a.get('name')!r} and {b.get('name')!r}")
+        if self.count_pos.shape[1:] != other.count_pos.shape[1:]:
+            raise LangNeuronsError(
+                f"statistics of different shapes: {tuple(self.count_pos.shape[1:])} and {tuple(other.count_pos.shape[1:])}"
+            )
+
+    def merge(self, other: "NeuronStats") -> "NeuronStats":
+        """Statistics of the union of the text of both: sums add; languages are the union."""
+        self.check_compatible(other)
+        langs = list(self.languages) + [k for k in other.languages if k not in self.languages]
+        K, (L, I) = len(langs), self.count_pos.shape[1:]
+
+        def combine(name: str, shape_tail: tuple) -> Tensor:
+            out = torch.zeros((K, *shape_tail), dtype=torch.float64)
+            for src in (self, other):
+                idx = torch.tensor([langs.index(k) for k in src.languages])
+                out.index_add_(0, idx, getattr(src, name).double())
+            return out
+
+        hist = edges = None
+        if self.hist is not None and other.hist is not None:
+            if not torch.equal(self.hist_edges, other.hist_edges):
+                raise LangNeuronsError("cannot merge histograms with different bin edges")
+            hist, edges = combine("hist", tuple(self.hist.shape[1:])), self.hist_edges
+        sm = sl = None
+        if self.sentence_means is not None and other.sentence_means is not None:
+            sm = torch.cat([self.sentence_means, other.sentence_means])
+            remap = lambda s: torch.tensor([langs.index(k) for k in s.languages])[s.sentence_language]  # noqa: E731
+            sl = torch.cat([remap(self), remap(other)])
+        n_tokens = torch.zeros(K, dtype=torch.float64)
+        for src in (self, other):
+            n_tokens.index_add_(0, torch.tensor([langs.index(k) for k in src.languages]), src.n_tokens.double())
+        meta = dict(self.meta)
+        meta["merged_from"] = [self.meta.get("corpus"), other.meta.get("corpus")]
+        return NeuronStats(langs, self.site, n_tokens, combine("count_pos", (L, I)), combine("sum", (L, I)),
+                           combine("sum_sq", (L, I)), sm, sl, hist, edges, meta)
+
+    def select(self, languages: list[str]) -> "NeuronStats":
+        """The statistics of a subset of languages, in the given order."""
+        idx = torch.tensor([self.index(k) for k in languages])
+        sm = sl = None
+        if self.sentence_means is not None:
+            keep = torch.isin(self.sentence_language, idx)
+            sm = self.sentence_means[keep]
+            remap = torch.full((len(self.languages),), -1, dtype=torch.int64)
+            remap[idx] = torch.arange(len(languages))
+            sl = remap[self.sentence_language[keep]]
+        return replace(self, languages=list(languages), n_tokens=self.n_tokens[idx], count_pos=self.count_pos[idx],
+                       sum=self.sum[idx], sum_sq=self.sum_sq[idx], sentence_means=sm, sentence_language=sl,
+                       hist=None if self.hist is None else self.hist[idx])
+
+    # -- files -----------------------------------------------------------------------------
+
+    def tensors(self) -> dict[str, Tensor]:
+        out = {"n_tokens": self.n_tokens, "count_pos": self.count_pos, "sum": self.sum, "sum_sq": self.sum_sq}
+        if self.sentence_means is not None:
+            out["sentence_means"] = self.sentence_means
+            out["sentence_language"] = self.sentence_language
+        if self.hist is not None:
+            out["hist"] = self.hist
+            out["hist_edges"] = self.hist_edges
+        return {k: v.contiguous() for k, v in out.items()}
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        """Write ``stats.safetensors`` and ``stats.json`` into ``directory``, each atomically.
+
+        The JSON records a checksum of the tensor file, so a pair torn by a crash between the two
+        renames is detected at load.
+        """
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        tmp_t = d / (STATS_TENSORS + ".tmp")
+        save_file(self.tensors(), str(tmp_t))
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "languages": list(self.languages),
+            "site": self.site,
+            "n_layers": self.n_layers,
+            "d_mlp": self.d_mlp,
+            **{k: v for k, v in self.meta.items() if k not in ("languages", "site", "n_layers", "d_mlp")},
+            "package_version": self.meta.get("package_version", package_version()),
+            "tensors_sha256": _sha256(tmp_t),
+        }
+        atomic_write_text(d / STATS_JSON, json.dumps(meta, indent=1, ensure_ascii=False))
+        os.replace(tmp_t, d / STATS_TENSORS)
+        return d
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike) -> "NeuronStats":
+        d = Path(directory)
+        jp, tp = d / STATS_JSON, d / STATS_TENSORS
+        if not jp.is_file() or not tp.is_file():
+            raise LangNeuronsError(f"no statistics in {str(d)!r}: expected {STATS_JSON} and {STATS_TENSORS}")
+        try:
+            meta = json.loads(jp.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise LangNeuronsError(f"{str(jp)!r} is not valid JSON: {e}") from None
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise LangNeuronsError(f"{str(jp)!r}: unsupported format_version {meta.get('format_version')!r}")
+        if meta.get("tensors_sha256") and meta["tensors_sha256"] != _sha256(tp):
+            raise LangNeuronsError(f"{str(tp)!r} does not match {STATS_JSON} (interrupted write?)")
+        t = load_file(str(tp))
+        langs, site = meta.pop("languages"), meta.pop("site")
+        for k in ("format_version", "n_layers", "d_mlp", "tensors_sha256"):
+            meta.pop(k, None)
+        stats = cls(langs, site, t["n_tokens"], t["count_pos"], t["sum"], t["sum_sq"], t.get("sentence_means"),
+                    t.get("sentence_language"), t.get("hist"), t.get("hist_edges"), meta)
+        return stats
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write a text file so that readers see the old or the new content, never half of it."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
