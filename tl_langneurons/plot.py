@@ -1,0 +1,249 @@
+"""Figures from results (neuron sets, entropy tensors); computes nothing beyond :mod:`.analysis`.
+
+Each function returns a :class:`matplotlib.figure.Figure`; :func:`save_figure` writes it as PNG
+(200 dpi) and PDF. Figures are built on the Agg canvas without pyplot, so importing this module
+never switches the user's backend (a notebook keeps its inline one) and pyplot's registry does not
+keep every figure alive. The clustermap is the exception — seaborn builds it through pyplot — and
+is taken out of pyplot's registry before it is returned.
+
+Sizes grow with the number of languages and layers so that 27+ language codes stay readable.
+"""
+
+import math
+import os
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import seaborn as sns
+import torch
+from jaxtyping import Float
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+from matplotlib.ticker import FormatStrFormatter, MaxNLocator, NullFormatter
+from torch import Tensor
+
+from . import analysis
+from .errors import LangNeuronsError
+from .neurons import LanguageNeurons
+
+METRIC_LABELS = {
+    "jaccard": "Jaccard index",
+    "overlap_coefficient": "overlap coefficient",
+    "intersection": "shared neurons",
+}
+TICK_FONT = 7  # language codes and layer numbers; 27 codes need ≤ 0.25 in per row at this size
+ROW_IN = 0.24  # inches per language row
+
+
+def _figure(width: float, height: float) -> Figure:
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _tick_step(n: int, max_labels: int = 40) -> int:
+    # label every layer up to 40 layers, then every 2nd, 4th...: numbers must not touch
+    return max(1, math.ceil(n / max_labels))
+
+
+def layer_placement(neurons: LanguageNeurons, share: bool = False) -> Figure:
+    """Where each language's neurons sit: heatmap language × layer above bars of the pooled union.
+
+    ``share=False`` shows counts; ``share=True`` the percentage of the layer's ``d_mlp`` neurons.
+    """
+    dist = analysis.layer_distribution(neurons)
+    value = "share_of_layer" if share else "count"
+    scale = 100.0 if share else 1.0
+    mat = analysis.layer_matrix(dist, value) * scale
+    pooled = dist[dist.language == analysis.ALL]
+    K, L = mat.shape
+    unit = "% of layer's neurons" if share else "neurons"
+
+    fig = _figure(max(6.0, 0.22 * L + 2.0), ROW_IN * K + 2.6)
+    gs = fig.add_gridspec(2, 2, height_ratios=[ROW_IN * K + 0.4, 1.5], width_ratios=[1, 0.02])
+    ax = fig.add_subplot(gs[0, 0])
+    cax = fig.add_subplot(gs[0, 1])
+    axb = fig.add_subplot(gs[1, 0], sharex=ax)
+    sns.heatmap(mat, ax=ax, cbar_ax=cax, cmap="rocket_r", vmin=0, xticklabels=_tick_step(L), yticklabels=True,
+                cbar_kws={"label": unit})
+    ax.set_ylabel("language")
+    ax.set_xlabel("")
+    ax.tick_params(axis="x", labelbottom=False)
+    ax.tick_params(axis="y", labelsize=TICK_FONT, rotation=0)
+    # heatmap cells are centred on layer + 0.5; the shared x axis puts the bars under their column
+    axb.bar(pooled.layer.to_numpy() + 0.5, pooled[value].to_numpy() * scale, width=0.8, color="0.35")
+    axb.set_xlabel("layer")
+    axb.set_ylabel(f"{unit}, union\nof all languages", fontsize=8)
+    axb.tick_params(axis="x", labelsize=TICK_FONT, rotation=0)
+    axb.tick_params(axis="y", labelsize=TICK_FONT)
+    axb.margins(y=0.1)
+    sns.despine(ax=axb)
+    return fig
+
+
+def overlap_heatmap(neurons: LanguageNeurons, metric: str = "jaccard", annotate: bool | None = None) -> Figure:
+    """Square heatmap of pairwise overlap in the order of ``neurons.languages``; diagonal left blank.
+
+    Values are written in the cells when ``annotate`` (default: only up to 12 languages, beyond
+    which the numbers no longer fit).
+    """
+    mat = analysis.overlap_matrix(analysis.overlap(neurons), metric)
+    K = len(mat)
+    annotate = K <= 12 if annotate is None else annotate
+    side = max(3.5, 0.3 * K + 1.8)
+    fig = _figure(side + 0.9, side)
+    ax = fig.add_subplot()
+    sns.heatmap(mat, ax=ax, mask=np.eye(K, dtype=bool), cmap="mako_r", vmin=0, square=True,
+                xticklabels=True, yticklabels=True, annot=annotate,
+                fmt="d" if metric == "intersection" else ".2f", annot_kws={"fontsize": 6},
+                cbar_kws={"label": METRIC_LABELS[metric], "shrink": 0.7})
+    ax.set_xlabel("language")
+    ax.set_ylabel("language")
+    ax.tick_params(labelsize=TICK_FONT)
+    ax.tick_params(axis="x", rotation=90)
+    ax.tick_params(axis="y", rotation=0)
+    return fig
+
+
+# Qualitative colours, most distinct first (tab20 alternates dark and light shades of ten hues;
+# taking the darks first keeps up to ten groups clearly apart). Scripts and families get different
+# lists so that a colour in one band is not read as a group of the other.
+_FAMILY_COLOURS = sns.color_palette("tab20")[0::2] + sns.color_palette("tab20")[1::2]
+_SCRIPT_COLOURS = sns.color_palette("Dark2") + sns.color_palette("Set1") + sns.color_palette("Pastel2")
+
+
+def _palette(values: list[str], colours: list) -> dict[str, tuple]:
+    levels = sorted(set(values) - {"unknown"})
+    if len(levels) > len(colours):
+        colours = sns.color_palette("husl", len(levels))
+    out = dict(zip(levels, colours))
+    if "unknown" in values:  # neutral grey: not to be read as one more group
+        out["unknown"] = (0.8, 0.8, 0.8)
+    return out
+
+
+def overlap_clustermap(neurons: LanguageNeurons, metric: str = "jaccard") -> Figure:
+    """Overlap matrix reordered by average-linkage clustering, with script and family colour bands.
+
+    Languages without metadata are banded as ``"unknown"``. Legends for both bands sit to the right.
+    """
+    mat = analysis.overlap_matrix(analysis.overlap(neurons), metric)
+    K = len(mat)
+    meta = analysis.language_table(list(mat.index), strict=False).set_index("language")
+    palettes = {"script": _palette(list(meta.script), _SCRIPT_COLOURS),
+                "family": _palette(list(meta.family), _FAMILY_COLOURS)}
+    bands = meta[["script", "family"]].apply(lambda col: col.map(palettes[col.name]))
+    link = analysis.overlap_linkage(mat)
+    side = max(5.0, 0.26 * K + 2.5)
+    g = sns.clustermap(mat, row_linkage=link, col_linkage=link, mask=np.eye(K, dtype=bool), cmap="mako_r", vmin=0,
+                       row_colors=bands, xticklabels=True, yticklabels=True, figsize=(side, side),
+                       dendrogram_ratio=0.12, colors_ratio=0.025,
+                       # horizontal, in the empty corner above the row dendrogram: clear of every label
+                       cbar_pos=(0.03, 0.93, 0.09, 0.018),
+                       cbar_kws={"label": METRIC_LABELS[metric], "orientation": "horizontal"})
+    plt.close(g.figure)  # off pyplot's registry: the caller owns the returned figure
+    ax = g.ax_heatmap
+    ax.set_xlabel("language")
+    ax.set_ylabel("language")
+    ax.tick_params(labelsize=TICK_FONT)
+    ax.tick_params(axis="x", rotation=90)
+    ax.tick_params(axis="y", rotation=0)
+    g.ax_row_colors.tick_params(labelsize=TICK_FONT)
+    g.cax.xaxis.label.set_size(8)
+    g.cax.xaxis.set_label_position("top")
+    g.cax.tick_params(labelsize=6)
+    g.cax.xaxis.set_major_locator(MaxNLocator(2))  # the bar is ~0.5 in wide: room for two numbers
+    g.cax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
+    # legends outside the heatmap on the right, beyond the row labels; save_figure uses a tight
+    # bounding box so they are kept in the file
+    anchor_y = 1.0
+    for band in ("script", "family"):
+        handles = [Patch(facecolor=c, edgecolor="none", label=k) for k, c in palettes[band].items()]
+        leg = g.figure.legend(handles=handles, title=band, loc="upper left", bbox_to_anchor=(1.0, anchor_y),
+                              fontsize=7, title_fontsize=8, frameon=False, handlelength=1.0, borderaxespad=0)
+        # stack the second legend under the first, whatever their heights
+        g.figure.canvas.draw()
+        bbox = leg.get_window_extent().transformed(g.figure.transFigure.inverted())
+        anchor_y = bbox.y0 - 0.02
+    return g.figure
+
+
+def _percent(share: float) -> str:
+    return f"{share:.0%}" if share >= 0.005 else "<1%"  # a non-empty bar never reads "0%"
+
+
+def shared_by_k(neurons: LanguageNeurons) -> Figure:
+    """Bars: how many neurons belong to exactly k languages, labelled with their share of the union."""
+    df = analysis.shared_by_k(neurons)
+    nonzero = df.k[df.n_neurons > 0]
+    kmax = int(nonzero.max()) if len(nonzero) else 1
+    df = df[df.k <= kmax]
+    fig = _figure(max(3.5, 0.32 * kmax + 1.8), 3.0)
+    ax = fig.add_subplot()
+    ax.bar(df.k, df.n_neurons, width=0.8, color=sns.color_palette("mako", 3)[1])
+    ax.bar_label(ax.containers[0], labels=[_percent(s) if n else "" for s, n in zip(df.share, df.n_neurons)],
+                 fontsize=6, padding=1)
+    ax.set_xticks(df.k)
+    ax.set_xlim(0.4, kmax + 0.6)
+    ax.set_xlabel("languages sharing the neuron (k)")
+    ax.set_ylabel("neurons")
+    ax.tick_params(labelsize=TICK_FONT)
+    ax.margins(y=0.12)
+    sns.despine(ax=ax)
+    return fig
+
+
+def entropy_distribution(entropy: Float[Tensor, "layer d_mlp"], threshold: float | None = None,
+                         n_languages: int | None = None, bins: int = 100, log_count: bool = True) -> Figure:
+    """Histogram of the neurons' entropy over languages (e.g. LAPE's), the selection cutoff marked.
+
+    Ineligible neurons (entropy ``+inf``) are counted in the legend, not drawn. ``n_languages``
+    marks the maximum ``log K``. The count axis is logarithmic by default: the few low-entropy
+    neurons that get selected would otherwise vanish next to the bulk near ``log K``.
+    """
+    h = entropy.detach().double().flatten().cpu()
+    finite = h[torch.isfinite(h)].numpy()
+    n_inf = int(h.numel() - finite.size)
+    fig = _figure(5.0, 3.2)
+    ax = fig.add_subplot()
+    if finite.size:
+        ax.hist(finite, bins=bins, log=log_count, color=sns.color_palette("mako", 3)[1])
+    handles = []
+    if threshold is not None:
+        ax.axvline(threshold, color="tab:red", linestyle="--", linewidth=1)
+        handles.append(Line2D([], [], color="tab:red", linestyle="--", label=f"selection cutoff = {threshold:.3g}"))
+    if n_languages is not None:
+        ax.axvline(math.log(n_languages), color="0.3", linestyle=":", linewidth=1)
+        handles.append(Line2D([], [], color="0.3", linestyle=":", label=f"log K = {math.log(n_languages):.3g}"))
+    # above the axes, so that it never hides the bars or the cutoff line
+    ax.legend(handles=handles, title=f"{n_inf:,} of {h.numel():,} neurons ineligible (H = ∞)", fontsize=7,
+              title_fontsize=7, loc="lower left", bbox_to_anchor=(0.0, 1.0), ncols=max(1, len(handles)),
+              frameon=False, borderaxespad=0.2)
+    if log_count:
+        ax.set_yscale("log")
+        ax.yaxis.set_minor_formatter(NullFormatter())  # labelled minor ticks crowd a short log axis
+    ax.set_xlabel("entropy over languages (nats)")
+    ax.set_ylabel("neurons")
+    ax.tick_params(labelsize=TICK_FONT)
+    sns.despine(ax=ax)
+    return fig
+
+
+def save_figure(fig: Figure, out_dir: str | os.PathLike, name: str) -> tuple[Path, Path]:
+    """Write ``<out_dir>/<name>.png`` (200 dpi) and ``<name>.pdf``, each atomically; returns both paths."""
+    if not name or os.sep in name or (os.altsep and os.altsep in name) or name in (".", ".."):
+        raise LangNeuronsError(f"figure name must be a plain file name without extension, got {name!r}")
+    d = Path(out_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for ext, kwargs in (("png", {"dpi": 200}), ("pdf", {})):
+        final = d / f"{name}.{ext}"
+        tmp = d / f".{name}.{ext}.tmp"
+        # tight bounding box: keeps legends placed outside the axes (clustermap) in the file
+        fig.savefig(tmp, format=ext, bbox_inches="tight", **kwargs)
+        os.replace(tmp, final)
+        paths.append(final)
+    return paths[0], paths[1]
