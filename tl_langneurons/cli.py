@@ -10,6 +10,7 @@ from pathlib import Path
 from .errors import LangNeuronsError
 
 DEMO_LANGUAGES = ["en", "de", "fr", "es", "ru", "zh", "ja", "ar", "hi", "th"]
+DEMO_TOP_RATE = 0.05  # LAPE share of neurons kept in the demo (Tang's 1% is for 7B models; see cmd_demo)
 
 
 def _languages(value: str | None) -> list[str] | None:
@@ -21,10 +22,18 @@ def _languages(value: str | None) -> list[str] | None:
     return langs
 
 
-def _non_negative(name: str, value):
+def _positive(name: str, value):
     if value is not None and value < 1:
         raise LangNeuronsError(f"{name} must be a positive integer, got {value}")
     return value
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line, like every other error: raised, printed by
+    :func:`main`, exit status 2 (argparse would print the whole usage block first)."""
+
+    def error(self, message):
+        raise LangNeuronsError(f"{message} (see '{self.prog} --help')")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -32,11 +41,15 @@ def _non_negative(name: str, value):
 
 def cmd_record(args) -> int:
     from .corpus import load_corpus
-    from .models import load_model
+    from .models import SITES, _resolve_source, load_model
     from .record import _dist_info, record
 
-    _non_negative("--max-sentences", args.max_sentences)
-    _non_negative("--batch-size", args.batch_size)
+    _positive("--max-sentences", args.max_sentences)
+    _positive("--batch-size", args.batch_size)
+    # checked before the corpus is read and transformer_lens imported (~30 s): mistakes fail at once
+    if args.site not in SITES:
+        raise LangNeuronsError(f"unknown --site {args.site!r}; allowed: {', '.join(SITES)}")
+    _resolve_source(args.model)
     _maybe_init_distributed(args)
     corpus = load_corpus(args.corpus, languages=_languages(args.languages), split=args.split,
                          max_sentences=args.max_sentences)
@@ -80,6 +93,86 @@ def _summary(stats) -> dict:
     }
 
 
+# Method options of `identify`, each owned by one method (its defaults are the function's).
+METHOD_OPTIONS = {
+    "lape": ("top_rate", "filter_rate", "activation_bar_ratio", "normalize_entropy", "per_layer"),
+    "ap": ("n", "n_positive", "n_negative", "languages"),
+    "threshold": ("top_m", "min_probability", "all_sentences"),
+}
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def cmd_identify(args) -> int:
+    given = {k: getattr(args, k) for opts in METHOD_OPTIONS.values() for k in opts if getattr(args, k) is not None}
+    for k in given:
+        if k not in METHOD_OPTIONS[args.method]:
+            owner = next(m for m, opts in METHOD_OPTIONS.items() if k in opts)
+            allowed = ", ".join(_flag(o) for o in METHOD_OPTIONS[args.method])
+            raise LangNeuronsError(f"{_flag(k)} is an option of --method {owner}, not of --method {args.method} "
+                                   f"(whose options are {allowed})")
+    from .identify import ap_experts_all, lape, threshold
+    from .stats import NeuronStats
+
+    stats = NeuronStats.load(args.stats)
+    if args.method == "lape":
+        neurons = lape(stats, **given)
+    elif args.method == "ap":
+        languages = _languages(given.pop("languages", None))
+        neurons = ap_experts_all(stats, languages, **given)
+    else:
+        neurons = threshold(stats, **given)
+    path = neurons.save(args.out)
+    counts = neurons.counts()
+    print(json.dumps({"method": neurons.method, "params": neurons.params, "counts": counts,
+                      "union": len(neurons.union()), "out": str(path)}, indent=1))
+    return 0
+
+
+def _load_neurons_and_stats(args):
+    from .neurons import LanguageNeurons
+    from .stats import NeuronStats
+
+    neurons = LanguageNeurons.load(args.neurons)
+    stats = NeuronStats.load(args.stats) if args.stats is not None else None
+    return neurons, stats
+
+
+def _print_analysis(summary: dict, out: Path) -> None:
+    print("neurons per language: " + ", ".join(f"{k} {n}" for k, n in summary["counts"].items())
+          + f" (union {summary['union']}, {summary['union_share_of_model']:.2%} of the model)")
+    rel = summary["relatedness"]
+    for test, by_group in rel["tests"].items():
+        for by, r in by_group.items():
+            if "skipped" in r:
+                print(f"{test} by {by}: skipped ({r['skipped']})")
+            else:
+                print(f"{test} by {by}: statistic {r['statistic']:.4g}, p = {r['p_value']:.4g} "
+                      f"({rel['n_permutations']} permutations, {r['n_languages']} languages, {rel['metric']})")
+    print(f"wrote {len(summary['files'])} files to {out}")
+
+
+def cmd_analyze(args) -> int:
+    from .report import write_analysis
+
+    neurons, stats = _load_neurons_and_stats(args)
+    summary = write_analysis(neurons, args.out, stats, metric=args.metric, n_permutations=args.permutations,
+                             seed=args.seed, source=str(args.neurons))
+    _print_analysis(summary, Path(args.out))
+    return 0
+
+
+def cmd_plot(args) -> int:
+    from .report import write_figures
+
+    neurons, stats = _load_neurons_and_stats(args)
+    for path in write_figures(neurons, args.out, stats, metric=args.metric):
+        print(path)
+    return 0
+
+
 def cmd_models(args) -> int:
     from .models import list_models
 
@@ -98,20 +191,27 @@ def cmd_bench(args) -> int:
 
         result = bench_record(model=args.model, max_sentences=args.max_sentences, batch_size=args.batch_size,
                               repeats=args.repeats)
+    elif args.what == "identify":
+        from .identify import bench_identify
+
+        result = bench_identify()
     else:
-        raise LangNeuronsError(f"unknown benchmark {args.what!r}; allowed: 'record'")
+        raise LangNeuronsError(f"unknown benchmark {args.what!r}; allowed: 'record', 'identify'")
     print(json.dumps(result, indent=None if args.json else 1))
     return 0
 
 
 def cmd_demo(args) -> int:
     from .corpus import load_corpus
+    from .identify import lape
     from .models import load_model
     from .record import record
+    from .report import write_analysis, write_figures
+    from .stats import atomic_write_text
 
     out = Path(args.out)
     langs = _languages(args.languages) or DEMO_LANGUAGES
-    _non_negative("--max-sentences", args.max_sentences)
+    _positive("--max-sentences", args.max_sentences)
     print(f"[demo] loading the built-in model and {len(langs)} languages of the built-in corpus", file=sys.stderr)
     model = load_model("builtin")
     corpus = load_corpus("builtin", languages=langs, split="stats", max_sentences=args.max_sentences)
@@ -124,9 +224,25 @@ def cmd_demo(args) -> int:
     top2 = p.topk(2, dim=0).values
     selective = ((top2[0] > 2 * top2[1]) & (top2[0] > 0.05)).double().mean(dim=1)
     summary["selective_share_per_layer"] = [round(x, 4) for x in selective.tolist()]
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+
+    # LAPE with 5% instead of Tang's 1%: the built-in model has 6 x 1,792 neurons, and 1% leaves
+    # only a handful per language, too few to see where they sit or which languages share them.
+    print(f"[demo] LAPE (top_rate {DEMO_TOP_RATE}), analysis and figures", file=sys.stderr)
+    neurons = lape(stats, top_rate=DEMO_TOP_RATE)
+    neurons_path = neurons.save(out / "neurons.json")
+    analysis = write_analysis(neurons, out / "analysis", stats, source=str(neurons_path))
+    figures = write_figures(neurons, out / "figures", stats)
+    summary["lape"] = {"top_rate": DEMO_TOP_RATE, "why": "the built-in model is small: 1% gives a handful of "
+                       "neurons per language", "counts": analysis["counts"], "union": analysis["union"],
+                       "relatedness": {f"{t}/{by}": {k: r.get(k) for k in ("statistic", "p_value", "skipped") if k in r}
+                                       for t, g in analysis["relatedness"]["tests"].items() for by, r in g.items()}}
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=1) + "\n")
     print(json.dumps(summary, indent=1))
-    print(f"[demo] wrote {out / 'stats'} and {out / 'summary.json'}", file=sys.stderr)
+    for what, where in (("statistics", out / "stats"), ("neurons", neurons_path),
+                        ("tables and summary.json", out / "analysis"),
+                        (f"{len(figures) // 2} figures (PNG + PDF)", out / "figures"),
+                        ("this summary", out / "summary.json")):
+        print(f"[demo] {what}: {where}", file=sys.stderr)
     return 0
 
 
@@ -134,7 +250,7 @@ def cmd_demo(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tl-langneurons", description="Language-specific neurons in multilingual LMs.")
+    p = _Parser(prog="tl-langneurons", description="Language-specific neurons in multilingual LMs.")
     sub = p.add_subparsers(dest="command", required=True)
 
     r = sub.add_parser("record", help="record per-language neuron statistics")
@@ -155,17 +271,61 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", required=True)
     r.set_defaults(func=cmd_record)
 
+    i = sub.add_parser("identify", help="find language-specific neurons in recorded statistics",
+                       description="Find language-specific neurons in recorded statistics. Each method option "
+                                   "belongs to one method; the defaults are the papers'.")
+    i.add_argument("--stats", required=True, help="directory written by 'record'")
+    i.add_argument("--method", required=True, choices=list(METHOD_OPTIONS),
+                   help="lape (Tang et al. 2024), ap (Kojima et al. 2024; needs --sentence-means "
+                        "statistics) or threshold (non-contrastive baseline)")
+    i.add_argument("--out", required=True, help="neurons.json to write (or a directory to write it in)")
+    g = i.add_argument_group("lape")
+    g.add_argument("--top-rate", type=float, default=None, help="share of all neurons kept (default 0.01)")
+    g.add_argument("--filter-rate", type=float, default=None, help="quantile of p for the eligibility threshold (0.95)")
+    g.add_argument("--activation-bar-ratio", type=float, default=None,
+                   help="quantile of p a language must exceed to own a neuron (0.95)")
+    g.add_argument("--normalize-entropy", action="store_true", default=None, help="divide the entropy by log K")
+    g.add_argument("--per-layer", action="store_true", default=None, help="keep top-rate of each layer")
+    g = i.add_argument_group("ap")
+    g.add_argument("--n", type=int, default=None, help="units per language, half top and half bottom (2000)")
+    g.add_argument("--n-positive", type=int, default=None, help="sentences of the language (500)")
+    g.add_argument("--n-negative", type=int, default=None, help="sentences of the other languages together (2500)")
+    g.add_argument("--languages", default=None, help="comma-separated languages to find units for (default: all)")
+    g = i.add_argument_group("threshold (give exactly one)")
+    g.add_argument("--top-m", type=int, default=None, help="each language's m neurons of highest p (Mondal et al.)")
+    g.add_argument("--min-probability", type=float, default=None, help="each language's neurons with p >= this")
+    g.add_argument("--all-sentences", action="store_true", default=None,
+                   help="neurons whose sentence mean is > 0 in every sentence (Rahmanisa et al.)")
+    i.set_defaults(func=cmd_identify)
+
+    for name, func, what in (("analyze", cmd_analyze, "CSV tables and summary.json (with the relatedness tests)"),
+                             ("plot", cmd_plot, "figures as PNG and PDF")):
+        a = sub.add_parser(name, help=f"{what} of a neuron set")
+        a.add_argument("--neurons", required=True, help="neurons.json written by 'identify'")
+        a.add_argument("--stats", default=None, help="the statistics the neurons came from (optional; "
+                       + ("adds the activation probability of each set" if name == "analyze"
+                          else "adds the entropy distribution") + ")")
+        a.add_argument("--metric", default="jaccard",
+                       help="overlap measure: jaccard, overlap_coefficient or intersection")
+        if name == "analyze":
+            a.add_argument("--permutations", type=int, default=10000, help="permutations of the relatedness tests")
+            a.add_argument("--seed", type=int, default=0)
+        a.add_argument("--out", required=True, help="output directory")
+        a.set_defaults(func=func)
+
     m = sub.add_parser("models", help="list the built-in models")
     m.add_argument("--json", action="store_true")
     m.set_defaults(func=cmd_models)
 
     b = sub.add_parser("bench", help="benchmarks that print their figures")
-    b.add_argument("what", choices=["record"])
+    b.add_argument("what", choices=["record", "identify"],
+                   help="record: recorder vs bare forward pass; identify: LAPE on a 21 x 80 x 28,672 table, "
+                        "AP on 200,000 units x 3,000 sentences, AP vs scikit-learn")
     b.add_argument("--json", action="store_true")
-    b.add_argument("--model", default="builtin")
-    b.add_argument("--max-sentences", type=int, default=200)
-    b.add_argument("--batch-size", type=int, default=32)
-    b.add_argument("--repeats", type=int, default=3)
+    b.add_argument("--model", default="builtin", help="record only")
+    b.add_argument("--max-sentences", type=int, default=200, help="record only")
+    b.add_argument("--batch-size", type=int, default=32, help="record only")
+    b.add_argument("--repeats", type=int, default=3, help="record only")
     b.set_defaults(func=cmd_bench)
 
     d = sub.add_parser("demo", help="run the pipeline on the built-in model and corpus")
@@ -178,8 +338,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
     try:
+        args = parser.parse_args(argv)
         return args.func(args)
     except LangNeuronsError as e:
         print(f"tl-langneurons: error: {e}", file=sys.stderr)

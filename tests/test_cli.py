@@ -1,0 +1,380 @@
+"""The command line: identify / analyze / plot / bench / demo write what they say, agree with the
+Python API, and every user mistake is one line on stderr with exit status 2, never a traceback.
+
+Commands run in-process through ``cli.main`` (fast); a few record mistakes also run as real
+``python -m tl_langneurons`` processes, started together at the beginning of the module so that
+they run while the in-process tests do.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from conftest import SENTENCES
+
+from tl_langneurons import NeuronStats, analysis, identify
+from tl_langneurons.cli import main
+from tl_langneurons.neurons import LanguageNeurons
+
+REPO = Path(__file__).resolve().parents[1]
+LANGS = ["en", "de", "fr", "es", "ru", "uk", "zh", "ja"]
+L, I, S = 4, 64, 12  # layers, neurons per layer, sentences per language
+MODEL = {"name": "synthetic", "architecture": "none", "n_layers": L, "d_mlp": I, "gated": False,
+         "weights_hash": "0123abcd"}
+FIGURES = ["layer_placement", "overlap_heatmap", "overlap_clustermap", "shared_by_k"]
+TABLES = ["counts.csv", "layer_distribution.csv", "shared_by_k.csv", "overlap.csv", "relatedness.csv"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Subprocess checks: started first, collected last
+
+
+RECORD_MISTAKES = ["unknown language", "unknown model", "missing corpus folder", "empty corpus file",
+                   "non-UTF-8 corpus file", "negative --max-sentences", "unknown --site"]
+
+
+def _record_mistakes(tmp: Path) -> dict[str, list[str]]:
+    (tmp / "empty").mkdir()
+    (tmp / "empty" / "en.txt").write_text("\n  \n", encoding="utf-8")
+    (tmp / "latin1").mkdir()
+    (tmp / "latin1" / "de.txt").write_bytes("Grüße aus Köln\n".encode("latin-1"))
+    return {
+        "unknown language": ["--languages", "en,xx"],
+        "unknown model": ["--model", "./nope"],
+        "missing corpus folder": ["--corpus", str(tmp / "no_such_folder")],
+        "empty corpus file": ["--corpus", str(tmp / "empty")],
+        "non-UTF-8 corpus file": ["--corpus", str(tmp / "latin1")],
+        "negative --max-sentences": ["--max-sentences", "-3"],
+        "unknown --site": ["--site", "nope"],
+    }
+
+
+@pytest.fixture(scope="module", autouse=True)
+def record_processes(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("cli_subprocess")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+           "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1", "PYTHONWARNINGS": "ignore"}
+    procs = {}
+    cases = _record_mistakes(tmp)
+    assert list(cases) == RECORD_MISTAKES
+    for name, extra in cases.items():
+        cmd = [sys.executable, "-m", "tl_langneurons", "record", "--out", str(tmp / "out"), *extra]
+        procs[name] = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                                       cwd=tmp)
+    yield procs
+    for p in procs.values():  # only ours; normally all finished already
+        if p.poll() is None:
+            p.kill()
+
+
+# ---------------------------------------------------------------------------------------------
+# Synthetic statistics with planted language neurons
+
+
+def _synthetic_stats(sentence_means: bool = True, site: str = "act", weights_hash: str = "0123abcd") -> NeuronStats:
+    """Each language has 3 neurons of its own (p = 0.9 there, 0.02 elsewhere); related languages
+    (es–fr, ru–uk, zh–ja, en–de) share two more. Everything else fires at random rates."""
+    g = torch.Generator().manual_seed(0)
+    K = len(LANGS)
+    p = torch.rand(K, L, I, generator=g, dtype=torch.float64) * 0.3 + 0.1
+    planted = {}
+    for k in range(K):
+        planted[k] = [(1 + k % 3, 3 * k + j) for j in range(3)]
+    pairs = [("es", "fr"), ("ru", "uk"), ("zh", "ja"), ("en", "de")]
+    for n, (a, b) in enumerate(pairs):
+        shared = [(3, 40 + 2 * n), (3, 41 + 2 * n)]
+        planted[LANGS.index(a)] += shared
+        planted[LANGS.index(b)] += shared
+    owners: dict[tuple[int, int], list[int]] = {}
+    for k, cells in planted.items():
+        for c in cells:
+            owners.setdefault(c, []).append(k)
+    for (l, j), ks in owners.items():
+        p[:, l, j] = 0.02
+        p[ks, l, j] = 0.9
+    n_tokens = torch.full((K,), 1000.0, dtype=torch.float64)
+    count = torch.round(p * 1000.0)
+    sm = sl = None
+    if sentence_means:
+        sm = torch.randn(K * S, L, I, generator=g)
+        sl = torch.arange(K).repeat_interleave(S)
+        for (l, j), ks in owners.items():
+            for k in ks:
+                sm[sl == k, l, j] += 3.0
+    meta = {"model": {**MODEL, "weights_hash": weights_hash}}
+    return NeuronStats(list(LANGS), site, n_tokens, count, count * 0.5, count * 0.5, sm, sl, meta=meta)
+
+
+@pytest.fixture(scope="module")
+def stats_dir(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("stats")
+    _synthetic_stats().save(d)
+    return d
+
+
+@pytest.fixture(scope="module")
+def lape_json(stats_dir, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("lape") / "neurons.json"
+    assert main(["identify", "--stats", str(stats_dir), "--method", "lape", "--top-rate", "0.15",
+                 "--out", str(out)]) == 0
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# identify
+
+
+def test_identify_lape_equals_api(lape_json, stats_dir, capsys):
+    got = LanguageNeurons.load(lape_json)
+    want = identify.lape(NeuronStats.load(stats_dir), top_rate=0.15)
+    assert got == want
+    assert got.model["weights_hash"] == MODEL["weights_hash"] and got.site == "act"
+    # the planted neurons are found: each language's own three, and the two it shares
+    for k, lang in enumerate(LANGS):
+        assert {(1 + k % 3, 3 * k + j) for j in range(3)} <= set(got.neurons[lang])
+    assert {(3, 42), (3, 43)} <= set(got.neurons["ru"]) & set(got.neurons["uk"])
+
+
+@pytest.mark.parametrize("argv, call", [
+    (["--method", "lape", "--top-rate", "0.05", "--normalize-entropy", "--per-layer"],
+     lambda s: identify.lape(s, top_rate=0.05, normalize_entropy=True, per_layer=True)),
+    (["--method", "ap", "--n", "8", "--languages", "de,ru", "--n-positive", "6", "--n-negative", "14"],
+     lambda s: identify.ap_experts_all(s, ["de", "ru"], n=8, n_positive=6, n_negative=14)),
+    (["--method", "ap", "--n", "10"], lambda s: identify.ap_experts_all(s, None, n=10)),
+    (["--method", "threshold", "--top-m", "5"], lambda s: identify.threshold(s, top_m=5)),
+    (["--method", "threshold", "--min-probability", "0.8"], lambda s: identify.threshold(s, min_probability=0.8)),
+    (["--method", "threshold", "--all-sentences"], lambda s: identify.threshold(s, all_sentences=True)),
+])
+def test_identify_methods_equal_api(argv, call, stats_dir, tmp_path, capsys):
+    out = tmp_path / "n.json"
+    assert main(["identify", "--stats", str(stats_dir), *argv, "--out", str(out)]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    got = LanguageNeurons.load(out)
+    assert got == call(NeuronStats.load(stats_dir))
+    assert printed["counts"] == got.counts() and printed["out"] == str(out)
+
+
+def test_identify_into_directory(stats_dir, tmp_path):
+    assert main(["identify", "--stats", str(stats_dir), "--method", "threshold", "--top-m", "2",
+                 "--out", str(tmp_path / "sets")]) == 0
+    assert LanguageNeurons.load(tmp_path / "sets" / "neurons.json").counts() == dict.fromkeys(LANGS, 2)
+
+
+# ---------------------------------------------------------------------------------------------
+# analyze and plot
+
+
+def test_analyze_writes_tables_and_summary(lape_json, stats_dir, tmp_path, capsys):
+    out = tmp_path / "analysis"
+    assert main(["analyze", "--neurons", str(lape_json), "--stats", str(stats_dir), "--permutations", "500",
+                 "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "within_vs_across by family" in printed and "mantel_pearson by script" in printed
+    neurons = LanguageNeurons.load(lape_json)
+    for name in TABLES + ["activation_probability.csv", "summary.json"]:
+        assert (out / name).is_file(), name
+    pd.testing.assert_frame_equal(pd.read_csv(out / "counts.csv"), analysis.counts(neurons), check_dtype=False)
+    pairs = pd.read_csv(out / "overlap.csv")
+    assert len(pairs) == len(LANGS) ** 2
+    assert len(pd.read_csv(out / "layer_distribution.csv")) == (len(LANGS) + 1) * L
+
+    summary = json.loads((out / "summary.json").read_text())  # strict JSON: no NaN
+    assert summary["method"] == "lape" and summary["counts"] == neurons.counts()
+    assert summary["weights_hash"] == MODEL["weights_hash"]
+    tests = summary["relatedness"]["tests"]
+    for test in ("within_vs_across", "mantel_pearson"):
+        for by in ("family", "script"):
+            r = tests[test][by]
+            assert set(r) >= {"statistic", "p_value"}, (test, by, r)
+            assert 0 < r["p_value"] <= 1
+    # the planted pairs make same-script languages overlap more, as the test must see
+    assert tests["within_vs_across"]["script"]["statistic"] > 0
+    assert tests["within_vs_across"]["script"]["p_value"] < 0.05
+    rel = pd.read_csv(out / "relatedness.csv")
+    assert len(rel) == 4 and set(rel.by) == {"family", "script"}
+    # each set fires far more on its own language than on the others
+    for lang, s in summary["selectivity"].items():
+        assert s["p_own"] > 0.5 and s["p_own"] > 3 * s["p_other_mean"], (lang, s)
+
+
+def test_analyze_without_stats_and_unknown_language(tmp_path, capsys):
+    """Languages without metadata are left out of the relatedness tests, not fatal."""
+    sets = {"en": [(0, 1), (0, 2)], "de": [(0, 2), (1, 3)], "fr": [(1, 3)], "xx": [(0, 1)]}
+    path = LanguageNeurons(sets, "manual", {}, "act", {}, 2, 8).save(tmp_path / "n.json")
+    assert main(["analyze", "--neurons", str(path), "--permutations", "50", "--out", str(tmp_path / "a")]) == 0
+    summary = json.loads((tmp_path / "a" / "summary.json").read_text())
+    assert summary["relatedness"]["no_metadata"] == ["xx"]
+    assert not (tmp_path / "a" / "activation_probability.csv").exists()
+    # en, de, fr are all Latin-script: nothing to compare, so that test is skipped with a reason
+    assert "skipped" in summary["relatedness"]["tests"]["within_vs_across"]["script"]
+
+
+def test_plot_writes_png_and_pdf(lape_json, stats_dir, tmp_path, capsys):
+    out = tmp_path / "figures"
+    assert main(["plot", "--neurons", str(lape_json), "--stats", str(stats_dir), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out.split()
+    names = FIGURES + ["entropy_distribution"]
+    for name in names:
+        for ext in ("png", "pdf"):
+            f = out / f"{name}.{ext}"
+            assert f.is_file() and f.stat().st_size > 1000, f
+            assert str(f) in printed
+    assert (out / "layer_placement.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "layer_placement.pdf").read_bytes()[:5] == b"%PDF-"
+    assert sorted(p.name for p in out.iterdir()) == sorted(f"{n}.{e}" for n in names for e in ("png", "pdf"))
+
+
+def test_plot_without_stats(lape_json, tmp_path):
+    assert main(["plot", "--neurons", str(lape_json), "--out", str(tmp_path)]) == 0
+    assert sorted(p.stem for p in tmp_path.glob("*.png")) == sorted(FIGURES)
+
+
+# ---------------------------------------------------------------------------------------------
+# bench
+
+
+def test_bench_identify_prints_json(monkeypatch, capsys):
+    real = identify.bench_identify
+    monkeypatch.setattr(identify, "bench_identify",
+                        lambda: real(lape_shape=(3, 2, 40), ap_shape=(60, 48), sklearn_units=5))
+    assert main(["bench", "identify", "--json"]) == 0
+    out = capsys.readouterr().out
+    assert len(out.strip().splitlines()) == 1
+    result = json.loads(out)
+    assert result["lape_shape"] == [3, 2, 40] and result["ap_max_abs_diff"] < 1e-6
+    assert {"lape_s", "ap_s", "ap_speedup"} <= set(result)
+
+
+# ---------------------------------------------------------------------------------------------
+# User mistakes: one line, status 2, no traceback
+
+
+@pytest.fixture(scope="module")
+def mistakes(tmp_path_factory, stats_dir, lape_json):
+    tmp = tmp_path_factory.mktemp("mistakes")
+    (tmp / "bad.json").write_text("{not json", encoding="utf-8")
+    (tmp / "other.json").write_text(json.dumps({"format": "something/else"}), encoding="utf-8")
+    bad_range = json.loads(lape_json.read_text())
+    bad_range["neurons"]["en"] = [[99, 0]]
+    (tmp / "range.json").write_text(json.dumps(bad_range), encoding="utf-8")
+    (tmp / "empty_dir").mkdir()
+    (tmp / "a_file").write_text("not a directory", encoding="utf-8")
+    LanguageNeurons({}, "manual", {}, "act", {}, L, I).save(tmp / "no_languages.json")
+    _synthetic_stats(sentence_means=False).save(tmp / "no_sentences")
+    _synthetic_stats(weights_hash="ffff0000").save(tmp / "other_model")
+    _synthetic_stats(site="post").save(tmp / "other_site")
+    return tmp
+
+
+def _mistake_table():
+    ident = ["identify", "--stats", "{stats}", "--out", "{tmp}/n.json", "--method"]
+    analyze = ["analyze", "--out", "{tmp}/a", "--neurons"]
+    plot = ["plot", "--out", "{tmp}/f", "--neurons"]
+    return {
+        "stats dir missing": (["identify", "--stats", "{tmp}/nowhere", "--method", "lape", "--out", "{tmp}/n.json"],
+                              "no statistics"),
+        "stats dir empty": (["identify", "--stats", "{tmp}/empty_dir", "--method", "lape", "--out", "{tmp}/n.json"],
+                            "no statistics"),
+        "unknown method": (ident + ["nope"], "invalid choice"),
+        "option of another method": (ident + ["lape", "--top-m", "5"], "--top-m is an option of --method threshold"),
+        "top rate out of range": (ident + ["lape", "--top-rate", "1.5"], "top_rate"),
+        "top rate not a number": (ident + ["lape", "--top-rate", "lots"], "invalid float"),
+        "threshold without criterion": (ident + ["threshold"], "exactly one"),
+        "threshold with two criteria": (ident + ["threshold", "--top-m", "3", "--all-sentences"], "exactly one"),
+        "ap odd n": (ident + ["ap", "--n", "7"], "even"),
+        "ap unknown language": (ident + ["ap", "--n", "8", "--languages", "en,xx"], "'xx'"),
+        "ap empty languages": (ident + ["ap", "--languages", ","], "names no language"),
+        "ap without sentence means": (["identify", "--stats", "{tmp}/no_sentences", "--out", "{tmp}/n.json",
+                                       "--method", "ap", "--n", "8"], "sentence_means"),
+        "missing --out": (["identify", "--stats", "{stats}", "--method", "lape"], "--out"),
+        "neurons missing": (analyze + ["{tmp}/nowhere.json"], "no neuron set"),
+        "neurons not JSON": (analyze + ["{tmp}/bad.json"], "not valid JSON"),
+        "neurons other format": (analyze + ["{tmp}/other.json"], "not a neuron set"),
+        "neurons layer out of range": (analyze + ["{tmp}/range.json"], "out of range"),
+        "neurons with no language": (analyze + ["{tmp}/no_languages.json"], "holds no languages"),
+        "analyze into a file": (["analyze", "--neurons", "{lape}", "--out", "{tmp}/a_file"], "existing file"),
+        "plot into a file": (["plot", "--neurons", "{lape}", "--out", "{tmp}/a_file"], "existing file"),
+        "analyze stats missing": (analyze + ["{lape}", "--stats", "{tmp}/nowhere"], "no statistics"),
+        "analyze stats of another model": (analyze + ["{lape}", "--stats", "{tmp}/other_model"], "different models"),
+        "analyze stats of another site": (analyze + ["{lape}", "--stats", "{tmp}/other_site"], "different sites"),
+        "analyze unknown metric": (analyze + ["{lape}", "--metric", "cosine"], "unknown overlap metric"),
+        "analyze zero permutations": (analyze + ["{lape}", "--permutations", "0"], "n_permutations"),
+        "plot neurons missing": (plot + ["{tmp}/nowhere.json"], "no neuron set"),
+        "plot stats of another model": (plot + ["{lape}", "--stats", "{tmp}/other_model"], "different models"),
+        "plot stats of another site": (plot + ["{lape}", "--stats", "{tmp}/other_site"], "different sites"),
+        "unknown benchmark": (["bench", "nope"], "invalid choice"),
+        "unknown command": (["frobnicate"], "invalid choice"),
+    }
+
+
+@pytest.mark.parametrize("case", list(_mistake_table()))
+def test_user_mistake_is_one_line_exit_2(case, mistakes, stats_dir, lape_json, capsys):
+    argv, expected = _mistake_table()[case]
+    fill = {"tmp": str(mistakes), "stats": str(stats_dir), "lape": str(lape_json)}
+    assert main([a.format(**fill) for a in argv]) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1, captured.err
+    assert lines[0].startswith("tl-langneurons: error: ") and expected in lines[0], lines[0]
+    assert "Traceback" not in captured.err and captured.out == ""
+    assert not (mistakes / "a").exists() and not (mistakes / "f").exists() and not (mistakes / "n.json").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# End to end on statistics recorded from a tiny model, and the demo on the built-in one
+
+
+def test_record_identify_analyze_plot_tiny_model(tiny_llama_dir, tmp_path, capsys):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for lang, sents in SENTENCES.items():
+        (corpus / f"{lang}.txt").write_text("\n".join(sents) + "\n", encoding="utf-8")
+    stats, n, a, f = (str(tmp_path / x) for x in ("stats", "neurons.json", "analysis", "figures"))
+    assert main(["record", "--model", tiny_llama_dir, "--corpus", str(corpus), "--sentence-means",
+                 "--batch-size", "3", "--out", stats]) == 0
+    assert main(["identify", "--stats", stats, "--method", "lape", "--top-rate", "0.1", "--out", n]) == 0
+    recorded = NeuronStats.load(stats)
+    neurons = LanguageNeurons.load(n)
+    assert neurons == identify.lape(recorded, top_rate=0.1)
+    assert neurons.model == recorded.meta["model"] and neurons.n_layers == 3 and neurons.d_mlp == 48
+    assert main(["analyze", "--neurons", n, "--stats", stats, "--permutations", "100", "--out", a]) == 0
+    assert main(["plot", "--neurons", n, "--stats", stats, "--out", f]) == 0
+    summary = json.loads(Path(a, "summary.json").read_text())
+    assert summary["statistics"]["languages"] == sorted(SENTENCES)  # a folder corpus sorts its files
+    assert len(list(Path(f).glob("*.pdf"))) == 5
+    # AP works on the same recording (sentence means were kept)
+    assert main(["identify", "--stats", stats, "--method", "ap", "--n", "6", "--out", n]) == 0
+    assert LanguageNeurons.load(n).counts() == dict.fromkeys(SENTENCES, 6)
+
+
+@pytest.mark.slow
+def test_demo_small(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--languages", "en,de,fr,ru,uk,ja", "--max-sentences", "12"]) == 0
+    err = capsys.readouterr().err
+    for f in ("stats/stats.json", "neurons.json", "analysis/summary.json", "analysis/counts.csv",
+              "figures/layer_placement.png", "figures/entropy_distribution.pdf", "summary.json"):
+        assert (out / f).is_file(), f
+    neurons = LanguageNeurons.load(out / "neurons.json")
+    assert neurons.method == "lape" and neurons.params["top_rate"] == 0.05
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["lape"]["top_rate"] == 0.05 and set(summary["lape"]["counts"]) == set(neurons.languages)
+    assert str(out / "figures") in err and str(out / "neurons.json") in err
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", RECORD_MISTAKES)
+def test_record_mistake_subprocess_exits_2(name, record_processes):
+    p = record_processes[name]
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 2, (name, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("tl-langneurons: error: "), err
+    assert "Traceback" not in err
