@@ -20,6 +20,18 @@ CPU float32 training). What it does, and why:
 * **Schedule**: AdamW (0.9, 0.95), weight decay 0.1 on matrices, linear warm-up then cosine decay
   to 10% of the peak learning rate, gradient clipping at 1.0.
 
+Two phases (how the shipped model was made; ``--anneal-at`` makes it one schedule): on a shared
+2-core machine the planned 2,000-step cosine would not have finished in time, so it was stopped
+at step 750 (``--stop-at 750`` writes ``<out>.ckpt``) and continued from those weights with a
+short anneal: ``--init-from <out>.ckpt --start-step 750 --anneal-at 750 --steps 1250`` — the
+learning rate follows the 2,000-step cosine up to step 750, then a cosine from there down to 10%
+of the peak over the remaining steps. The data stream is fast-forwarded so that phase 2 sees the
+batches an uninterrupted run would have seen; AdamW's moments restart (20 steps of re-warm-up).
+
+    python analyses/train_builtin_model.py --out /tmp/builtin --stop-at 750
+    python analyses/train_builtin_model.py --out tl_langneurons/assets/models/builtin \
+        --init-from /tmp/builtin.ckpt --start-step 750 --anneal-at 750 --steps 1250
+
 The final weights are saved in bf16 as a standard Hugging Face directory, with ``training.json``
 (configuration, time, tokens, loss curve) that ``analyses/write_model_card.py`` turns into the model card.
 """
@@ -128,7 +140,13 @@ def main() -> None:
     ap.add_argument("--heads", type=int, default=4)
     ap.add_argument("--ctx", type=int, default=256)
     ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--steps", type=int, default=2000)
+    ap.add_argument("--steps", type=int, default=2000, help="total steps")
+    ap.add_argument("--cosine-steps", type=int, default=2000, help="length of the main cosine schedule")
+    ap.add_argument("--anneal-at", type=int, default=None, help="from this step, anneal to 10%% over the rest")
+    ap.add_argument("--stop-at", type=int, default=None, help="stop after this step (checkpoint only)")
+    ap.add_argument("--init-from", default=None, help="continue from these weights (and their tokenizer)")
+    ap.add_argument("--start-step", type=int, default=0, help="step the --init-from weights stopped at")
+    ap.add_argument("--phase1-minutes", type=float, default=0.0, help="training minutes of phase 1 (for the card)")
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--warmup", type=int, default=200)
     ap.add_argument("--temperature", type=float, default=0.3, help="language sampling p ∝ tokens^T")
@@ -151,7 +169,10 @@ def main() -> None:
     # Monitoring uses the stats split (never the eval split, which stays untouched for the model card).
     monitor = load_corpus("builtin", languages=langs, split="stats", max_sentences=args.eval_sentences).texts
 
-    tokenizer = train_tokenizer(train, args.vocab, chars_per_language=250_000)
+    if args.init_from:
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(args.init_from)
+    else:
+        tokenizer = train_tokenizer(train, args.vocab, chars_per_language=250_000)
     streams = language_streams(tokenizer, train)
     n_tok = np.array([len(streams[k][0]) for k in langs], dtype=np.float64)
     probs = n_tok ** args.temperature
@@ -166,6 +187,10 @@ def main() -> None:
         pad_token_id=tokenizer.pad_token_id, initializer_range=0.02, attention_bias=False, mlp_bias=False,
     )
     model = LlamaForCausalLM(config)
+    if args.init_from:
+        model = LlamaForCausalLM.from_pretrained(args.init_from, dtype=torch.float32)
+        for _ in range(args.start_step):  # fast-forward the data stream to where phase 1 stopped
+            make_batch(streams, langs, probs, rng, args.batch, args.ctx)
     model.train()
     n_params = sum(p.numel() for p in model.parameters())
     print(f"parameters: {n_params:,}", flush=True)
@@ -177,15 +202,25 @@ def main() -> None:
         lr=args.lr, betas=(0.9, 0.95), eps=1e-8,
     )
 
-    def lr_at(step: int) -> float:
+    def cosine(step: int) -> float:
         if step < args.warmup:
             return args.lr * (step + 1) / args.warmup
-        frac = (step - args.warmup) / max(1, args.steps - args.warmup)
+        frac = min(1.0, (step - args.warmup) / max(1, args.cosine_steps - args.warmup))
         return args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
+
+    def lr_at(step: int) -> float:
+        lr = cosine(step)
+        if args.anneal_at is not None and step >= args.anneal_at:
+            start = cosine(args.anneal_at)
+            frac = (step - args.anneal_at) / max(1, args.steps - args.anneal_at)
+            lr = 0.1 * args.lr + (start - 0.1 * args.lr) * 0.5 * (1 + math.cos(math.pi * frac))
+        if args.init_from and step < args.start_step + 20:  # fresh AdamW moments: re-warm up
+            lr *= (step - args.start_step + 1) / 20
+        return lr
 
     log = []
     t_train = time.time()
-    for step in range(args.steps):
+    for step in range(args.start_step, args.steps):
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
         batch = make_batch(streams, langs, probs, rng, args.batch, args.ctx)
@@ -199,7 +234,7 @@ def main() -> None:
         if step % 50 == 0:
             el = time.time() - t_train
             print(f"step {step} loss {loss.item():.3f} lr {lr_at(step):.2e} "
-                  f"{(step + 1) * args.batch * args.ctx / el:.0f} tok/s {el / 60:.1f} min", flush=True)
+                  f"{(step + 1 - args.start_step) * args.batch * args.ctx / el:.0f} tok/s {el / 60:.1f} min", flush=True)
         if (step + 1) % args.eval_every == 0 or step + 1 == args.steps:
             nll = heldout_nll(model, tokenizer, monitor)
             mean = float(np.mean(list(nll.values())))
@@ -210,6 +245,9 @@ def main() -> None:
             ckpt = out.parent / (out.name + ".ckpt")
             model.save_pretrained(ckpt)
             tokenizer.save_pretrained(ckpt)
+        if args.stop_at is not None and step + 1 == args.stop_at:
+            print(f"stopped at step {step + 1}; checkpoint in {out.parent / (out.name + '.ckpt')}", flush=True)
+            return
 
     train_minutes = (time.time() - t_train) / 60
     model = model.to(torch.bfloat16)
@@ -223,7 +261,9 @@ def main() -> None:
         "sampling_probability": {k: float(p) for k, p in zip(langs, probs)},
         "parameters": n_params,
         "tokens_seen": args.steps * args.batch * args.ctx,
-        "train_minutes": train_minutes,
+        "phase_2_tokens": (args.steps - args.start_step) * args.batch * args.ctx,
+        "train_minutes": train_minutes + args.phase1_minutes,
+        "phase1_minutes": args.phase1_minutes,
         "total_minutes": (time.time() - t_start) / 60,
         "log": log,
         "torch": torch.__version__,
