@@ -109,8 +109,10 @@ def make_batch(streams, langs, probs, rng: np.random.Generator, batch: int, ctx:
 
 
 @torch.no_grad()
-def heldout_nll(model, tokenizer, texts: dict[str, list[str]], batch_size: int = 32) -> dict[str, float]:
-    """Mean NLL per token (nats) on sentences fed one per sequence with <s> prepended, as the recorder does."""
+def heldout_nll(model, tokenizer, texts: dict[str, list[str]], batch_size: int = 32, with_counts: bool = False) -> dict:
+    """Mean NLL per token (nats) on sentences fed one per sequence with <s> prepended, as the recorder does.
+
+    With ``with_counts``, each value is ``(nll, scored tokens)``."""
     model.eval()
     out = {}
     for lang, sents in texts.items():
@@ -124,7 +126,7 @@ def heldout_nll(model, tokenizer, texts: dict[str, list[str]], batch_size: int =
             nll = -logp.gather(-1, tgt[..., None])[..., 0]
             total += nll[mask].sum().item()
             n += mask.sum().item()
-        out[lang] = total / n
+        out[lang] = (total / n, n) if with_counts else total / n
     model.train()
     return out
 

@@ -18,19 +18,8 @@ import torch
 
 from tl_langneurons.corpus import builtin_languages, load_corpus
 
-
-@torch.no_grad()
-def heldout_nll(model, tokenizer, sentences: list[str], batch_size: int = 32) -> tuple[float, int]:
-    total, n = 0.0, 0
-    for i in range(0, len(sentences), batch_size):
-        enc = tokenizer(sentences[i:i + batch_size], return_tensors="pt", padding=True, truncation=True, max_length=256)
-        logits = model(input_ids=enc.input_ids, attention_mask=enc.attention_mask).logits.float()
-        logp = torch.log_softmax(logits[:, :-1], -1)
-        tgt, mask = enc.input_ids[:, 1:], enc.attention_mask[:, 1:].bool()
-        nll = -logp.gather(-1, tgt[..., None])[..., 0]
-        total += nll[mask].sum().item()
-        n += int(mask.sum())
-    return total / n, n
+# The same measurement the training script monitors with (this file sits beside it).
+from train_builtin_model import heldout_nll
 
 
 def main() -> None:
@@ -53,7 +42,7 @@ def main() -> None:
         per_lang = json.loads((d / "heldout.json").read_text())["per_language"]
         langs = []
     for lang in langs:
-        nll, n = heldout_nll(model, tok, corpus[lang])
+        nll, n = heldout_nll(model, tok, {lang: corpus[lang]}, with_counts=True)[lang]
         per_lang[lang] = {"nll": round(nll, 4), "tokens": n, "sentences": len(corpus[lang])}
         print(lang, per_lang[lang], file=sys.stderr)
     mean = sum(v["nll"] for v in per_lang.values()) / len(per_lang)

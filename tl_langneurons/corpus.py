@@ -18,7 +18,6 @@ order, and a sentence that occurs twice can never land in two splits.
 import csv
 import gzip
 import hashlib
-import io
 import random
 from dataclasses import dataclass, field
 from importlib import resources

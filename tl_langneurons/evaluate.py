@@ -23,7 +23,6 @@ import numbers
 from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 import torch
