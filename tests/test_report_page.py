@@ -1,0 +1,81 @@
+"""The one-page report: numbers computed from hand-made CSVs, sections present only when their files are."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from tl_langneurons.errors import LangNeuronsError
+from tl_langneurons.report_page import ppl_table, write_report
+
+
+def _ppl_frame() -> pd.DataFrame:
+    base = {"de": 3.0, "fr": 2.0}
+    # ablating de: de +0.5, fr +0.1 ; control de +0.05, fr +0.0
+    # ablating fr: de +0.2, fr +0.1 (the own language is NOT the most hurt)
+    delta = {("de", "de"): 0.5, ("de", "fr"): 0.1, ("fr", "de"): 0.2, ("fr", "fr"): 0.1}
+    ctrl = {("de", "de"): 0.05, ("de", "fr"): 0.0, ("fr", "de"): 0.0, ("fr", "fr"): 0.02}
+    rows = []
+    for a in ("de", "fr"):
+        for e in ("de", "fr"):
+            for cond, nll in (("baseline", base[e]), ("intervention", base[e] + delta[a, e]),
+                              ("control", base[e] + ctrl[a, e])):
+                rows.append({"ablated": a, "evaluated": e, "condition": cond, "nll": nll, "ppl": 2.718 ** nll,
+                             "n_tokens": 100})
+    return pd.DataFrame(rows)
+
+
+def test_ppl_table_by_hand():
+    t = ppl_table(_ppl_frame()).set_index("ablated")
+    assert t.loc["de", "own_delta"] == pytest.approx(0.5)
+    assert t.loc["de", "others_delta"] == pytest.approx(0.1)
+    assert t.loc["de", "control_own_delta"] == pytest.approx(0.05)
+    assert bool(t.loc["de", "own_most_hurt"]) is True
+    assert t.loc["fr", "own_delta"] == pytest.approx(0.1)
+    assert t.loc["fr", "others_delta"] == pytest.approx(0.2)
+    assert bool(t.loc["fr", "own_most_hurt"]) is False
+
+
+def test_ppl_table_rejects_other_frames():
+    with pytest.raises(LangNeuronsError, match="ppl.csv"):
+        ppl_table(pd.DataFrame({"a": [1]}))
+
+
+def _steer_frame() -> pd.DataFrame:
+    rows = []
+    # target de at factor 4: 1/4 de under intervention; at factor 16: 3/4; baseline 0/4; control 1/4
+    for factor, hits in ((4.0, 1), (16.0, 3)):
+        for cond, k in (("intervention", hits), ("baseline", 0), ("control", 1)):
+            for i in range(4):
+                rows.append({"target": "de", "condition": cond, "prompt": "p", "generation": "g",
+                             "detected": "de" if i < k else "en", "mode": "set", "factor": factor,
+                             "statistic": "mean", "positions": "all"})
+    return pd.DataFrame(rows)
+
+
+def test_report_sections_from_files(tmp_path):
+    (tmp_path / "ppl").mkdir()
+    _ppl_frame().to_csv(tmp_path / "ppl" / "ppl.csv", index=False)
+    (tmp_path / "steer").mkdir()
+    _steer_frame().to_csv(tmp_path / "steer" / "steer.csv", index=False)
+    (tmp_path / "summary.json").write_text(json.dumps({"model": "m", "site": "act", "languages": ["de", "fr"],
+                                                      "tokens": {"de": 10, "fr": 20}}))
+    text = write_report(tmp_path).read_text()
+    assert "30 tokens" in text
+    assert "## Switching neurons off" in text and "## Switching neurons on" in text
+    assert "Language-specific neurons\n" in text and "## Language-specific neurons" not in text  # no analysis/
+    # mean own ΔNLL (0.5 + 0.1) / 2; others (0.1 + 0.2) / 2; control (0.05 + 0.02) / 2
+    assert "Mean own ΔNLL **0.300** nats; 2.0× the other languages' and 8.6× the control's" in text
+    assert "most hurt in 1 of 2 rows" in text
+    # the sweep table, and the per-target table at the best factor (16: 3 of 4)
+    assert "| 16 | 0.750 | 0.000 | 0.250 |" in text and "| 4 | 0.250 | 0.000 | 0.250 |" in text
+    assert "at the best setting (factor 16)" in text
+    assert "| de | 4 | 0.75 [" in text
+    assert "ppl_change.png" not in text  # figures are linked only when they exist
+
+
+def test_report_needs_output(tmp_path):
+    with pytest.raises(LangNeuronsError, match="no pipeline output"):
+        write_report(tmp_path)
+    with pytest.raises(LangNeuronsError, match="no such output directory"):
+        write_report(tmp_path / "missing")

@@ -1,0 +1,179 @@
+"""The one-page report of a pipeline run: ``report.md`` with the figures and tables of an output directory.
+
+It reads what the pipeline wrote (never recomputes a measurement from the model), so a report can
+be rebuilt from a finished directory at any time:
+
+* ``summary.json`` — the run (model, languages, tokens, neuron-set parameters);
+* ``analysis/summary.json`` and ``figures/*.png`` — identification and analysis;
+* ``ppl/ppl.csv`` and ``ppl/ppl_change.png`` — the deactivation matrix with its random control;
+* ``steer/steer.csv`` and ``steer/steer_rate_vs_factor.png`` — steering generations.
+
+Sections whose files are missing are left out. Rates and ΔNLLs are computed from the CSVs with the
+package's own summaries, so the report and the CSVs cannot disagree.
+"""
+
+import json
+import math
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from .errors import LangNeuronsError
+from .stats import atomic_write_text
+
+REPORT_NAME = "report.md"
+
+
+def _read_json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _fmt(v, digits: int = 3) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+def _setting(v) -> str:
+    """A setting (mode, factor, ...) as written on the command line: 16, not 16.000."""
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def _table(header: list[str], rows: list[list]) -> str:
+    """A Markdown pipe table."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(_fmt(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _figure(d: Path, rel: str, caption: str) -> str | None:
+    return f"![{caption}]({rel})\n\n*{caption}*" if (d / rel).is_file() else None
+
+
+def ppl_table(ppl: pd.DataFrame) -> pd.DataFrame:
+    """Per ablated language: ΔNLL of its own language, the mean ΔNLL of the others, the control's own ΔNLL.
+
+    ``ppl`` has the columns of ``ppl.csv`` (``ablated, evaluated, condition, nll, ...``); ΔNLL is
+    the condition's NLL minus the baseline's on the same (ablated, evaluated) cell.
+    """
+    need = {"ablated", "evaluated", "condition", "nll"}
+    if not need <= set(ppl.columns):
+        raise LangNeuronsError(f"not a ppl.csv frame: it lacks {sorted(need - set(ppl.columns))}")
+    wide = ppl.pivot_table(index=["ablated", "evaluated"], columns="condition", values="nll")
+    rows = []
+    for ablated in dict.fromkeys(ppl["ablated"]):  # first-seen order
+        cells = wide.loc[ablated]
+        d_int = cells["intervention"] - cells["baseline"]
+        d_ctl = cells["control"] - cells["baseline"] if "control" in cells else None
+        own = float(d_int.get(ablated, math.nan))
+        others = d_int.drop(index=ablated, errors="ignore")
+        rows.append({"ablated": ablated, "own_delta": own, "others_delta": float(others.mean()),
+                     "control_own_delta": float(d_ctl.get(ablated, math.nan)) if d_ctl is not None else math.nan,
+                     "own_most_hurt": bool(len(d_int) > 1 and d_int.idxmax() == ablated)})
+    return pd.DataFrame(rows)
+
+
+def _ppl_section(d: Path) -> list[str]:
+    csv = d / "ppl" / "ppl.csv"
+    if not csv.is_file():
+        return []
+    t = ppl_table(pd.read_csv(csv, keep_default_na=False, na_values=[""]))
+    own, oth, ctl = t.own_delta.mean(), t.others_delta.mean(), t.control_own_delta.mean()
+    ratio = lambda a, b: a / b if b and b > 0 else math.nan  # noqa: E731
+    out = ["## Switching neurons off: perplexity",
+           "Each row switches off one language's neurons (set to 0) and measures the mean NLL per token "
+           "of every language's held-out text, on exactly the same tokens as without the intervention; "
+           "the control switches off as many random neurons per layer.",
+           _table(["ablated", "ΔNLL own", "ΔNLL others (mean)", "ΔNLL own, control", "own most hurt"],
+                  [[r.ablated, r.own_delta, r.others_delta, r.control_own_delta, "yes" if r.own_most_hurt else "no"]
+                   for r in t.itertuples()]),
+           f"Mean own ΔNLL **{_fmt(own)}** nats; {_fmt(ratio(own, oth), 1)}× the other languages' and "
+           f"{_fmt(ratio(own, ctl), 1)}× the control's; the own language is the most hurt in "
+           f"{int(t.own_most_hurt.sum())} of {len(t)} rows."]
+    fig = _figure(d, "ppl/ppl_change.png", "ΔNLL (nats/token) when each language's neurons are switched off "
+                  "(left) and the random control (right)")
+    return out + ([fig] if fig else [])
+
+
+def _steer_section(d: Path) -> list[str]:
+    from .evaluate import steer_summary
+
+    csv = d / "steer" / "steer.csv"
+    if not csv.is_file():
+        return []
+    df = pd.read_csv(csv, keep_default_na=False, na_values=[""])
+    s = steer_summary(df)
+    out = ["## Switching neurons on: steering the output language"]
+    cells = [k for k in ("mode", "factor", "statistic", "positions") if k in s.columns and s[k].nunique() > 1]
+    if cells:  # a sweep: one line per grid cell, then the per-language table of the best cell
+        g = s.groupby(cells, sort=True)[["target_rate", "baseline_rate", "control_rate"]].mean().reset_index()
+        out.append("Mean target-language rate over the targets, per setting:")
+        out.append(_table(cells + ["target rate", "baseline", "control"],
+                          [[_setting(v) for v in r[:len(cells)]] + list(r[len(cells):])
+                           for r in g.itertuples(index=False)]))
+        best = g.loc[g.target_rate.idxmax()]
+        keep = (s[cells] == best[cells]).all(axis=1)
+        s = s[keep]
+        out.append("Per target language at the best setting (" +
+                   ", ".join(f"{k} {_setting(best[k])}" for k in cells) + "):")
+    setting = {k: s[k].iloc[0] for k in ("mode", "factor", "statistic", "positions") if k in s.columns}
+    out.append("Generations under the intervention on the target's neurons (" +
+               ", ".join(f"{k} {_setting(v)}" for k, v in setting.items() if isinstance(v, str) or not pd.isna(v)) +
+               "), without it (baseline) and on random neurons (control); the language of the continuation "
+               "is identified offline; 95% Wilson intervals.")
+    iv = lambda r, c: f"{r[c + '_rate']:.2f} [{r[c + '_low']:.2f}, {r[c + '_high']:.2f}]"  # noqa: E731
+    cols = [c for c in ("target", "baseline", "control") if f"{c}_rate" in s.columns]
+    out.append(_table(["target", "n"] + [{"target": "target rate"}.get(c, c) for c in cols],
+                      [[r["target"], int(r["n"])] + [iv(r, c) for c in cols] for _, r in s.iterrows()]))
+    out.append("Mean: " + ", ".join(f"{c} {s[c + '_rate'].mean():.2f}" for c in cols) + ".")
+    fig = _figure(d, "steer/steer_rate_vs_factor.png", "Target-language rate vs factor, per language")
+    return out + ([fig] if fig else [])
+
+
+def _identification_section(d: Path) -> list[str]:
+    a = _read_json(d / "analysis" / "summary.json")
+    if a is None:
+        return []
+    params = ", ".join(f"{k} {_fmt(v)}" for k, v in a.get("params", {}).items() if not isinstance(v, dict))
+    out = ["## Language-specific neurons",
+           f"Method **{a.get('method')}** ({params}) at site `{a.get('site')}`: {a.get('union')} neurons "
+           f"({100 * a.get('union_share_of_model', 0):.1f}% of the model), "
+           f"{100 * (a.get('share_shared_by_2_or_more') or 0):.0f}% of them shared by two or more languages.",
+           _table(["language", "neurons"], [[k, v] for k, v in a.get("counts", {}).items()])]
+    for rel, cap in (("figures/layer_placement.png", "Where the neurons sit: share per layer"),
+                     ("figures/overlap_heatmap.png", "Overlap (Jaccard) of the languages' sets"),
+                     ("figures/shared_by_k.png", "Neurons shared by k languages"),
+                     ("figures/entropy_distribution.png", "LAPE entropy of all neurons and the selection cutoff")):
+        fig = _figure(d, rel, cap)
+        if fig:
+            out.append(fig)
+    rel = a.get("relatedness", {}).get("tests", {}).get("within_vs_across", {})
+    if rel:
+        out.append("Do related languages share more neurons? Within-group minus across-group mean overlap, "
+                   "permutation p-value: " + "; ".join(
+                       f"{by}: {_fmt(r.get('statistic'))} (p = {_fmt(r.get('p_value'))})"
+                       for by, r in rel.items() if "statistic" in r) + ".")
+    return out
+
+
+def write_report(out: str | os.PathLike, title: str = "Language-specific neurons") -> Path:
+    """Write ``report.md`` into the pipeline's output directory ``out`` and return its path."""
+    d = Path(out)
+    if not d.is_dir():
+        raise LangNeuronsError(f"no such output directory: {str(d)!r}")
+    run = _read_json(d / "summary.json") or {}
+    parts = [f"# {title}"]
+    if run:
+        toks = run.get("tokens", {})
+        parts.append(f"Model `{run.get('model')}`, site `{run.get('site')}`, {len(run.get('languages', []))} "
+                     f"languages ({', '.join(run.get('languages', []))}); statistics from "
+                     f"{sum(toks.values()):,} tokens of the `stats` split.")
+    parts += _identification_section(d) + _ppl_section(d) + _steer_section(d)
+    if len(parts) == 1 + bool(run):
+        raise LangNeuronsError(f"{str(d)!r} holds no pipeline output to report (no analysis/, ppl/ or steer/)")
+    path = d / REPORT_NAME
+    atomic_write_text(path, "\n\n".join(parts) + "\n")
+    return path
