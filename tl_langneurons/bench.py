@@ -74,3 +74,67 @@ def bench_record(model: str = "builtin", languages: list[str] | None = None, max
         "forward_all_s": [round(x, 4) for x in fwd],
         "threads": torch.get_num_threads(),
     }
+
+
+def bench_steer(model: str = "builtin", languages: list[str] | None = None, target: str = "de",
+                max_sentences: int = 100, top_rate: float = 0.05, n_prompts: int = 16, n_samples: int = 4,
+                max_new_tokens: int = 32, repeats: int = 5, seed: int = 0) -> dict:
+    """Time generation under the default steering intervention against the same generation without it.
+
+    The neurons are LAPE's (``top_rate``) on statistics recorded from ``max_sentences`` sentences per
+    language of the built-in ``stats`` split; the intervention is :func:`~.evaluate.steer`'s
+    default (``DEFAULT_MODE`` × ``DEFAULT_FACTOR`` of the target's ``DEFAULT_STATISTIC``) at every
+    position. Both runs generate from the same left-padded prompts (``n_prompts`` neutral prompts ×
+    ``n_samples``, one batch) with the same seed and exactly ``max_new_tokens`` new tokens each (no
+    stop at EOS: an intervention that changes when the text ends would otherwise change the
+    amount of work, not its speed). Measured ``repeats`` times interleaved after one warm-up;
+    medians are reported.
+    """
+    from . import evaluate as ev
+    from .identify import lape
+    from .models import load_model
+
+    languages = languages or ["en", "de", "fr", "ru", "zh", "ar", "hi", "ja"]
+    bridge = load_model(model, site="act")
+    corpus = load_corpus("builtin", languages=languages, split="stats", max_sentences=max_sentences)
+    stats = record(bridge, corpus, site="act", batch_size=32, progress=False)
+    neurons = lape(stats, top_rate=top_rate)
+    iv = ev._steer_item(neurons, target, ev.DEFAULT_MODE, ev.DEFAULT_FACTOR, stats, ev.DEFAULT_STATISTIC)
+    prompts = ev.default_prompts(target, n_prompts, seed=seed)
+    rows = [ev._encode(bridge, p) for p, _ in prompts for _ in range(n_samples)]
+    tokens, mask = ev._left_pad(rows, ev._pad_id(bridge))
+    gen = {"max_new_tokens": max_new_tokens, "stop_at_eos": False, "do_sample": True,
+           "temperature": ev.DEFAULT_TEMPERATURE, "return_type": "tokens", "verbose": False,
+           "use_past_kv_cache": True}
+
+    def run(items: list) -> float:
+        t = time.perf_counter()
+        with torch.no_grad(), ev._seeded(bridge, seed), ev._maybe_intervene(bridge, items):
+            bridge.generate(tokens, attention_mask=mask, **gen)
+        return time.perf_counter() - t
+
+    run([]), run([iv])  # warm-up: allocator, thread pools, lazy imports
+    without, with_ = [], []
+    for _ in range(repeats):
+        without.append(run([]))
+        with_.append(run([iv]))
+    without_s, with_s = statistics.median(without), statistics.median(with_)
+    return {
+        "benchmark": "steer",
+        "model": model,
+        "target": target,
+        "neurons": {"method": "lape", "top_rate": top_rate, "n_target": len(neurons.neurons[target]),
+                    "statistics_languages": languages, "max_sentences": max_sentences},
+        "intervention": {"mode": ev.DEFAULT_MODE, "factor": ev.DEFAULT_FACTOR, "statistic": ev.DEFAULT_STATISTIC,
+                         "positions": "all"},
+        "rows": len(rows),
+        "prompt_tokens": int(tokens.shape[1]),
+        "max_new_tokens": max_new_tokens,
+        "repeats": repeats,
+        "with_s": round(with_s, 4),
+        "without_s": round(without_s, 4),
+        "ratio": round(with_s / without_s, 4),
+        "with_all_s": [round(x, 4) for x in with_],
+        "without_all_s": [round(x, 4) for x in without],
+        "threads": torch.get_num_threads(),
+    }

@@ -3,6 +3,7 @@ calls the Python API, and prints. A :class:`LangNeuronsError` is printed as one 
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -26,6 +27,37 @@ def _positive(name: str, value):
     if value is not None and value < 1:
         raise LangNeuronsError(f"{name} must be a positive integer, got {value}")
     return value
+
+
+def _floats(name: str, value: str) -> list[float]:
+    """A comma-separated list of finite numbers, e.g. ``4,16,64``."""
+    parts = [x.strip() for x in value.split(",") if x.strip()]
+    out = []
+    for x in parts:
+        try:
+            f = float(x)
+        except ValueError:
+            f = math.nan
+        if not math.isfinite(f):
+            raise LangNeuronsError(f"{name}: {x!r} is not a finite number; give a comma-separated list like 4,16,64")
+        out.append(f)
+    if not out:
+        raise LangNeuronsError(f"{name} {value!r} names no number; give a comma-separated list like 4,16,64")
+    return out
+
+
+def _finite(name: str, value):
+    if value is not None and not math.isfinite(value):
+        raise LangNeuronsError(f"{name} must be a finite number, got {value}")
+    return value
+
+
+def _out_dir_free(path: str) -> Path:
+    """The output directory, refused at once if it is an existing file (not after minutes of work)."""
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise LangNeuronsError(f"output directory {path!r} is an existing file")
+    return out
 
 
 class _Parser(argparse.ArgumentParser):
@@ -173,6 +205,236 @@ def cmd_plot(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------------------
+# Measurements under interventions: ppl, steer, lss (METHODS §6)
+
+
+def _control(value: str) -> str | None:
+    return None if value == "none" else value
+
+
+def _positions_arg(value: str | None):
+    """``all``/``prompt``/``generated``/``last`` or a comma-separated list of positions ≥ 0."""
+    if value is None:
+        return None
+    from .intervene import POSITIONS
+
+    if value in POSITIONS:
+        return value
+    try:
+        pos = [int(x) for x in value.split(",") if x.strip()]
+    except ValueError:
+        pos = []
+    if not pos or min(pos) < 0:
+        raise LangNeuronsError(f"unknown --positions {value!r}; allowed: {', '.join(POSITIONS)} or a "
+                               "comma-separated list of positions ≥ 0")
+    return pos
+
+
+def _steer_mode(args, modes) -> str:
+    """The mode and the statistics it needs, checked before anything is loaded."""
+    from .evaluate import DEFAULT_MODE, DEFAULT_STATISTIC
+    from .intervene import _statistic
+
+    if args.statistic is not None:
+        _statistic(args.statistic)  # a misspelt statistic fails here, not after the model is loaded
+    mode = args.mode if args.mode is not None else DEFAULT_MODE
+    if mode not in modes:
+        raise LangNeuronsError(f"unknown --mode {mode!r}; allowed: {', '.join(modes)}")
+    if mode in ("set", "add") and args.stats is None:
+        raise LangNeuronsError(f"--mode {mode} needs --stats (the recorded statistics whose "
+                               f"{args.statistic or DEFAULT_STATISTIC} activation is set or added); "
+                               "--mode scale needs none")
+    return mode
+
+
+def _measure_inputs(args, mode: str, targets: list[str]):
+    """The neuron set and (for set/add) its statistics, checked against each other and the targets."""
+    from .neurons import LanguageNeurons
+    from .report import check_stats_match
+    from .stats import NeuronStats
+
+    neurons = LanguageNeurons.load(args.neurons)
+    if targets == ["all"]:
+        targets = list(neurons.languages)
+    for t in targets:
+        if t not in neurons:
+            raise LangNeuronsError(f"unknown --target {t!r}; the neuron set has: {', '.join(neurons.languages)}")
+    stats = None
+    if mode in ("set", "add"):
+        stats = NeuronStats.load(args.stats)
+        check_stats_match(neurons, stats)
+        for t in targets:
+            if t not in stats.languages:
+                raise LangNeuronsError(f"--target {t!r} has no statistics in {args.stats!r}; "
+                                       f"they hold: {', '.join(stats.languages)}")
+    return neurons, stats, targets
+
+
+def _load_for(args, neurons):
+    """The model at the neuron set's site; refused if the set was identified on other weights."""
+    from .models import load_model, weights_hash
+
+    model = load_model(args.model, device=args.device, dtype=args.dtype, site=neurons.site)
+    want = neurons.model.get("weights_hash")
+    if want and want != weights_hash(model):
+        raise LangNeuronsError(f"the neuron set {str(args.neurons)!r} was identified on model "
+                               f"{neurons.model.get('name')!r} (weights {want!r}), not on --model {args.model!r}")
+    return model
+
+
+def cmd_ppl(args) -> int:
+    from .corpus import builtin_languages, load_corpus
+    from .evaluate import perplexity_matrix
+    from .measure_io import write_ppl
+    from .models import _resolve_source
+    from .neurons import LanguageNeurons
+
+    _positive("--max-sentences", args.max_sentences)
+    _positive("--batch-size", args.batch_size)
+    out = _out_dir_free(args.out)
+    _resolve_source(args.model)
+    neurons = LanguageNeurons.load(args.neurons)
+    langs = _languages(args.languages)
+    split = args.split
+    to_load = langs  # without --languages: only the set's languages (the corpus may hold many more)
+    if args.corpus == "builtin":
+        # held-out text by default: the built-in model was trained on 'train', the neurons found on 'stats'
+        split = "eval" if split is None else split
+        if to_load is None:
+            to_load = [k for k in neurons.languages if k in builtin_languages(split)] or None
+    elif args.corpus.startswith("hf:") and to_load is None:
+        to_load = list(neurons.languages)
+    corpus = load_corpus(args.corpus, languages=to_load, split=split, max_sentences=args.max_sentences)
+    model = _load_for(args, neurons)
+    df = perplexity_matrix(model, corpus, neurons, languages=langs, control=_control(args.control), seed=args.seed,
+                           batch_size=args.batch_size, progress=True)
+    run = {"model": args.model, "corpus": args.corpus, "split": split, "max_sentences": args.max_sentences,
+           "neurons": str(args.neurons), "site": neurons.site, "method": neurons.method,
+           "control": _control(args.control), "seed": args.seed}
+    summary = write_ppl(df, out, run=run)
+    head = {k: summary[k] for k in ("diag_delta_nll", "offdiag_delta_nll", "control_diag_delta_nll",
+                                    "diag_over_offdiag", "diag_over_control", "frac_most_hurt",
+                                    "n_ablated", "n_evaluated")}
+    print(json.dumps(head, indent=1))
+    print(f"wrote {len(summary['files'])} files to {out}", file=sys.stderr)
+    return 0
+
+
+def _read_prompts(path: str) -> list[str]:
+    """One prompt per line (UTF-8); an empty line is BOS only (unconditional generation)."""
+    p = Path(path)
+    if not p.is_file():
+        raise LangNeuronsError(f"no prompts file at {path!r}")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise LangNeuronsError(f"prompts file {path!r} is not UTF-8 ({e.reason} at byte {e.start})") from None
+    lines = text.split("\n")
+    if lines and lines[-1] == "":  # the newline that ends the last line opens no new prompt
+        lines.pop()
+    if not lines:
+        raise LangNeuronsError(f"prompts file {path!r} is empty; write one prompt per line (an empty line = BOS only)")
+    return [line.rstrip("\r") for line in lines]
+
+
+def _pct(x) -> str:
+    return "n/a" if x is None else f"{x:.0%}"
+
+
+def cmd_steer(args) -> int:
+    from .evaluate import STEER_MODES, steer_sweep
+    from .measure_io import write_steer
+    from .models import _resolve_source
+
+    mode = _steer_mode(args, STEER_MODES)
+    if args.factors is not None and args.factor is not None:
+        raise LangNeuronsError(f"give --factor {args.factor:g} or --factors {args.factors}, not both")
+    factors = _floats("--factors", args.factors) if args.factors is not None else None
+    _finite("--factor", args.factor)
+    for name in ("--n-samples", "--n-prompts", "--max-new-tokens", "--batch-size", "--top-k"):
+        _positive(name, getattr(args, name[2:].replace("-", "_")))
+    if args.temperature is not None and not args.greedy and not args.temperature > 0:
+        raise LangNeuronsError(f"--temperature must be > 0 when sampling (or use --greedy), got {args.temperature}")
+    if args.repetition_penalty is not None and not args.repetition_penalty > 0:
+        raise LangNeuronsError(f"--repetition-penalty must be > 0, got {args.repetition_penalty}")
+    positions = _positions_arg(args.positions)
+    prompts = _read_prompts(args.prompts) if args.prompts is not None else None
+    out = _out_dir_free(args.out)
+    _resolve_source(args.model)
+    targets = _languages(args.target) if args.target != "all" else ["all"]
+    neurons, stats, targets = _measure_inputs(args, mode, targets)
+    if factors is None:
+        from .evaluate import DEFAULT_FACTOR
+
+        factors = [args.factor if args.factor is not None else DEFAULT_FACTOR]
+    # only what was given: the library's defaults (steer's best settings) apply to the rest
+    given = {k: getattr(args, k) for k in ("statistic", "n_samples", "max_new_tokens", "temperature", "top_k",
+                                           "n_prompts", "repetition_penalty", "batch_size")
+             if getattr(args, k) is not None}
+    if positions is not None:
+        given["positions"] = positions
+    if args.source is not None:
+        given["source"] = _languages(args.source)
+    model = _load_for(args, neurons)
+    df = steer_sweep(model, neurons, targets, factors, [mode], prompts, stats, greedy=args.greedy, seed=args.seed,
+                     control=_control(args.control), progress=True, **given)
+    run = {"model": args.model, "neurons": str(args.neurons), "stats": args.stats, "site": neurons.site,
+           "method": neurons.method, "targets": targets, "prompts": args.prompts or "built-in parallel split",
+           "greedy": args.greedy, "seed": args.seed, "control": _control(args.control),
+           **{k: v for k, v in given.items() if k != "positions"}}
+    summary = write_steer(df, out, run=run)
+    for cell in summary["cells"]:
+        m = cell["mean"]
+        print(f"{cell['mode']} x{cell['factor']:g}: mean target-language rate {_pct(m.get('target_rate'))} "
+              f"(no intervention {_pct(m.get('baseline_rate'))}, random control {_pct(m.get('control_rate'))}) "
+              f"over {m['n_targets']} target(s)")
+    if summary["sweep"]:
+        s = summary["settings"]
+        print(f"best: {s['mode']} x{s['factor']:g}")
+    for t, r in summary["targets"].items():
+        print(f"  {t}: {_pct(r['target_rate'])} [{_pct(r['target_low'])}, {_pct(r['target_high'])}] "
+              f"of {r['n']}; no intervention {_pct(r.get('baseline_rate'))}, control {_pct(r.get('control_rate'))}")
+    print(f"wrote {len(summary['files'])} files to {out}", file=sys.stderr)
+    return 0
+
+
+def cmd_lss(args) -> int:
+    from .evaluate import STEER_MODES, load_facts, lss
+    from .measure_io import write_lss
+    from .models import _resolve_source
+
+    mode = _steer_mode(args, STEER_MODES)
+    _finite("--factor", args.factor)
+    _positive("--batch-size", args.batch_size)
+    positions = _positions_arg(args.positions)
+    if args.source == args.target:
+        raise LangNeuronsError(f"--source and --target must differ, both are {args.source!r}")
+    out = _out_dir_free(args.out)
+    _resolve_source(args.model)
+    items = load_facts(args.facts, languages=[args.source, args.target])
+    neurons, stats, _ = _measure_inputs(args, mode, [args.target])
+    given = {k: getattr(args, k) for k in ("factor", "statistic", "batch_size") if getattr(args, k) is not None}
+    if positions is not None:
+        given["positions"] = positions
+    model = _load_for(args, neurons)
+    df = lss(model, neurons, items, args.source, args.target, stats=stats, mode=mode, control=_control(args.control),
+             seed=args.seed, progress=True, **given)
+    run = {"model": args.model, "neurons": str(args.neurons), "stats": args.stats, "facts": args.facts or "bundled",
+           "site": neurons.site, "method": neurons.method, "control": _control(args.control), "seed": args.seed,
+           **{k: v for k, v in given.items() if k != "positions"}}
+    summary = write_lss(df, out, run=run)
+    for pair in summary["pairs"]:
+        for cond in ("intervention", "control"):
+            if cond in pair:
+                r = pair[cond]
+                print(f"LSS {pair['source']}->{pair['target']} ({pair['mode']} x{pair['factor']:g}, {cond}): "
+                      f"{_pct(r['lss'])} [{_pct(r['low'])}, {_pct(r['high'])}] of {r['n_items']} items, "
+                      f"mean shift of delta {r['mean_delta_shift']:+.3f}")
+    print(f"wrote {len(summary['files'])} files to {out}", file=sys.stderr)
+    return 0
+
+
 def cmd_models(args) -> int:
     from .models import list_models
 
@@ -186,17 +448,24 @@ def cmd_models(args) -> int:
 
 
 def cmd_bench(args) -> int:
+    _positive("--max-sentences", args.max_sentences)
+    _positive("--repeats", args.repeats)
+    # only what was given: each benchmark's own defaults apply to the rest
+    given = {k: getattr(args, k) for k in ("max_sentences", "repeats") if getattr(args, k) is not None}
     if args.what == "record":
         from .bench import bench_record
 
-        result = bench_record(model=args.model, max_sentences=args.max_sentences, batch_size=args.batch_size,
-                              repeats=args.repeats)
+        result = bench_record(model=args.model, batch_size=args.batch_size, **given)
     elif args.what == "identify":
         from .identify import bench_identify
 
         result = bench_identify()
+    elif args.what == "steer":
+        from .bench import bench_steer
+
+        result = bench_steer(model=args.model, target=args.target, **given)
     else:
-        raise LangNeuronsError(f"unknown benchmark {args.what!r}; allowed: 'record', 'identify'")
+        raise LangNeuronsError(f"unknown benchmark {args.what!r}; allowed: 'record', 'identify', 'steer'")
     print(json.dumps(result, indent=None if args.json else 1))
     return 0
 
@@ -313,19 +582,96 @@ def build_parser() -> argparse.ArgumentParser:
         a.add_argument("--out", required=True, help="output directory")
         a.set_defaults(func=func)
 
+    def model_options(c) -> None:
+        c.add_argument("--model", default="builtin", help="'builtin', a hub id or a local model directory "
+                       "(the one the neurons were found on; loaded at the neurons' site)")
+        c.add_argument("--neurons", required=True, help="neurons.json written by 'identify'")
+        c.add_argument("--device", default="cpu")
+        c.add_argument("--dtype", default="float32")
+        c.add_argument("--control", default="random", choices=["random", "none"],
+                       help="random (default): the same intervention on random neurons of the same layer profile")
+        c.add_argument("--seed", type=int, default=0, help="seeds the random control (and sampling)")
+
+    def steer_options(c) -> None:
+        c.add_argument("--stats", default=None, help="statistics at the neurons' site ('record'); needed by "
+                       "--mode set and add, which write a statistic of the target language")
+        c.add_argument("--mode", default=None, help="set (a := factor x statistic), scale (a := factor x a) or add "
+                       "(a := a + factor x statistic); default: the library's DEFAULT_MODE")
+        c.add_argument("--factor", type=float, default=None, help="default: the library's DEFAULT_FACTOR")
+        c.add_argument("--statistic", default=None, help="mean (over tokens), median/max/min (of sentence means, "
+                       "needs --sentence-means statistics) or q0.9; default: the library's DEFAULT_STATISTIC")
+        c.add_argument("--positions", default=None, help="all (default), prompt, generated, last, or a comma-"
+                       "separated list of positions")
+
+    c = sub.add_parser("ppl", help="perplexity change when each language's neurons are switched off",
+                       description="Tang et al.'s deactivation matrix: zero each language's neurons and measure "
+                                   "every language's NLL on the same held-out tokens, with a random-neuron control. "
+                                   "Writes ppl.csv, summary.json and the ppl_change figure.")
+    model_options(c)
+    c.add_argument("--corpus", default="builtin", help="'builtin', a folder of <lang>.txt, or hf:NAME[:CONFIG][:SPLIT]")
+    c.add_argument("--split", default=None, help="built-in corpus split; default eval (held out)")
+    c.add_argument("--languages", default=None, help="evaluated languages, comma-separated (default: the "
+                   "neuron set's languages the corpus has); each of them in the set is also switched off")
+    c.add_argument("--max-sentences", type=int, default=None, help="the first N sentences of each language")
+    c.add_argument("--batch-size", type=int, default=16)
+    c.add_argument("--out", required=True, help="output directory")
+    c.set_defaults(func=cmd_ppl)
+
+    c = sub.add_parser("steer", help="generate under an intervention and identify the output language",
+                       description="Steer generation towards a target language by intervening on its neurons; "
+                                   "the same prompts are also generated without intervention and under the random "
+                                   "control, with the same seed. Writes steer.csv, summary.json and, for a "
+                                   "--factors sweep, the steer_rate_vs_factor figure. Defaults are the library's "
+                                   "(evaluate.DEFAULT_*).")
+    model_options(c)
+    c.add_argument("--target", required=True, help="language to steer towards; a comma-separated list or 'all'")
+    steer_options(c)
+    c.add_argument("--factors", default=None, help="a sweep over factors instead of --factor, e.g. 4,16,64")
+    c.add_argument("--prompts", default=None, help="a UTF-8 file with one prompt per line (an empty line = BOS "
+                   "only); default: neutral prompts from the built-in parallel split in the other languages")
+    c.add_argument("--source", default=None, help="languages of the default prompts, comma-separated "
+                   "(default: every language but the target, in turn)")
+    c.add_argument("--n-prompts", type=int, default=None, help="default prompts per target")
+    c.add_argument("--n-samples", type=int, default=None, help="continuations per prompt (one with --greedy)")
+    c.add_argument("--max-new-tokens", type=int, default=None)
+    c.add_argument("--greedy", action="store_true", help="greedy decoding instead of sampling")
+    c.add_argument("--temperature", type=float, default=None)
+    c.add_argument("--top-k", type=int, default=None)
+    c.add_argument("--repetition-penalty", type=float, default=None)
+    c.add_argument("--batch-size", type=int, default=None, help="generations per generate call")
+    c.add_argument("--out", required=True, help="output directory")
+    c.set_defaults(func=cmd_steer)
+
+    c = sub.add_parser("lss", help="Language Steering Shift on parallel facts (Rahmanisa et al. 2025)",
+                       description="Per fact with its prompt in --source: does the intervention on --target's "
+                                   "neurons raise log P(object in target) - log P(object in source)? Writes lss.csv "
+                                   "and summary.json.")
+    model_options(c)
+    c.add_argument("--source", required=True, help="language of the prompts")
+    c.add_argument("--target", required=True, help="language whose neurons are amplified")
+    c.add_argument("--facts", default=None, help="a facts JSON file (format tl_langneurons.facts/1); "
+                   "default: the bundled fixture (en, de, fr, es, ru)")
+    steer_options(c)
+    c.add_argument("--batch-size", type=int, default=None)
+    c.add_argument("--out", required=True, help="output directory")
+    c.set_defaults(func=cmd_lss)
+
     m = sub.add_parser("models", help="list the built-in models")
     m.add_argument("--json", action="store_true")
     m.set_defaults(func=cmd_models)
 
     b = sub.add_parser("bench", help="benchmarks that print their figures")
-    b.add_argument("what", choices=["record", "identify"],
+    b.add_argument("what", choices=["record", "identify", "steer"],
                    help="record: recorder vs bare forward pass; identify: LAPE on a 21 x 80 x 28,672 table, "
-                        "AP on 200,000 units x 3,000 sentences, AP vs scikit-learn")
+                        "AP on 200,000 units x 3,000 sentences, AP vs scikit-learn; steer: generation under "
+                        "the default steering intervention on LAPE neurons vs without")
     b.add_argument("--json", action="store_true")
-    b.add_argument("--model", default="builtin", help="record only")
-    b.add_argument("--max-sentences", type=int, default=200, help="record only")
+    b.add_argument("--model", default="builtin", help="record and steer")
+    b.add_argument("--max-sentences", type=int, default=None,
+                   help="record: sentences per language timed (200); steer: per language of the statistics (100)")
     b.add_argument("--batch-size", type=int, default=32, help="record only")
-    b.add_argument("--repeats", type=int, default=3, help="record only")
+    b.add_argument("--repeats", type=int, default=None, help="record (3) and steer (5)")
+    b.add_argument("--target", default="de", help="steer only")
     b.set_defaults(func=cmd_bench)
 
     d = sub.add_parser("demo", help="run the pipeline on the built-in model and corpus")

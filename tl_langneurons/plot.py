@@ -1,4 +1,5 @@
-"""Figures from results (neuron sets, entropy tensors); computes nothing beyond :mod:`.analysis`.
+"""Figures from results (neuron sets, entropy tensors, measurement frames); computes nothing beyond
+:mod:`.analysis` and the summaries of :mod:`.evaluate`.
 
 Each function returns a :class:`matplotlib.figure.Figure`; :func:`save_figure` writes it as PNG
 (200 dpi) and PDF. Figures are built on the Agg canvas without pyplot, so importing this module
@@ -15,14 +16,15 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 import seaborn as sns
 import torch
 from jaxtyping import Float
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.patches import Patch
-from matplotlib.ticker import FormatStrFormatter, MaxNLocator, NullFormatter
+from matplotlib.patches import Patch, Rectangle
+from matplotlib.ticker import FixedLocator, FormatStrFormatter, MaxNLocator, NullFormatter, PercentFormatter
 from torch import Tensor
 
 from . import analysis
@@ -229,6 +231,122 @@ def entropy_distribution(entropy: Float[Tensor, "layer d_mlp"], threshold: float
     ax.set_ylabel("neurons")
     ax.tick_params(labelsize=TICK_FONT)
     sns.despine(ax=ax)
+    return fig
+
+
+def ppl_change_heatmap(df: pd.DataFrame, annotate: bool | None = None) -> Figure:
+    """ΔNLL = NLL(neurons off) − NLL(baseline), ablated language × evaluated language, from
+    :func:`~.evaluate.perplexity_matrix`; the random control's ΔNLL beside it on the same colour scale.
+
+    The scale is diverging and symmetric around 0 (red: the text got harder to predict); the
+    diagonal cells (a language's neurons on its own text) are outlined. Values are written in the
+    cells when ``annotate`` (default: up to 12 languages on either axis).
+    """
+    from .evaluate import delta_matrix
+
+    panels = {"language neurons off": delta_matrix(df, "intervention")}
+    if "control" in set(df["condition"]):
+        panels["random neurons off (control)"] = delta_matrix(df, "control")
+    first = next(iter(panels.values()))
+    R, C = first.shape
+    annotate = max(R, C) <= 12 if annotate is None else annotate
+    values = np.concatenate([m.to_numpy(dtype=float).ravel() for m in panels.values()])
+    finite = values[np.isfinite(values)]
+    vmax = float(np.abs(finite).max()) if finite.size else 1.0
+    vmax = vmax if vmax > 0 else 1.0  # an all-zero matrix still needs a scale
+    cell = 0.42 if annotate else 0.3  # inches; annotated cells hold "-0.012"
+    fig = _figure(len(panels) * (cell * C + 0.9) + 1.0, cell * R + 1.5)
+    gs = fig.add_gridspec(1, len(panels) + 1, width_ratios=[1] * len(panels) + [0.05])
+    cax = fig.add_subplot(gs[0, -1])
+    for k, (title, m) in enumerate(panels.items()):
+        ax = fig.add_subplot(gs[0, k])
+        sns.heatmap(m, ax=ax, cmap="vlag", vmin=-vmax, vmax=vmax, square=True,
+                    xticklabels=True, yticklabels=True, annot=annotate, fmt=".3f", annot_kws={"fontsize": 5},
+                    cbar=k == 0, cbar_ax=cax if k == 0 else None,
+                    cbar_kws={"label": "ΔNLL (nats per token)"})
+        for i, a in enumerate(m.index):  # outline the diagonal: the language's own text
+            if a in m.columns:
+                ax.add_patch(Rectangle((list(m.columns).index(a), i), 1, 1, fill=False, edgecolor="0.1", linewidth=0.8))
+        ax.set_title(title, fontsize=8)
+        ax.set_xlabel("evaluated language")
+        ax.set_ylabel("neurons switched off" if k == 0 else "")
+        ax.tick_params(labelsize=TICK_FONT)
+        ax.tick_params(axis="x", rotation=90)
+        ax.tick_params(axis="y", rotation=0)
+    cax.tick_params(labelsize=TICK_FONT)
+    return fig
+
+
+def _factor_axis(ax, factors: list[float]) -> None:
+    """Log x axis over the factors (symlog when one is ≤ 0, e.g. α = 0), ticks at the factors."""
+    positive = [f for f in factors if f > 0]
+    if len(positive) == len(factors):
+        ax.set_xscale("log")
+    else:
+        ax.set_xscale("symlog", linthresh=min(positive) if positive else 1.0)
+    ax.xaxis.set_major_locator(FixedLocator(factors))
+    ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
+def steer_rate_vs_factor(df: pd.DataFrame) -> Figure:
+    """Target-language rate against the steering factor, one line per target language.
+
+    ``df`` is a steering frame (:func:`~.evaluate.steer_sweep`, one row per generation) or its
+    :func:`~.evaluate.steer_summary`. One panel per mode (× statistic × positions, where they vary).
+    Solid lines with Wilson 95% error bars: under the intervention. Dashed black: the random
+    control, mean over targets, its range over targets shaded. Dotted grey: no intervention (it
+    does not depend on the factor), mean and range over targets.
+    """
+    from .evaluate import steer_summary
+
+    summ = df if "target_rate" in df.columns else steer_summary(df)
+    need = {"target", "factor", "target_rate"} - set(summ.columns)
+    if need:
+        raise LangNeuronsError(f"not a steering frame or summary: it lacks the column(s) {sorted(need)}")
+    summ = summ.copy()
+    keys = [k for k in ("mode", "statistic", "positions") if k in summ.columns]
+    for k in keys:  # scale has no statistic: a missing value is its own panel, not dropped
+        summ[k] = summ[k].astype(object).where(summ[k].notna(), "–")
+    panels = list(summ.groupby(keys, sort=False)) if keys else [((), summ)]
+    targets = list(dict.fromkeys(summ["target"]))
+    colours = dict(zip(targets, sns.color_palette("tab10" if len(targets) <= 10 else "husl", len(targets))))
+    fig = _figure(3.2 * len(panels) + 1.4, 3.2)
+    axes = fig.subplots(1, len(panels), sharey=True, squeeze=False)[0]
+    for ax, (key, g) in zip(axes, panels):
+        factors = sorted(set(float(f) for f in g["factor"]))
+        for t in targets:
+            r = g[g["target"] == t].sort_values("factor")
+            if not len(r):
+                continue
+            err = None
+            if {"target_low", "target_high"} <= set(r.columns):
+                err = np.vstack([r["target_rate"] - r["target_low"], r["target_high"] - r["target_rate"]])
+            ax.errorbar(r["factor"], r["target_rate"], yerr=err, color=colours[t], marker="o", markersize=3,
+                        linewidth=1.2, elinewidth=0.6, capsize=0, alpha=0.9, label=t)
+        for cond, style in (("control", {"color": "black", "linestyle": "--"}),
+                            ("baseline", {"color": "0.55", "linestyle": ":"})):
+            col = f"{cond}_rate"
+            if col not in g.columns or g[col].isna().all():
+                continue
+            per = g.groupby("factor")[col].agg(["mean", "min", "max"]).sort_index()
+            ax.plot(per.index, per["mean"], linewidth=1.2, marker="o" if len(per) == 1 else None, markersize=3,
+                    **style)
+            ax.fill_between(per.index, per["min"], per["max"], color=style["color"], alpha=0.12, linewidth=0)
+        _factor_axis(ax, factors)
+        title = ", ".join(f"{k} {v}" for k, v in zip(keys, key if isinstance(key, tuple) else (key,)) if v != "–")
+        ax.set_title(title, fontsize=8)
+        ax.set_xlabel("factor")
+        ax.set_ylim(-0.02, 1.02)
+        ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
+        ax.tick_params(labelsize=TICK_FONT)
+        sns.despine(ax=ax)
+    axes[0].set_ylabel("generations in the target language")
+    handles = [Line2D([], [], color=colours[t], marker="o", markersize=3, label=t) for t in targets]
+    handles += [Line2D([], [], color="black", linestyle="--", label="random control\n(mean, range)"),
+                Line2D([], [], color="0.55", linestyle=":", label="no intervention\n(mean, range)")]
+    fig.legend(handles=handles, title="target", loc="outside right upper", fontsize=7, title_fontsize=8,
+               frameon=False)
     return fig
 
 

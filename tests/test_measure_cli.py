@@ -1,0 +1,331 @@
+"""The measurement commands (ppl, steer, lss, bench steer) end to end on the built-in model, tiny sizes:
+exact CSV columns and row counts, summary keys, figures, baseline NLL equal to a separately
+batched computation, no hook left on the model, and every user mistake one line with exit 2
+before the model is loaded.
+
+The commands run in-process through ``cli.main``; ``load_model`` is replaced by one that hands out
+the session's built-in model (checked at the site asked for), so that the model is loaded once for
+the module and the tests can see whether a hook was left on it.
+"""
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from conftest import n_hooks
+
+from tl_langneurons import evaluate as ev
+from tl_langneurons import models
+from tl_langneurons.cli import main
+from tl_langneurons.corpus import load_corpus
+from tl_langneurons.identify import lape
+from tl_langneurons.measure_io import PPL_COLUMNS, STEER_FIRST
+from tl_langneurons.record import record
+
+LANGS = ["en", "de", "ru"]
+STEER_COLUMNS = STEER_FIRST + ["mode", "factor", "statistic", "positions", "prompt_id", "prompt_language", "sample"]
+RATES = {f"{c}_{p}" for c in ("target", "baseline", "control") for p in ("rate", "low", "high")} | {"n"}
+
+
+@pytest.fixture(scope="module")
+def inputs(builtin_model, tmp_path_factory):
+    """LAPE neurons and their statistics for three languages of the built-in model (a few seconds)."""
+    d = tmp_path_factory.mktemp("measure_inputs")
+    corpus = load_corpus("builtin", languages=LANGS, split="stats", max_sentences=12)
+    stats = record(builtin_model, corpus, site="act", batch_size=16, progress=False)
+    stats.save(d / "stats")
+    lape(stats, top_rate=0.05).save(d / "neurons.json")
+    return {"neurons": str(d / "neurons.json"), "stats": str(d / "stats"), "dir": d}
+
+
+@pytest.fixture
+def loads(builtin_model, monkeypatch):
+    """``load_model`` handing out the session's built-in model; returns the sites asked for."""
+    calls = []
+
+    def load(model="builtin", device="cpu", dtype="float32", site="act"):
+        assert model == "builtin" and device == "cpu" and dtype == "float32"
+        models.check_site(builtin_model, site)
+        calls.append(site)
+        return builtin_model
+
+    monkeypatch.setattr(models, "load_model", load)
+    assert n_hooks(builtin_model) == 0
+    return calls
+
+
+def _summary(out: Path) -> dict:
+    return json.loads((out / "summary.json").read_text())  # strict JSON: no NaN
+
+
+def _figure(out: Path, name: str) -> None:
+    for ext, magic in (("png", b"\x89PNG"), ("pdf", b"%PDF")):
+        f = out / f"{name}.{ext}"
+        assert f.is_file() and f.read_bytes()[:4] == magic, f
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def test_ppl(inputs, loads, builtin_model, tmp_path, capsys):
+    out = tmp_path / "ppl"
+    assert main(["ppl", "--neurons", inputs["neurons"], "--languages", ",".join(LANGS), "--max-sentences", "3",
+                 "--batch-size", "4", "--out", str(out)]) == 0
+    assert loads == ["act"] and n_hooks(builtin_model) == 0
+    printed = json.loads(capsys.readouterr().out)
+
+    df = pd.read_csv(out / "ppl.csv", keep_default_na=False)
+    assert list(df.columns) == PPL_COLUMNS and len(df) == 3 * 3 * 3
+    assert not df.duplicated(["ablated", "evaluated", "condition"]).any()
+    assert set(df.condition) == {"baseline", "intervention", "control"}
+    assert set(df.ablated) == set(df.evaluated) == set(LANGS)
+
+    # the baseline on the same held-out sentences, batched differently (one sentence per batch)
+    corpus = load_corpus("builtin", languages=LANGS, split="eval", max_sentences=3)
+    naive = ev.nll_per_language(builtin_model, corpus, batch_size=1, progress=False).set_index("language")
+    for r in df[df.condition == "baseline"].itertuples():
+        assert r.n_tokens == naive.loc[r.evaluated, "n_tokens"]
+        assert r.nll == pytest.approx(naive.loc[r.evaluated, "nll"], abs=1e-5)
+    assert (df.groupby("evaluated").n_tokens.nunique() == 1).all()  # same tokens in every condition
+
+    summary = _summary(out)
+    assert {"diag_delta_nll", "offdiag_delta_nll", "control_diag_delta_nll", "control_offdiag_delta_nll",
+            "diag_over_offdiag", "diag_over_control", "frac_most_hurt", "n_ablated", "n_evaluated",
+            "per_language", "ablated", "evaluated", "conditions", "run", "files"} <= set(summary)
+    assert summary["run"]["split"] == "eval" and summary["conditions"] == ["baseline", "intervention", "control"]
+    assert {k: summary[k] for k in printed} == printed
+    nll = df.set_index(["ablated", "evaluated", "condition"]).nll
+    for lang, per in summary["per_language"].items():
+        assert set(per) == {"n_neurons", "baseline_nll", "delta_nll", "offdiag_delta_nll", "control_delta_nll",
+                            "diag_over_offdiag", "diag_over_control", "most_hurt"}
+        assert per["delta_nll"] == pytest.approx(nll[lang, lang, "intervention"] - nll[lang, lang, "baseline"])
+        assert per["control_delta_nll"] == pytest.approx(nll[lang, lang, "control"] - nll[lang, lang, "baseline"])
+    assert summary["diag_delta_nll"] == pytest.approx(
+        sum(p["delta_nll"] for p in summary["per_language"].values()) / 3)
+    _figure(out, "ppl_change")
+    assert sorted(summary["files"]) == sorted(p.name for p in out.iterdir())
+
+
+def test_steer_single_setting_with_a_prompts_file(inputs, loads, builtin_model, tmp_path, capsys):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("The weather today\n\n", encoding="utf-8")  # second line empty: BOS only
+    out = tmp_path / "steer"
+    assert main(["steer", "--neurons", inputs["neurons"], "--stats", inputs["stats"], "--target", "de",
+                 "--prompts", str(prompts), "--greedy", "--max-new-tokens", "6", "--out", str(out)]) == 0
+    assert loads == ["act"] and n_hooks(builtin_model) == 0
+    assert "de:" in capsys.readouterr().out
+
+    df = pd.read_csv(out / "steer.csv", keep_default_na=False)
+    assert list(df.columns) == STEER_COLUMNS
+    assert len(df) == 3 * 2  # conditions × prompts (greedy: one sample each)
+    assert list(df[df.condition == "intervention"].prompt) == ["The weather today", ""]
+    assert set(df.target) == {"de"} and set(df.factor) == {ev.DEFAULT_FACTOR} and set(df["mode"]) == {ev.DEFAULT_MODE}
+    assert not (out / "steer_rate_vs_factor.png").exists()
+
+    summary = _summary(out)
+    assert summary["sweep"] is False and len(summary["cells"]) == 1
+    assert summary["settings"] == {"mode": ev.DEFAULT_MODE, "factor": ev.DEFAULT_FACTOR,
+                                   "statistic": ev.DEFAULT_STATISTIC, "positions": "all"}
+    assert set(summary["targets"]) == {"de"} and set(summary["targets"]["de"]) == RATES
+    assert summary["targets"]["de"]["n"] == 2
+    rate = (df[df.condition == "intervention"].detected == "de").mean()
+    assert summary["targets"]["de"]["target_rate"] == pytest.approx(rate)
+    assert summary["mean"]["target_rate"] == pytest.approx(rate) and summary["mean"]["n_targets"] == 1
+    assert summary["run"]["greedy"] is True and summary["n_generations"] == 6
+
+
+def test_steer_sweep_over_all_targets(inputs, loads, builtin_model, tmp_path, capsys):
+    out = tmp_path / "sweep"
+    assert main(["steer", "--neurons", inputs["neurons"], "--stats", inputs["stats"], "--target", "all",
+                 "--factors", "4,16", "--n-prompts", "2", "--n-samples", "1", "--max-new-tokens", "5",
+                 "--batch-size", "8", "--out", str(out)]) == 0
+    assert n_hooks(builtin_model) == 0
+    df = pd.read_csv(out / "steer.csv", keep_default_na=False)
+    assert list(df.columns) == STEER_COLUMNS
+    assert len(df) == 3 * 2 * 3 * 2  # targets × factors × conditions × prompts
+    summary = _summary(out)
+    assert summary["sweep"] is True and summary["best"]
+    assert [(c["mode"], c["factor"]) for c in summary["cells"]] == [(ev.DEFAULT_MODE, 4.0), (ev.DEFAULT_MODE, 16.0)]
+    for cell in summary["cells"]:
+        assert set(cell["targets"]) == set(LANGS)
+        assert all(set(t) == RATES for t in cell["targets"].values())
+        assert cell["mean"]["target_rate"] == pytest.approx(
+            sum(t["target_rate"] for t in cell["targets"].values()) / 3)
+        assert cell["mean"]["pooled_target_low"] <= cell["mean"]["target_rate"] <= cell["mean"]["pooled_target_high"]
+    best = max(summary["cells"], key=lambda c: c["mean"]["target_rate"])
+    assert summary["settings"]["factor"] == best["factor"] and summary["targets"] == best["targets"]
+    _figure(out, "steer_rate_vs_factor")
+
+
+def test_lss_with_scale_needs_no_stats(inputs, loads, builtin_model, tmp_path, capsys):
+    facts = {"format": "tl_langneurons.facts/1", "languages": ["en", "de"],
+             "items": ev.load_facts(languages=["en", "de"])[:4]}
+    path = tmp_path / "facts.json"
+    path.write_text(json.dumps(facts, ensure_ascii=False), encoding="utf-8")
+    out = tmp_path / "lss"
+    assert main(["lss", "--neurons", inputs["neurons"], "--source", "en", "--target", "de", "--facts", str(path),
+                 "--mode", "scale", "--factor", "4", "--out", str(out)]) == 0
+    assert n_hooks(builtin_model) == 0
+    assert "LSS en->de (scale x4, intervention)" in capsys.readouterr().out
+    df = pd.read_csv(out / "lss.csv")
+    assert list(df.columns) == ["item", "relation", "source", "target", "condition", "mode", "factor",
+                                "object_source", "object_target", "logp_source", "logp_target", "delta",
+                                "delta_baseline", "shifted"]
+    n_items = df.item.nunique()
+    assert 1 <= n_items <= 4 and len(df) == 3 * n_items
+    summary = _summary(out)
+    assert set(summary) == {"pairs", "n_items", "conditions", "run", "files"}
+    (pair,) = summary["pairs"]
+    assert (pair["source"], pair["target"], pair["mode"], pair["factor"]) == ("en", "de", "scale", 4.0)
+    for cond in ("intervention", "control"):
+        assert set(pair[cond]) == {"lss", "low", "high", "n_items", "mean_delta_shift"}
+        sub = df[df.condition == cond]
+        assert pair[cond]["lss"] == pytest.approx(sub.shifted.mean()) and pair[cond]["n_items"] == n_items
+
+
+def test_bench_steer_prints_json(loads, builtin_model, monkeypatch, capsys):
+    from tl_langneurons import bench
+
+    real = bench.bench_steer
+    monkeypatch.setattr(bench, "bench_steer", lambda **kw: real(**kw, languages=["en", "de"], n_prompts=2,
+                                                                n_samples=1, max_new_tokens=3))
+    assert main(["bench", "steer", "--json", "--max-sentences", "4", "--repeats", "1"]) == 0
+    assert n_hooks(builtin_model) == 0
+    out = capsys.readouterr().out
+    assert len(out.strip().splitlines()) == 1
+    result = json.loads(out)
+    assert {"with_s", "without_s", "ratio", "intervention", "neurons", "max_new_tokens", "repeats"} <= set(result)
+    assert result["intervention"] == {"mode": ev.DEFAULT_MODE, "factor": ev.DEFAULT_FACTOR,
+                                      "statistic": ev.DEFAULT_STATISTIC, "positions": "all"}
+    assert result["ratio"] == pytest.approx(result["with_s"] / result["without_s"], rel=1e-2)
+    assert result["target"] == "de" and result["repeats"] == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# User mistakes: one line, status 2, before the model is loaded, nothing written
+
+
+def _mistakes():
+    ppl = ["ppl", "--neurons", "{neurons}", "--out", "{out}"]
+    steer = ["steer", "--neurons", "{neurons}", "--stats", "{stats}", "--target", "de", "--out", "{out}"]
+    lss = ["lss", "--neurons", "{neurons}", "--stats", "{stats}", "--source", "en", "--target", "de",
+           "--out", "{out}"]
+    return {
+        "ppl unknown language": (ppl + ["--languages", "en,xx"], "'xx'"),
+        "ppl unknown split": (ppl + ["--split", "dev"], "'dev'"),
+        "ppl unknown control": (ppl + ["--control", "shuffled"], "'shuffled'"),
+        "ppl zero sentences": (ppl + ["--max-sentences", "0"], "--max-sentences"),
+        "ppl neurons missing": (["ppl", "--neurons", "{tmp}/nowhere.json", "--out", "{out}"], "nowhere.json"),
+        "ppl unknown model": (ppl + ["--model", "./no_model"], "'./no_model'"),
+        "ppl into a file": (["ppl", "--neurons", "{neurons}", "--out", "{tmp}/a_file"], "existing file"),
+        "steer unknown target": (steer[:-4] + ["--target", "de,xx", "--out", "{out}"], "'xx'"),
+        "steer unknown mode": (steer + ["--mode", "boost"], "'boost'"),
+        "steer set without stats": (["steer", "--neurons", "{neurons}", "--target", "de", "--mode", "set",
+                                     "--out", "{out}"], "--stats"),
+        "steer bad factor list": (steer + ["--factors", "4,lots"], "'lots'"),
+        "steer factor and factors": (steer + ["--factor", "2", "--factors", "4,16"], "not both"),
+        "steer infinite factor": (steer + ["--factor", "inf"], "--factor"),
+        "steer unknown positions": (steer + ["--positions", "middle"], "'middle'"),
+        "steer prompts missing": (steer + ["--prompts", "{tmp}/no_prompts.txt"], "no_prompts.txt"),
+        "steer prompts empty": (steer + ["--prompts", "{tmp}/empty.txt"], "is empty"),
+        "steer unknown statistic": (steer + ["--statistic", "average"], "'average'"),
+        "steer zero temperature": (steer + ["--temperature", "0"], "--temperature"),
+        "steer zero samples": (steer + ["--n-samples", "0"], "--n-samples"),
+        "steer target without statistics": (["steer", "--neurons", "{tmp}/ja.json", "--stats", "{stats}",
+                                             "--target", "ja", "--out", "{out}"], "'ja'"),
+        "lss same languages": (lss[:-6] + ["--source", "de", "--target", "de", "--out", "{out}"], "'de'"),
+        "lss unknown target": (lss[:-4] + ["--target", "xx", "--out", "{out}"], "'xx'"),
+        "lss facts missing": (lss + ["--facts", "{tmp}/no_facts.json"], "no_facts.json"),
+        "bench steer zero repeats": (["bench", "steer", "--repeats", "0"], "--repeats"),
+    }
+
+
+@pytest.mark.parametrize("case", list(_mistakes()))
+def test_user_mistake_is_one_line_exit_2(case, inputs, monkeypatch, tmp_path, capsys):
+    from tl_langneurons.neurons import LanguageNeurons
+
+    def no_load(*a, **k):
+        raise AssertionError("the model was loaded before the arguments were checked")
+
+    monkeypatch.setattr(models, "load_model", no_load)
+    (tmp_path / "a_file").write_text("not a directory", encoding="utf-8")
+    (tmp_path / "empty.txt").write_text("", encoding="utf-8")
+    n = LanguageNeurons.load(inputs["neurons"])  # a language the statistics do not have
+    LanguageNeurons({"ja": n.neurons["de"]}, n.method, n.params, n.site, n.model, n.n_layers,
+                    n.d_mlp).save(tmp_path / "ja.json")
+    argv, expected = _mistakes()[case]
+    fill = {"neurons": inputs["neurons"], "stats": inputs["stats"], "tmp": str(tmp_path), "out": str(tmp_path / "out")}
+    assert main([a.format(**fill) for a in argv]) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1, captured.err
+    assert lines[0].startswith("tl-langneurons: error: ") and expected in lines[0], lines[0]
+    assert captured.out == "" and not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# The writers on synthetic frames: figures without a control or across modes, refused frames
+
+
+def _ppl_frame(control: bool = True) -> pd.DataFrame:
+    rows = []
+    for a in LANGS:
+        for e in LANGS:
+            conds = {"baseline": 3.0, "intervention": 3.0 + (0.2 if a == e else 0.01)}
+            if control:
+                conds["control"] = 3.0 + 0.005
+            for c, nll in conds.items():
+                rows.append({"ablated": a, "evaluated": e, "condition": c, "nll": nll, "ppl": 2.718281828 ** nll,
+                             "n_tokens": 100, "n_neurons": 7})
+    return pd.DataFrame(rows)
+
+
+def test_write_ppl_without_control_and_refused_frames(tmp_path):
+    from tl_langneurons import LangNeuronsError
+    from tl_langneurons.measure_io import write_ppl
+
+    summary = write_ppl(_ppl_frame(control=False), tmp_path / "a", run={"why": "test"})
+    assert summary["conditions"] == ["baseline", "intervention"] and summary["run"] == {"why": "test"}
+    assert summary["control_diag_delta_nll"] is None and summary["diag_over_control"] is None  # NaN → null
+    assert summary["per_language"]["de"]["delta_nll"] == pytest.approx(0.2)
+    assert summary["per_language"]["de"]["diag_over_offdiag"] == pytest.approx(20.0)
+    assert summary["per_language"]["de"]["most_hurt"] is True and summary["frac_most_hurt"] == 1.0
+    assert len(pd.read_csv(tmp_path / "a" / "ppl.csv")) == 3 * 3 * 2
+    _figure(tmp_path / "a", "ppl_change")
+    full = _ppl_frame()
+    for bad, match in ((full.iloc[1:], "incomplete"), (pd.concat([full, full.iloc[:1]]), "more than one row"),
+                       (full.drop(columns="n_tokens"), "'n_tokens'"),
+                       (full.assign(condition=full.condition.replace("control", "random")), "'random'")):
+        with pytest.raises(LangNeuronsError, match=match):
+            write_ppl(bad, tmp_path / "b")
+    assert not (tmp_path / "b").exists()
+
+
+def test_write_steer_sweep_across_modes_and_a_zero_factor(tmp_path):
+    from tl_langneurons.measure_io import write_steer
+
+    rows = []
+    for t in ("de", "ru"):
+        for mode, stat in (("scale", None), ("set", "mean")):
+            for f in (0.0, 2.0, 8.0):
+                for c in ("baseline", "intervention", "control"):
+                    for i in range(4):
+                        hit = c == "intervention" and i < f / 2
+                        rows.append({"target": t, "condition": c, "mode": mode, "factor": f, "statistic": stat,
+                                     "positions": "all", "prompt_id": i, "prompt": f"p{i}", "sample": 0,
+                                     "generation": "…", "detected": t if hit else "en"})
+    df = pd.DataFrame(rows)
+    summary = write_steer(df, tmp_path)
+    assert summary["sweep"] and len(summary["cells"]) == 6
+    assert [c["statistic"] for c in summary["cells"]][:3] == [None] * 3  # scale has none: null, not NaN
+    assert summary["settings"] == {"mode": "scale", "factor": 8.0, "statistic": None, "positions": "all"}
+    assert summary["mean"]["target_rate"] == 1.0 and summary["mean"]["baseline_rate"] == 0.0
+    assert list(pd.read_csv(tmp_path / "steer.csv").columns[:5]) == STEER_FIRST
+    _figure(tmp_path, "steer_rate_vs_factor")  # symlog axis: the factors include 0
+
+    # a frame of hand-built interventions has no mode or factor: one cell, settings = its positions
+    plain = df[(df["mode"] == "set") & (df.factor == 8.0)].drop(columns=["mode", "factor", "statistic"])
+    summary = write_steer(plain, tmp_path / "plain")
+    assert summary["sweep"] is False and summary["settings"] == {"positions": "all"}
+    assert summary["mean"]["target_rate"] == 1.0 and set(summary["targets"]) == {"de", "ru"}
