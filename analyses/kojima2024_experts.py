@@ -32,10 +32,13 @@ import json
 import sys
 from pathlib import Path
 
-from tl_langneurons import NeuronStats, analysis, load_corpus, load_model, record
-from tl_langneurons.identify import ap_experts_all
-from tl_langneurons.report import write_analysis, write_figures
-from tl_langneurons.stats import atomic_write_text
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # analyses/_common.py, also when loaded from a file
+
+import _common as common  # noqa: E402
+from tl_langneurons import analysis  # noqa: E402
+from tl_langneurons.identify import ap_experts_all  # noqa: E402
+from tl_langneurons.report import write_analysis, write_figures  # noqa: E402
+from tl_langneurons.stats import atomic_write_text  # noqa: E402
 
 KOJIMA_LANGUAGES = "en,de,fr,es,zh,ja"
 # Kojima et al.'s findings (abstract and METHODS §3): overlap between languages' units < 5%; units
@@ -49,36 +52,14 @@ PAPER = {
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="builtin", help="'builtin', a hub id or a local model directory")
-    p.add_argument("--corpus", default="builtin", help="'builtin', a folder of <lang>.txt, or hf:NAME[:CONFIG][:SPLIT]")
-    p.add_argument("--languages", default=KOJIMA_LANGUAGES,
-                   help=f"comma-separated (default: Kojima's {KOJIMA_LANGUAGES})")
-    p.add_argument("--max-sentences", type=int, default=200, help="sentences recorded per language (Kojima: 500)")
+    p = common.parser(__doc__)
+    common.add_model_args(p, languages=KOJIMA_LANGUAGES, who="Kojima", max_sentences=200, batch_size=32,
+                          out="results/kojima2024_builtin")
     p.add_argument("--n", type=int, default=200, help="units per language, half top and half bottom (Kojima: 2000)")
     p.add_argument("--n-positive", type=int, default=500, help="sentences of the language (Kojima: 500)")
     p.add_argument("--n-negative", type=int, default=2500, help="sentences of the others together (Kojima: 2500)")
-    p.add_argument("--site", default="act")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="float32")
-    p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--permutations", type=int, default=10000, help="permutations of the relatedness tests")
-    p.add_argument("--stats", default=None, help="reuse statistics (recorded with sentence means) instead of recording")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted recording in --out/stats")
-    p.add_argument("--out", default="results/kojima2024_builtin")
     return p.parse_args(argv)
-
-
-def get_stats(args, out: Path) -> NeuronStats:
-    if args.stats is not None:
-        return NeuronStats.load(args.stats)
-    languages = [x.strip() for x in args.languages.split(",") if x.strip()]
-    corpus = load_corpus(args.corpus, languages=languages, max_sentences=args.max_sentences)
-    model = load_model(args.model, device=args.device, dtype=args.dtype, site=args.site)
-    stats = record(model, corpus, site=args.site, batch_size=args.batch_size, sentence_means=True,
-                   checkpoint_dir=out / "stats" / ".checkpoint", resume=args.resume)
-    stats.save(out / "stats")
-    return stats
 
 
 def compare_with_paper(neurons, summary: dict) -> dict:
@@ -110,7 +91,7 @@ def compare_with_paper(neurons, summary: dict) -> dict:
 def main(argv=None) -> int:
     args = parse_args(argv)
     out = Path(args.out)
-    stats = get_stats(args, out)
+    stats = common.get_stats(args, out, sentence_means=True)  # AP ranks sentences' mean activations
     neurons = ap_experts_all(stats, None, n=args.n, n_positive=args.n_positive, n_negative=args.n_negative)
     neurons_path = neurons.save(out / "neurons.json")
     summary = write_analysis(neurons, out / "analysis", stats, metric="overlap_coefficient",
@@ -126,10 +107,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from tl_langneurons import LangNeuronsError
-
-    try:
-        sys.exit(main())
-    except LangNeuronsError as e:  # a mistake in the arguments: one line, as the command line does
-        print(f"{Path(sys.argv[0]).name}: error: {e}", file=sys.stderr)
-        sys.exit(2)
+    common.run(main)

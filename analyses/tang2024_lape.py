@@ -32,10 +32,12 @@ import json
 import sys
 from pathlib import Path
 
-from tl_langneurons import NeuronStats, load_corpus, load_model, record
-from tl_langneurons.identify import lape
-from tl_langneurons.report import write_analysis, write_figures
-from tl_langneurons.stats import atomic_write_text
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # analyses/_common.py, also when loaded from a file
+
+import _common as common  # noqa: E402
+from tl_langneurons.identify import lape  # noqa: E402
+from tl_langneurons.report import write_analysis, write_figures  # noqa: E402
+from tl_langneurons.stats import atomic_write_text  # noqa: E402
 
 TANG_LANGUAGES = "en,zh,fr,es,vi,id,ja"
 # Tang et al.'s released LLaMA-2-7B sets (METHODS §3): 1.00% of neurons; ~32% shared by >= 2
@@ -50,37 +52,12 @@ PAPER = {
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="builtin", help="'builtin', a hub id or a local model directory")
-    p.add_argument("--corpus", default="builtin", help="'builtin', a folder of <lang>.txt, or hf:NAME[:CONFIG][:SPLIT]")
-    p.add_argument("--languages", default=TANG_LANGUAGES, help=f"comma-separated (default: Tang's {TANG_LANGUAGES})")
-    p.add_argument("--max-sentences", type=int, default=300, help="sentences (or paragraphs) per language")
-    p.add_argument("--pack", type=int, default=256,
-                   help="pack text into windows of N tokens (Tang: 4096); 0 = one sentence per row")
-    p.add_argument("--top-rate", type=float, default=0.05, help="share of all neurons kept (Tang: 0.01)")
-    p.add_argument("--filter-rate", type=float, default=0.95)
-    p.add_argument("--activation-bar-ratio", type=float, default=0.95)
-    p.add_argument("--site", default="act")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="float32")
-    p.add_argument("--batch-size", type=int, default=8)
+    p = common.parser(__doc__)
+    common.add_model_args(p, languages=TANG_LANGUAGES, who="Tang", max_sentences=300, pack=256,
+                          out="results/tang2024_builtin")
+    common.add_lape_args(p, reuse=False)
     p.add_argument("--permutations", type=int, default=10000, help="permutations of the relatedness tests")
-    p.add_argument("--stats", default=None, help="reuse statistics recorded before instead of recording")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted recording in --out/stats")
-    p.add_argument("--out", default="results/tang2024_builtin")
     return p.parse_args(argv)
-
-
-def get_stats(args, out: Path) -> NeuronStats:
-    if args.stats is not None:
-        return NeuronStats.load(args.stats)
-    languages = [x.strip() for x in args.languages.split(",") if x.strip()]
-    corpus = load_corpus(args.corpus, languages=languages, max_sentences=args.max_sentences)
-    model = load_model(args.model, device=args.device, dtype=args.dtype, site=args.site)
-    stats = record(model, corpus, site=args.site, batch_size=args.batch_size, pack=args.pack or None,
-                   checkpoint_dir=out / "stats" / ".checkpoint", resume=args.resume)
-    stats.save(out / "stats")
-    return stats
 
 
 def compare_with_paper(summary: dict) -> dict:
@@ -103,7 +80,7 @@ def compare_with_paper(summary: dict) -> dict:
 def main(argv=None) -> int:
     args = parse_args(argv)
     out = Path(args.out)
-    stats = get_stats(args, out)
+    stats = common.get_stats(args, out)
     neurons = lape(stats, top_rate=args.top_rate, filter_rate=args.filter_rate,
                    activation_bar_ratio=args.activation_bar_ratio)
     neurons_path = neurons.save(out / "neurons.json")
@@ -119,10 +96,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from tl_langneurons import LangNeuronsError
-
-    try:
-        sys.exit(main())
-    except LangNeuronsError as e:  # a mistake in the arguments: one line, as the command line does
-        print(f"{Path(sys.argv[0]).name}: error: {e}", file=sys.stderr)
-        sys.exit(2)
+    common.run(main)

@@ -210,6 +210,24 @@ def test_steer_sweep_shares_the_baseline(tiny_llama, neurons, stats):
     assert len(s) == 8 and set(s.columns) >= {"target", "mode", "factor", "target_rate", "baseline_rate", "control_rate"}
 
 
+def test_steer_with_equals_steer_and_combines_interventions(tiny_llama, neurons, stats):
+    from tl_langneurons.identify import random_like
+
+    a = ev.steer(tiny_llama, neurons, "de", stats=stats, factor=4.0, seed=3, **STEER)
+    ctrl = random_like(neurons.select(["de"]), 3)
+    b = ev.steer_with(tiny_llama, "de", Intervention(neurons, "set", factor=4.0, stats=stats, language="de"),
+                      control=[Intervention(ctrl, "set", factor=4.0, stats=stats, language="de")], seed=3, **STEER)
+    cols = ["condition", "prompt_id", "prompt", "sample", "generation", "detected"]
+    pd.testing.assert_frame_equal(a[cols], b[cols])
+    # language arithmetic: source off, then the target's mean added; without the baseline
+    arith = [Intervention(neurons, "zero", language="en"), Intervention(neurons, "add", stats=stats, language="de")]
+    c = ev.steer_with(tiny_llama, "de", arith, source="en", baseline=False, **STEER)
+    assert list(c.condition.unique()) == ["intervention"] and set(c.prompt_language) == {"en"}
+    assert set(ev.steer_summary(c).columns) >= {"target_rate", "target_low", "target_high"}
+    with pytest.raises(LangNeuronsError, match="at least one intervention"):
+        ev.steer_with(tiny_llama, "de", [], **STEER)
+
+
 def test_lss_on_the_fixture(tiny_llama, hf_llama, neurons, stats):
     items = ev.load_facts(languages=["en", "de"])
     assert len(items) >= 40 and all(set(it["prompt"]) >= {"en", "de", "fr", "es", "ru"} for it in items)

@@ -16,6 +16,10 @@ nbclient = pytest.importorskip("nbclient")
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
 TIMEOUT_S = 900  # per cell; recording on a busy 2-core machine is the slow one
+# What a notebook's printed output must show, beyond running: the claims its text makes.
+EXPECTED_OUTPUT = {
+    "02_intervene_on_language_neurons.ipynb": ["before:  0 hooks", "after:   0 hooks", "hooks left behind: 0"],
+}
 
 
 def test_there_are_notebooks():
@@ -47,3 +51,7 @@ def test_notebook_executes(path, monkeypatch):
     client.execute()  # raises CellExecutionError, naming the cell and its traceback, on any error
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
     assert not errors
+    printed = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs
+                      if o.output_type == "stream")
+    for text in EXPECTED_OUTPUT.get(path.name, []):
+        assert text in printed, f"{path.name}: expected {text!r} in the printed output"

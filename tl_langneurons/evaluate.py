@@ -8,6 +8,8 @@
 * :func:`steer`, :func:`steer_sweep` + :func:`steer_summary` — generate under an intervention on the
   target's neurons, identify the continuation's language offline (:mod:`.langid`), and report the
   target-language rate against no intervention and the random control, with Wilson intervals;
+  :func:`steer_with` does the same under interventions the caller builds (e.g. Gurgurov et al.'s
+  language arithmetic: the source language off and the target's mean added);
 * :func:`lss` + :func:`lss_summary` — Language Steering Shift (Rahmanisa et al. 2025) on parallel
   facts (:func:`load_facts`, the bundled fixture; :func:`load_mlama`, mLAMA from the Hub);
 * :func:`wilson` — the Wilson score interval.
@@ -627,6 +629,74 @@ def steer(model, neurons, target: str, prompts=None, stats=None, mode: str = DEF
                        max_new_tokens, temperature, top_k, greedy, seed, control, positions, source=source,
                        n_prompts=n_prompts, prompt_words=prompt_words, repetition_penalty=repetition_penalty,
                        batch_size=batch_size, progress=progress)
+
+
+def steer_with(model, target: str, interventions, control=None, prompts=None, *, baseline: bool = True,
+               n_samples: int = 4, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+               temperature: float = DEFAULT_TEMPERATURE, top_k: int | None = None, greedy: bool = False,
+               seed: int = 0, positions="all", source=None, n_prompts: int = 16, prompt_words: int = 3,
+               repetition_penalty: float = 1.0, batch_size: int = 64, progress: bool = True) -> pd.DataFrame:
+    """:func:`steer` under interventions the caller builds, for steering that is not one mode on
+    the target's neurons — e.g. Gurgurov et al.'s (2025) language arithmetic, a list of two::
+
+        steer_with(model, "de", [Intervention(neurons, "zero", language="en"),
+                                 Intervention(neurons, "add", factor=1.0, stats=stats, language="de")],
+                   control=[Intervention(ctrl, "zero", language="en"),
+                            Intervention(ctrl, "add", factor=1.0, stats=stats, language="de")],
+                   source="en")
+
+    Generation, seeding, prompts and language identification are :func:`steer`'s: every condition
+    generates from the same prompts with the same seed, so they differ only by the interventions.
+
+    Args:
+        target: the language whose rate is measured (only compared with the identified language).
+        interventions: an :class:`Intervention`, a :class:`DiffMean` or a list of them, applied
+            together (in order) in the ``intervention`` condition.
+        control: the same for the ``control`` condition (build it on
+            :func:`~.identify.random_like` sets), or ``None`` for none.
+        baseline: also generate without intervention (``False`` where the caller already has
+            the baseline of these prompts, e.g. across a factor grid).
+        prompts, source, n_prompts, prompt_words: as in :func:`steer` (the default prompts are in
+            every language but ``target``, or in ``source``).
+        the rest: decoding and batching, as in :func:`steer`.
+
+    Returns:
+        one row per generation: ``target, condition, positions, prompt_id, prompt_language, prompt,
+        sample, generation, detected`` (conditions in the order baseline, intervention, control);
+        summarise with :func:`steer_summary`.
+    """
+    if not isinstance(target, str) or not target:
+        raise LangNeuronsError(f"target must be a language code, got {target!r}")
+    items = _as_items(interventions)
+    if not items:
+        raise LangNeuronsError("steer_with needs at least one intervention")
+    ctrl = _as_items(control)
+    if control is not None and not ctrl:
+        raise LangNeuronsError("control must hold at least one intervention, or be None")
+    if not isinstance(baseline, bool):
+        raise LangNeuronsError(f"baseline must be True or False, got {baseline!r}")
+    pos = _positions(positions)
+    n_samples, batch_size = _pos_int("n_samples", n_samples), _pos_int("batch_size", batch_size)
+    gen = _gen_kwargs(max_new_tokens, temperature, top_k, greedy, repetition_penalty)
+    if greedy:
+        n_samples = 1  # greedy decoding gives one continuation per prompt
+    plist = _prompt_list(prompts, target, n_prompts, prompt_words, source, seed)
+    rows = [(i, s, p, lang) for i, (p, lang) in enumerate(plist) for s in range(n_samples)]
+    toks = [_encode(model, p) for _, _, p, _ in rows]
+    conds = {"baseline": []} if baseline else {}
+    conds["intervention"] = items
+    if ctrl:
+        conds["control"] = ctrl
+    pos_label = pos if isinstance(pos, str) else ",".join(map(str, pos))
+    records = []
+    for cond, its in conds.items():
+        texts = _generate(model, toks, its, pos if its else "all", gen, batch_size, seed, f"steer {target} {cond}",
+                          progress)
+        for (i, s, p, lang), text, d in zip(rows, texts, detect(texts)):
+            records.append({"target": target, "condition": cond, "positions": pos_label, "prompt_id": i,
+                            "prompt_language": lang, "prompt": p, "sample": s, "generation": text, "detected": d})
+    return pd.DataFrame(records, columns=["target", "condition", "positions", "prompt_id", "prompt_language", "prompt",
+                                          "sample", "generation", "detected"])
 
 
 def steer_summary(df: pd.DataFrame) -> pd.DataFrame:
