@@ -82,8 +82,8 @@ def _differs_from_baseline(df: pd.DataFrame, keys: list[str], condition: str) ->
 
 def _rates_are_intervals(summary: pd.DataFrame, names=("target", "baseline", "control")) -> None:
     for name in names:
-        assert ((summary[f"{name}_low"] <= summary[f"{name}_rate"] + 1e-12)
-                & (summary[f"{name}_rate"] <= summary[f"{name}_high"] + 1e-12)).all()
+        assert ((summary[f"{name}_low"] <= summary[f"{name}_rate"])
+                & (summary[f"{name}_rate"] <= summary[f"{name}_high"])).all()
         assert summary[f"{name}_rate"].between(0, 1).all()
 
 

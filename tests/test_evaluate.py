@@ -145,6 +145,16 @@ def test_wilson(k, n, lo, hi):
     assert a == pytest.approx(lo, abs=1e-4) and b == pytest.approx(hi, abs=1e-4)
 
 
+def test_wilson_holds_the_rate_exactly():
+    # at k = 0 and k = n the bound is exactly 0 / 1: rounding once left 3e-17 > 0 = rate, and error
+    # bars drawn from rate - low failed on the negative length
+    for n in range(1, 300):
+        assert ev.wilson(0, n)[0] == 0.0 and ev.wilson(n, n)[1] == 1.0
+        for k in range(n + 1):
+            lo, hi = ev.wilson(k, n)
+            assert lo <= k / n <= hi
+
+
 def test_wilson_rejects_bad_counts():
     assert all(math.isnan(x) for x in ev.wilson(0, 0))
     for k, n in ((3, 2), (-1, 5), (1.5, 3)):

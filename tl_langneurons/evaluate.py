@@ -74,7 +74,9 @@ def wilson(k, n, z: float = _Z95) -> tuple[float, float]:
     p, z2 = k / n, z * z
     centre = (p + z2 / (2 * n)) / (1 + z2 / n)
     half = z / (1 + z2 / n) * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # the interval always holds p (its bound is exactly 0 at k = 0 and 1 at k = n); clamping to p
+    # removes the rounding that would leave it a hair outside (e.g. a lower bound of 3e-17 at k = 0)
+    return max(0.0, min(p, centre - half)), min(1.0, max(p, centre + half))
 
 
 def _is_int(v) -> bool:
