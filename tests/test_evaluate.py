@@ -316,3 +316,30 @@ def test_load_mlama_from_a_local_copy(tmp_path):
                       "object": {"en": "Moscow", "de": "Moskau"}}]
     with pytest.raises(LangNeuronsError, match="at least two languages"):
         ev.load_mlama(["en"], name=str(tmp_path), config=None)
+
+
+def test_generation_matches_hugging_face(builtin_model):
+    """Greedy continuations through the package (left-padded batch, token ids in, continuation
+    out) equal a fresh Hugging Face model's own ``generate`` on each prompt alone. This is the
+    oracle that caught TransformerLens 4.3's KV-cached bridge generation going wrong on Llama
+    (the built-in model's text degenerated into "SA....."), so it runs on the trained model,
+    whose next token depends on every position, not on a random tiny one."""
+    from transformers import AutoModelForCausalLM
+
+    from tl_langneurons.models import builtin_model_path
+
+    hf = AutoModelForCausalLM.from_pretrained(builtin_model_path(), dtype=torch.float32).eval()
+    prompts = ["", "Die Datei wird", "Выберите ячейки, которые", "选择"]
+    got = ev.steer_with(builtin_model, "de", [Intervention({0: [0]}, "scale", factor=1.0)], prompts=prompts,
+                        baseline=True, greedy=True, max_new_tokens=12, progress=False)
+    base = list(got[got.condition == "baseline"].generation)
+    assert list(got[got.condition == "intervention"].generation) == base  # scale 1 changes nothing
+    tok = builtin_model.tokenizer
+    for prompt, text in zip(prompts, base):
+        ids = torch.tensor([[tok.bos_token_id, *tok(prompt, add_special_tokens=False).input_ids]])
+        with torch.no_grad():
+            ref = hf.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=12,
+                              pad_token_id=tok.pad_token_id)[0, ids.shape[1]:].tolist()
+        if tok.eos_token_id in ref:
+            ref = ref[:ref.index(tok.eos_token_id)]
+        assert text == tok.decode(ref, skip_special_tokens=True).strip(), prompt

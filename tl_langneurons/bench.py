@@ -105,7 +105,7 @@ def bench_steer(model: str = "builtin", languages: list[str] | None = None, targ
     tokens, mask = ev._left_pad(rows, ev._pad_id(bridge))
     gen = {"max_new_tokens": max_new_tokens, "stop_at_eos": False, "do_sample": True,
            "temperature": ev.DEFAULT_TEMPERATURE, "return_type": "tokens", "verbose": False,
-           "use_past_kv_cache": True}
+           "use_past_kv_cache": False}  # as evaluate._generate: the bridge's KV-cached path is wrong on Llama
 
     def run(items: list) -> float:
         t = time.perf_counter()

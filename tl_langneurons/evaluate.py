@@ -452,18 +452,29 @@ def _generate(model, rows: list[list[int]], items: list, positions, gen: dict, b
     attention mask (every row's prompt ends at the same column, so ``prompt``/``generated``
     positions mean the same in every row), and only the new tokens are decoded. Sampling draws
     from torch's global generator, hence :func:`_seeded`.
+
+    Without a KV cache: TransformerLens 4.3's ``TransformerBridge.generate`` with
+    ``use_past_kv_cache=True`` gives other tokens than the Hugging Face model it wraps on Llama
+    models (the built-in model's greedy text degenerates into ``"SA....."``; the test
+    ``test_generation_matches_hugging_face`` pins this down), while every step recomputing the
+    whole sequence gives exactly the Hugging Face model's tokens. ``last`` (the cached meaning: the
+    last prompt token, then each new token as it is produced) becomes the explicit positions
+    ``P−1 … P+max_new_tokens−1``, which is what the cached run intervenes on.
     """
     eos = model.tokenizer.eos_token_id
     out: list[str] = []
-    with torch.no_grad(), _seeded(model, seed), _maybe_intervene(model, items, positions) as handle:
+    n_new = gen["max_new_tokens"]
+    with torch.no_grad(), _seeded(model, seed):
         for start in tqdm(range(0, len(rows), batch_size), desc=desc, disable=not progress, leave=False):
             chunk = rows[start:start + batch_size]
             tokens, mask = _left_pad(chunk, _pad_id(model))
-            if handle is not None:
-                handle.reset()  # a new sequence: positions (prompt/generated/last) restart at 0
-            seqs = model.generate(tokens.to(model.cfg.device), attention_mask=mask.to(model.cfg.device),
-                                  return_type="tokens", verbose=False, use_past_kv_cache=True, **gen)
-            for row in seqs[:, tokens.shape[1]:].tolist():
+            P = tokens.shape[1]
+            pos = tuple(range(P - 1, P + n_new)) if positions == "last" else positions
+            # one context per batch: positions (prompt/generated) start again at 0 for each sequence
+            with _maybe_intervene(model, items, pos):
+                seqs = model.generate(tokens.to(model.cfg.device), attention_mask=mask.to(model.cfg.device),
+                                      return_type="tokens", verbose=False, use_past_kv_cache=False, **gen)
+            for row in seqs[:, P:].tolist():
                 if eos is not None and eos in row:
                     row = row[:row.index(eos)]
                 out.append(model.tokenizer.decode(row, skip_special_tokens=True).strip())

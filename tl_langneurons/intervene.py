@@ -36,8 +36,11 @@ Positions (``positions=``), in absolute positions of the sequence being processe
   every row (with right padding that is a pad token for the shorter rows: left-pad, or name the
   positions); during KV-cached generation, the last prompt token and then each generated token as
   it is produced (it stays intervened in the cache). Without a KV cache every step recomputes the
-  whole sequence and only its newest token is intervened, so the two differ; prefer the cache
-  (the default of ``model.generate``);
+  whole sequence and only its newest token is intervened, so the two differ: to get the cached
+  meaning without a cache, name the positions ``P−1 … P+n−1`` (as :mod:`.evaluate` does). Beware
+  that TransformerLens 4.3's ``TransformerBridge.generate(use_past_kv_cache=True)`` (its default)
+  gives wrong tokens on Llama models, with or without an intervention: :mod:`.evaluate` generates
+  with ``use_past_kv_cache=False``, and a test compares its text with Hugging Face's;
 * a list of absolute positions (ints ≥ 0).
 
 How absolute positions are tracked: the first forward call inside the context (or after
