@@ -44,16 +44,21 @@ CONDITIONS = ("baseline", "intervention", "control")
 CONTROLS = ("random", None)
 STEER_MODES = ("set", "scale", "add")
 # Defaults of steer(): set the target's neurons to FACTOR × their mean activation on the target
-# language (Kojima-style forcing). 16× was best of {4, 16, 64} on the first built-in organism (42%
-# target rate from a neutral prompt vs. ~8% without intervention); re-check with steer_sweep on
-# a new model.
+# language (Kojima-style forcing), sampled at T = 0.8 with top-k 50, 24 new tokens. Measured on the
+# built-in model (LAPE on en de fr es ru zh ja ar hi th, 1,000 'stats' sentences each; BOS-only
+# prompts; mean target-language rate over the 9 non-English targets; the commands are in the
+# README, "Steering the built-in model"): with the 5% sets, set × {4, 8, 12, 16, 20, 24, 32} gave 8%, 25%, 40%, 43–49%,
+# 41%, 41–46%, 37% and add × 16 41–49%, so set × 16 is the default; the larger 10% sets need less
+# (set × 8: 52% on a fresh seed, 64 generations per target, baseline 1%, random control 6%).
 DEFAULT_MODE = "set"
 DEFAULT_FACTOR = 16.0
 DEFAULT_STATISTIC = "mean"
-# Decoding defaults follow Kojima et al. (sampling at T = 0.8); 32 new tokens are enough for the
-# language identifier and keep a sweep over many languages fast on a CPU.
+# Decoding: sampling at T = 0.8 as Kojima et al.; top-k 50 and 24 new tokens as on the first
+# organism (shared/ORGANISM.md); enough text for the language identifier, and fast on a CPU (every
+# step recomputes the whole sequence, see _generate).
 DEFAULT_TEMPERATURE = 0.8
-DEFAULT_MAX_NEW_TOKENS = 32
+DEFAULT_TOP_K = 50
+DEFAULT_MAX_NEW_TOKENS = 24
 # Scripts written without spaces between words: prompts are cut by characters, objects are joined
 # to prompts without a space.
 _NO_SPACE = {"zh": 2, "ja": 2, "th": 4}  # characters per "word" when cutting a prompt
@@ -453,11 +458,13 @@ def _generate(model, rows: list[list[int]], items: list, positions, gen: dict, b
     positions mean the same in every row), and only the new tokens are decoded. Sampling draws
     from torch's global generator, hence :func:`_seeded`.
 
-    Without a KV cache: TransformerLens 4.3's ``TransformerBridge.generate`` with
-    ``use_past_kv_cache=True`` gives other tokens than the Hugging Face model it wraps on Llama
-    models (the built-in model's greedy text degenerates into ``"SA....."``; the test
-    ``test_generation_matches_hugging_face`` pins this down), while every step recomputing the
-    whole sequence gives exactly the Hugging Face model's tokens. ``last`` (the cached meaning: the
+    Without a KV cache: with transformers 5.24, TransformerLens 4.3's ``TransformerBridge.generate``
+    with ``use_past_kv_cache=True`` gives other tokens than the Hugging Face model it wraps on Llama
+    models (the built-in model's greedy text degenerates into ``"SA....."``; right with
+    transformers 5.23; ``test_generation_matches_hugging_face`` is the oracle), while recomputing
+    the whole sequence at every step gives the Hugging Face model's tokens with either version.
+    Measurements must not depend on which transformers a user has, so this costs ~6× the
+    generation time of the cached path on the built-in model. ``last`` (the cached meaning: the
     last prompt token, then each new token as it is produced) becomes the explicit positions
     ``P−1 … P+max_new_tokens−1``, which is what the cached run intervenes on.
     """
@@ -538,7 +545,7 @@ def _positions_list(positions) -> list:
 def steer_sweep(model, neurons, targets, factors, modes=(DEFAULT_MODE,), prompts=None,
                 stats=None, statistic: str = DEFAULT_STATISTIC, n_samples: int = 4,
                 max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, temperature: float = DEFAULT_TEMPERATURE,
-                top_k: int | None = None, greedy: bool = False, seed: int = 0, control: str | None = "random",
+                top_k: int | None = DEFAULT_TOP_K, greedy: bool = False, seed: int = 0, control: str | None = "random",
                 positions="all", *, source=None, n_prompts: int = 16, prompt_words: int = 3,
                 repetition_penalty: float = 1.0, batch_size: int = 64, progress: bool = True) -> pd.DataFrame:
     """:func:`steer` over a grid of targets × modes × factors (× positions, if a list of names).
@@ -599,7 +606,7 @@ def steer_sweep(model, neurons, targets, factors, modes=(DEFAULT_MODE,), prompts
 def steer(model, neurons, target: str, prompts=None, stats=None, mode: str = DEFAULT_MODE,
           factor=DEFAULT_FACTOR, statistic: str = DEFAULT_STATISTIC, n_samples: int = 4,
           max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, temperature: float = DEFAULT_TEMPERATURE,
-          top_k: int | None = None, greedy: bool = False, seed: int = 0, control: str | None = "random",
+          top_k: int | None = DEFAULT_TOP_K, greedy: bool = False, seed: int = 0, control: str | None = "random",
           positions="all", *, source=None, n_prompts: int = 16, prompt_words: int = 3,
           repetition_penalty: float = 1.0, batch_size: int = 64, progress: bool = True) -> pd.DataFrame:
     """Generate under an intervention on ``target``'s neurons and identify the output language.
@@ -623,7 +630,8 @@ def steer(model, neurons, target: str, prompts=None, stats=None, mode: str = DEF
         factor: α (default 16: "set to 16× the mean activation on the target language").
         statistic: which statistic of the target language (``mean``, ``median``, ``max``, ``q0.9`` …).
         n_samples: continuations per prompt (one with ``greedy``).
-        max_new_tokens, temperature, top_k, repetition_penalty: decoding; sampling unless ``greedy``.
+        max_new_tokens, temperature, top_k, repetition_penalty: decoding; sampling unless ``greedy``
+            (defaults: 24 new tokens, T = 0.8, top-k 50, see ``DEFAULT_*``).
         seed: seeds sampling (the caller's random state is restored afterwards) and the prompts and
             the random control. The same arguments give the same rows.
         control: ``"random"`` or ``None``.
@@ -646,7 +654,7 @@ def steer(model, neurons, target: str, prompts=None, stats=None, mode: str = DEF
 
 def steer_with(model, target: str, interventions, control=None, prompts=None, *, baseline: bool = True,
                n_samples: int = 4, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
-               temperature: float = DEFAULT_TEMPERATURE, top_k: int | None = None, greedy: bool = False,
+               temperature: float = DEFAULT_TEMPERATURE, top_k: int | None = DEFAULT_TOP_K, greedy: bool = False,
                seed: int = 0, positions="all", source=None, n_prompts: int = 16, prompt_words: int = 3,
                repetition_penalty: float = 1.0, batch_size: int = 64, progress: bool = True) -> pd.DataFrame:
     """:func:`steer` under interventions the caller builds, for steering that is not one mode on
