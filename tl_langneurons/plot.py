@@ -321,7 +321,8 @@ def steer_rate_vs_factor(df: pd.DataFrame) -> Figure:
                 continue
             err = None
             if {"target_low", "target_high"} <= set(r.columns):
-                err = np.vstack([r["target_rate"] - r["target_low"], r["target_high"] - r["target_rate"]])
+                # clipped: float rounding can put a bound a hair inside the rate, and matplotlib refuses negative bars
+                err = np.clip(np.vstack([r["target_rate"] - r["target_low"], r["target_high"] - r["target_rate"]]), 0, None)
             ax.errorbar(r["factor"], r["target_rate"], yerr=err, color=colours[t], marker="o", markersize=3,
                         linewidth=1.2, elinewidth=0.6, capsize=0, alpha=0.9, label=t)
         for cond, style in (("control", {"color": "black", "linestyle": "--"}),
