@@ -17,7 +17,7 @@ import pytest
 import torch
 from conftest import SENTENCES
 
-from tl_langneurons import NeuronStats, analysis, identify
+from tl_langneurons import NeuronStats, analysis, evaluate, identify
 from tl_langneurons.cli import main
 from tl_langneurons.neurons import LanguageNeurons
 
@@ -355,16 +355,36 @@ def test_record_identify_analyze_plot_tiny_model(tiny_llama_dir, tmp_path, capsy
 @pytest.mark.slow
 def test_demo_small(tmp_path, capsys):
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--languages", "en,de,fr,ru,uk,ja", "--max-sentences", "12"]) == 0
+    langs = ["en", "de", "fr", "ru", "uk", "ja"]
+    assert main(["demo", "--out", str(out), "--languages", ",".join(langs), "--max-sentences", "12",
+                 "--eval-sentences", "6", "--n-samples", "2", "--factors", "4,16"]) == 0
     err = capsys.readouterr().err
     for f in ("stats/stats.json", "neurons.json", "analysis/summary.json", "analysis/counts.csv",
-              "figures/layer_placement.png", "figures/entropy_distribution.pdf", "summary.json"):
+              "figures/layer_placement.png", "figures/entropy_distribution.pdf", "summary.json",
+              "ppl/ppl.csv", "ppl/summary.json", "ppl/ppl_change.png", "steer/steer.csv", "steer/summary.json",
+              "steer/steer_rate_vs_factor.png", "report.md"):
         assert (out / f).is_file(), f
     neurons = LanguageNeurons.load(out / "neurons.json")
     assert neurons.method == "lape" and neurons.params["top_rate"] == 0.05
     summary = json.loads((out / "summary.json").read_text())
     assert summary["lape"]["top_rate"] == 0.05 and set(summary["lape"]["counts"]) == set(neurons.languages)
-    assert str(out / "figures") in err and str(out / "neurons.json") in err
+    assert str(out / "figures") in err and str(out / "neurons.json") in err and str(out / "report.md") in err
+    # the perplexity matrix: every ablated x evaluated language under three conditions, on held-out text
+    ppl = pd.read_csv(out / "ppl" / "ppl.csv")
+    assert set(ppl["condition"]) == {"baseline", "intervention", "control"}
+    assert len(ppl) == 3 * len(langs) ** 2 and set(ppl["ablated"]) == set(langs)
+    assert json.loads((out / "ppl" / "summary.json").read_text())["run"]["split"] == "eval"
+    assert summary["ppl"]["diag_delta_nll"] == pytest.approx(
+        evaluate.perplexity_summary(ppl)["diag_delta_nll"])
+    # steering: every language with neurons, both factors, 2 BOS-only generations per condition
+    steer = pd.read_csv(out / "steer" / "steer.csv", keep_default_na=False)
+    found = [k for k in langs if len(neurons[k]) > 0]
+    assert set(steer["target"]) == set(found) and set(steer["factor"]) == {4.0, 16.0}
+    assert (steer["prompt"] == "").all() and len(steer) == len(found) * 2 * 3 * 2
+    report = (out / "report.md").read_text()
+    for part in ("## Switching neurons off: perplexity", "## Switching neurons on: steering",
+                 "ppl/ppl_change.png", "steer/steer_rate_vs_factor.png", "figures/layer_placement.png"):
+        assert part in report, part
 
 
 # ---------------------------------------------------------------------------------------------

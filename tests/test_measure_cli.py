@@ -135,6 +135,15 @@ def test_steer_single_setting_with_a_prompts_file(inputs, loads, builtin_model, 
     assert summary["run"]["greedy"] is True and summary["n_generations"] == 6
 
 
+def test_steer_bos_only(inputs, loads, builtin_model, tmp_path, capsys):
+    out = tmp_path / "bos"
+    assert main(["steer", "--neurons", inputs["neurons"], "--stats", inputs["stats"], "--target", "de", "--bos-only",
+                 "--n-samples", "3", "--max-new-tokens", "4", "--control", "none", "--out", str(out)]) == 0
+    df = pd.read_csv(out / "steer.csv", keep_default_na=False)
+    assert len(df) == 2 * 3 and (df.prompt == "").all() and set(df["sample"]) == {0, 1, 2}
+    assert _summary(out)["run"]["prompts"] == "BOS only"
+
+
 def test_steer_sweep_over_all_targets(inputs, loads, builtin_model, tmp_path, capsys):
     out = tmp_path / "sweep"
     assert main(["steer", "--neurons", inputs["neurons"], "--stats", inputs["stats"], "--target", "all",
@@ -213,6 +222,7 @@ def _mistakes():
            "--out", "{out}"]
     return {
         "ppl unknown language": (ppl + ["--languages", "en,xx"], "'xx'"),
+        "steer bos-only and prompts": (steer + ["--bos-only", "--prompts", "{tmp}/empty.txt"], "not both"),
         "ppl unknown split": (ppl + ["--split", "dev"], "'dev'"),
         "ppl unknown control": (ppl + ["--control", "shuffled"], "'shuffled'"),
         "ppl zero sentences": (ppl + ["--max-sentences", "0"], "--max-sentences"),

@@ -12,6 +12,7 @@ from .errors import LangNeuronsError
 
 DEMO_LANGUAGES = ["en", "de", "fr", "es", "ru", "zh", "ja", "ar", "hi", "th"]
 DEMO_TOP_RATE = 0.05  # LAPE share of neurons kept in the demo (Tang's 1% is for 7B models; see cmd_demo)
+DEMO_FACTORS = "8,16,32"  # the steering factor sweep of the demo
 
 
 def _languages(value: str | None) -> list[str] | None:
@@ -359,7 +360,9 @@ def cmd_steer(args) -> int:
     if args.repetition_penalty is not None and not args.repetition_penalty > 0:
         raise LangNeuronsError(f"--repetition-penalty must be > 0, got {args.repetition_penalty}")
     positions = _positions_arg(args.positions)
-    prompts = _read_prompts(args.prompts) if args.prompts is not None else None
+    if args.bos_only and args.prompts is not None:
+        raise LangNeuronsError(f"give --bos-only or --prompts {args.prompts}, not both")
+    prompts = _read_prompts(args.prompts) if args.prompts is not None else ([""] if args.bos_only else None)
     out = _out_dir_free(args.out)
     _resolve_source(args.model)
     targets = _languages(args.target) if args.target != "all" else ["all"]
@@ -380,7 +383,8 @@ def cmd_steer(args) -> int:
     df = steer_sweep(model, neurons, targets, factors, [mode], prompts, stats, greedy=args.greedy, seed=args.seed,
                      control=_control(args.control), progress=True, **given)
     run = {"model": args.model, "neurons": str(args.neurons), "stats": args.stats, "site": neurons.site,
-           "method": neurons.method, "targets": targets, "prompts": args.prompts or "built-in parallel split",
+           "method": neurons.method, "targets": targets,
+           "prompts": args.prompts or ("BOS only" if args.bos_only else "built-in parallel split"),
            "greedy": args.greedy, "seed": args.seed, "control": _control(args.control),
            **{k: v for k, v in given.items() if k != "positions"}}
     summary = write_steer(df, out, run=run)
@@ -472,16 +476,24 @@ def cmd_bench(args) -> int:
 
 def cmd_demo(args) -> int:
     from .corpus import load_corpus
+    from .evaluate import DEFAULT_MODE, DEFAULT_STATISTIC, perplexity_matrix, steer_sweep
     from .identify import lape
+    from .measure_io import write_ppl, write_steer
     from .models import load_model
     from .record import record
     from .report import write_analysis, write_figures
+    from .report_page import write_report
     from .stats import atomic_write_text
 
-    out = Path(args.out)
+    out = _out_dir_free(args.out)
     langs = _languages(args.languages) or DEMO_LANGUAGES
-    _positive("--max-sentences", args.max_sentences)
-    print(f"[demo] loading the built-in model and {len(langs)} languages of the built-in corpus", file=sys.stderr)
+    for name in ("--max-sentences", "--eval-sentences", "--n-samples"):
+        _positive(name, getattr(args, name[2:].replace("-", "_")))
+    factors = _floats("--factors", args.factors)
+    steps = 5
+
+    print(f"[demo 1/{steps}] loading the built-in model; recording {len(langs)} languages of the built-in "
+          "corpus ('stats' split)", file=sys.stderr)
     model = load_model("builtin")
     corpus = load_corpus("builtin", languages=langs, split="stats", max_sentences=args.max_sentences)
     stats = record(model, corpus, site="act", batch_size=32)
@@ -496,7 +508,7 @@ def cmd_demo(args) -> int:
 
     # LAPE with 5% instead of Tang's 1%: the built-in model has 6 x 1,792 neurons, and 1% leaves
     # only a handful per language, too few to see where they sit or which languages share them.
-    print(f"[demo] LAPE (top_rate {DEMO_TOP_RATE}), analysis and figures", file=sys.stderr)
+    print(f"[demo 2/{steps}] LAPE (top_rate {DEMO_TOP_RATE}), analysis and figures", file=sys.stderr)
     neurons = lape(stats, top_rate=DEMO_TOP_RATE)
     neurons_path = neurons.save(out / "neurons.json")
     analysis = write_analysis(neurons, out / "analysis", stats, source=str(neurons_path))
@@ -505,12 +517,40 @@ def cmd_demo(args) -> int:
                        "neurons per language", "counts": analysis["counts"], "union": analysis["union"],
                        "relatedness": {f"{t}/{by}": {k: r.get(k) for k in ("statistic", "p_value", "skipped") if k in r}
                                        for t, g in analysis["relatedness"]["tests"].items() for by, r in g.items()}}
+    found = [k for k in neurons.languages if len(neurons[k]) > 0]
+
+    # Held-out text: the model was trained on 'train' and the neurons were found on 'stats'.
+    print(f"[demo 3/{steps}] perplexity matrix on the 'eval' split: each language's neurons switched off, "
+          "and as many random neurons per layer (control)", file=sys.stderr)
+    eval_corpus = load_corpus("builtin", languages=langs, split="eval", max_sentences=args.eval_sentences)
+    ppl_df = perplexity_matrix(model, eval_corpus, neurons, languages=langs, control="random", seed=0,
+                               batch_size=32, progress=True)
+    ppl = write_ppl(ppl_df, out / "ppl", run={"model": "builtin", "corpus": "builtin", "split": "eval",
+                                              "max_sentences": args.eval_sentences, "neurons": str(neurons_path),
+                                              "control": "random", "seed": 0})
+
+    print(f"[demo 4/{steps}] steering every language: {DEFAULT_MODE} its neurons to x{args.factors} the "
+          f"{DEFAULT_STATISTIC} activation, from BOS only, with and without the intervention and under the "
+          "random control", file=sys.stderr)
+    steer_df = steer_sweep(model, neurons, found, factors, [DEFAULT_MODE], prompts=[""], stats=stats,
+                           n_samples=args.n_samples, seed=0, progress=True)
+    steer = write_steer(steer_df, out / "steer", run={"model": "builtin", "neurons": str(neurons_path),
+                                                       "stats": str(out / "stats"), "targets": found,
+                                                       "prompts": "BOS only", "seed": 0})
+    summary["ppl"] = {k: ppl[k] for k in ("diag_delta_nll", "offdiag_delta_nll", "control_diag_delta_nll",
+                                          "diag_over_offdiag", "diag_over_control", "frac_most_hurt")}
+    summary["steer"] = {"settings": steer.get("settings"), "mean": steer.get("mean")}
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=1) + "\n")
+
+    print(f"[demo 5/{steps}] report", file=sys.stderr)
+    report = write_report(out, title="Language-specific neurons of the built-in model")
     print(json.dumps(summary, indent=1))
     for what, where in (("statistics", out / "stats"), ("neurons", neurons_path),
                         ("tables and summary.json", out / "analysis"),
                         (f"{len(figures) // 2} figures (PNG + PDF)", out / "figures"),
-                        ("this summary", out / "summary.json")):
+                        ("perplexity matrix (ppl.csv, summary.json, ppl_change figure)", out / "ppl"),
+                        ("steering generations (steer.csv, summary.json, rate-vs-factor figure)", out / "steer"),
+                        ("this summary", out / "summary.json"), ("the report", report)):
         print(f"[demo] {what}: {where}", file=sys.stderr)
     return 0
 
@@ -629,6 +669,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--factors", default=None, help="a sweep over factors instead of --factor, e.g. 4,16,64")
     c.add_argument("--prompts", default=None, help="a UTF-8 file with one prompt per line (an empty line = BOS "
                    "only); default: neutral prompts from the built-in parallel split in the other languages")
+    c.add_argument("--bos-only", action="store_true", help="generate from BOS alone (unconditional, the neutral "
+                   "prompt of the built-in model's steering figures); --n-samples generations per target")
     c.add_argument("--source", default=None, help="languages of the default prompts, comma-separated "
                    "(default: every language but the target, in turn)")
     c.add_argument("--n-prompts", type=int, default=None, help="default prompts per target")
@@ -677,7 +719,12 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="run the pipeline on the built-in model and corpus")
     d.add_argument("--out", default="demo_out")
     d.add_argument("--languages", default=None)
-    d.add_argument("--max-sentences", type=int, default=300)
+    d.add_argument("--max-sentences", type=int, default=300, help="sentences per language to record (300)")
+    d.add_argument("--eval-sentences", type=int, default=60,
+                   help="held-out sentences per language for the perplexity matrix (60)")
+    d.add_argument("--factors", default=DEMO_FACTORS, help=f"steering factors, comma-separated ({DEMO_FACTORS})")
+    d.add_argument("--n-samples", type=int, default=16,
+                   help="steering: generations per language, factor and condition (16)")
     d.set_defaults(func=cmd_demo)
     return p
 
