@@ -343,3 +343,34 @@ def test_generation_matches_hugging_face(builtin_model):
         if tok.eos_token_id in ref:
             ref = ref[:ref.index(tok.eos_token_id)]
         assert text == tok.decode(ref, skip_special_tokens=True).strip(), prompt
+
+
+def test_diffmean_sweep(tiny_llama):
+    """Residual diffmean steering measured like neuron steering: β = 0 changes nothing; the
+    control is a random direction of the same norm; the frame has steer_sweep's columns and the
+    baseline is generated once per target; the direction is diffmean's."""
+    from tl_langneurons.intervene import diffmean
+
+    kw = dict(prompts=["", "Die Katze"], n_samples=2, max_new_tokens=5, progress=False)
+    df = ev.diffmean_sweep(tiny_llama, SENTENCES, ["de", "ru"], 1, [0.0, 50.0], **kw)
+    assert len(df) == 2 * 2 * 3 * 4 and set(df["mode"]) == {"diffmean"} and set(df.layer) == {1}
+    assert list(df.columns[:6]) == ["target", "condition", "mode", "factor", "statistic", "positions"]
+    zero = df[df.factor == 0.0]
+    for t, g in zero.groupby("target"):
+        gens = {c: list(x.generation) for c, x in g.groupby("condition")}
+        assert gens["intervention"] == gens["baseline"] == gens["control"]  # β = 0: nothing moves
+    base = df[df.condition == "baseline"]
+    assert (base.groupby(["target", "prompt_id", "sample"]).generation.nunique() == 1).all()
+    strong = df[(df.factor == 50.0) & (df.condition == "intervention")]
+    assert list(strong.generation) != list(df[(df.factor == 50.0) & (df.condition == "baseline")].generation)
+    s = ev.steer_summary(df)
+    assert len(s) == 4 and {"target_rate", "baseline_rate", "control_rate"} <= set(s.columns)
+
+    d = diffmean(tiny_llama, SENTENCES, "de", 1, progress=False)
+    r = ev.random_direction_like(d, seed=3)
+    assert r.layer == d.layer and r.target == "de"
+    assert float(r.direction.norm()) == pytest.approx(float(d.direction.norm()), rel=1e-5)
+    assert abs(float(torch.nn.functional.cosine_similarity(r.direction, d.direction, dim=0))) < 0.5
+    assert torch.equal(ev.random_direction_like(d, seed=3).direction, r.direction)
+    with pytest.raises(LangNeuronsError, match="'xx'"):
+        ev.diffmean_sweep(tiny_llama, SENTENCES, ["xx"], 1, [1.0], **kw)

@@ -23,6 +23,7 @@ import json
 import math
 import numbers
 from contextlib import contextmanager
+from dataclasses import replace
 from importlib import resources
 from pathlib import Path
 
@@ -36,7 +37,7 @@ from tqdm.auto import tqdm
 from .corpus import Corpus, load_corpus
 from .errors import LangNeuronsError, choices
 from .identify import random_like
-from .intervene import DiffMean, Intervention, _number, _positions, intervene
+from .intervene import DiffMean, Intervention, _number, _positions, diffmean, intervene
 from .langid import detect
 from .neurons import LanguageNeurons
 
@@ -718,6 +719,67 @@ def steer_with(model, target: str, interventions, control=None, prompts=None, *,
                             "prompt_language": lang, "prompt": p, "sample": s, "generation": text, "detected": d})
     return pd.DataFrame(records, columns=["target", "condition", "positions", "prompt_id", "prompt_language", "prompt",
                                           "sample", "generation", "detected"])
+
+
+def random_direction_like(steer: DiffMean, seed: int = 0) -> DiffMean:
+    """The control of a :class:`DiffMean`: a random (Gaussian, seeded) direction of the same norm
+    at the same layer and strength, so the control moves the residual stream as far, in no
+    particular language's direction."""
+    g = torch.Generator().manual_seed(int(seed))
+    r = torch.randn(steer.direction.shape, generator=g, dtype=torch.float64)
+    return replace(steer, direction=(r / r.norm() * steer.direction.double().norm()).to(steer.direction.dtype))
+
+
+def diffmean_sweep(model, corpus, targets, layer: int, betas, prompts=None, control: str | None = "random",
+                   *, languages: list[str] | None = None, max_sentences: int | None = None,
+                   n_samples: int = 4, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+                   temperature: float = DEFAULT_TEMPERATURE, top_k: int | None = DEFAULT_TOP_K,
+                   greedy: bool = False, seed: int = 0, positions="all", source=None, n_prompts: int = 16,
+                   prompt_words: int = 3, repetition_penalty: float = 1.0, batch_size: int = 64,
+                   progress: bool = True) -> pd.DataFrame:
+    """Residual-stream difference-of-means steering (:func:`~.intervene.diffmean`) over a grid of
+    targets × strengths β, measured exactly as :func:`steer_sweep` measures neuron steering.
+
+    Per target: the direction ``mean(resid | target) − mean(resid | other languages)`` after block
+    ``layer``, from ``corpus`` (e.g. the built-in ``stats`` split, the text the neurons were found
+    on); then generations with ``β · direction`` added at every position, without it
+    (``baseline``, generated once per target) and with a random direction of the same norm
+    (``control``, :func:`random_direction_like`), same prompts and seed.
+
+    Returns:
+        :func:`steer_sweep`'s columns, with ``mode = "diffmean"`` and ``factor = β`` (so
+        :func:`steer_summary` and the steering writers and figures take it), plus ``layer``.
+    """
+    _check_control(control)
+    texts = _texts(corpus)
+    targets = [targets] if isinstance(targets, str) else list(targets)
+    _languages(targets, list(texts), "the corpus")
+    betas = [betas] if isinstance(betas, numbers.Real) and not isinstance(betas, bool) else list(betas)
+    if not targets or not betas:
+        raise LangNeuronsError("targets and betas must each hold at least one value")
+    betas = [_number("beta", b) for b in betas]
+    frames = []
+    for t in tqdm(targets, desc="diffmean steer", disable=not progress, leave=False):
+        d = diffmean(model, texts, t, layer, languages=languages, max_sentences=max_sentences, progress=progress)
+        ctrl = random_direction_like(d, seed) if control == "random" else None
+        kw = dict(prompts=prompts, n_samples=n_samples, max_new_tokens=max_new_tokens, temperature=temperature,
+                  top_k=top_k, greedy=greedy, seed=seed, positions=positions, source=source, n_prompts=n_prompts,
+                  prompt_words=prompt_words, repetition_penalty=repetition_penalty, batch_size=batch_size,
+                  progress=progress)
+        base = None
+        for b in betas:
+            df = steer_with(model, t, [d.with_beta(b)], control=[ctrl.with_beta(b)] if ctrl else None,
+                            baseline=base is None, **kw)
+            if base is None:
+                base = df[df.condition == "baseline"]
+            else:  # the baseline does not depend on β: generated once, repeated in every cell
+                df = pd.concat([base, df], ignore_index=True)
+            df.insert(2, "mode", "diffmean")
+            df.insert(3, "factor", b)
+            df.insert(4, "statistic", None)
+            df["layer"] = int(layer)
+            frames.append(df)
+    return pd.concat(frames, ignore_index=True)
 
 
 def steer_summary(df: pd.DataFrame) -> pd.DataFrame:
