@@ -79,3 +79,19 @@ def test_report_needs_output(tmp_path):
         write_report(tmp_path)
     with pytest.raises(LangNeuronsError, match="no such output directory"):
         write_report(tmp_path / "missing")
+
+
+def test_report_diffmean_section(tmp_path):
+    """steer_diffmean/ gets its own section, after the neurons', named as the baseline method."""
+    df = _steer_frame().assign(mode="diffmean", statistic=None, layer=3)
+    (tmp_path / "steer_diffmean").mkdir()
+    df.to_csv(tmp_path / "steer_diffmean" / "steer.csv", index=False)
+    text = write_report(tmp_path).read_text()
+    assert "## The baseline: residual-stream difference-of-means steering" in text
+    assert "## Switching neurons on" not in text  # no steer/
+    assert "(block 3)" in text and "random direction of the same norm" in text
+    assert "| 16 | 0.750 | 0.000 | 0.250 |" in text and "| de | 4 | 0.75 [" in text
+    (tmp_path / "steer").mkdir()
+    _steer_frame().to_csv(tmp_path / "steer" / "steer.csv", index=False)
+    text = write_report(tmp_path).read_text()
+    assert text.index("## Switching neurons on") < text.index("## The baseline: residual-stream")

@@ -6,7 +6,8 @@ be rebuilt from a finished directory at any time:
 * ``summary.json`` — the run (model, languages, tokens, neuron-set parameters);
 * ``analysis/summary.json`` and ``figures/*.png`` — identification and analysis;
 * ``ppl/ppl.csv`` and ``ppl/ppl_change.png`` — the deactivation matrix with its random control;
-* ``steer/steer.csv`` and ``steer/steer_rate_vs_factor.png`` — steering generations.
+* ``steer/steer.csv`` and ``steer/steer_rate_vs_factor.png`` — steering generations;
+* ``steer_diffmean/`` — the same for residual difference-of-means steering, the baseline method.
 
 Sections whose files are missing are left out. Rates and ΔNLLs are computed from the CSVs with the
 package's own summaries, so the report and the CSVs cannot disagree.
@@ -98,15 +99,28 @@ def _ppl_section(d: Path) -> list[str]:
     return out + ([fig] if fig else [])
 
 
-def _steer_section(d: Path) -> list[str]:
+# The two steering sections: neurons (steer/) and the residual diffmean baseline (steer_diffmean/)
+_STEERING = {
+    "steer": ("Switching neurons on: steering the output language",
+              "Generations under the intervention on the target's neurons", "on random neurons (control)"),
+    "steer_diffmean": ("The baseline: residual-stream difference-of-means steering",
+                       "Generations with β × (the target's mean residual − the other languages') added after "
+                       "one block at every position", "with a random direction of the same norm (control)"),
+}
+
+
+def _steer_section(d: Path, sub: str = "steer") -> list[str]:
     from .evaluate import steer_summary
 
-    csv = d / "steer" / "steer.csv"
+    csv = d / sub / "steer.csv"
     if not csv.is_file():
         return []
+    title, what, control = _STEERING[sub]
     df = pd.read_csv(csv, keep_default_na=False, na_values=[""])
     s = steer_summary(df)
-    out = ["## Switching neurons on: steering the output language"]
+    if "layer" in df.columns:
+        what += f" (block {int(df['layer'].iloc[0])})"
+    out = [f"## {title}"]
     cells = [k for k in ("mode", "factor", "statistic", "positions") if k in s.columns and s[k].nunique() > 1]
     if cells:  # a sweep: one line per grid cell, then the per-language table of the best cell
         g = s.groupby(cells, sort=True)[["target_rate", "baseline_rate", "control_rate"]].mean().reset_index()
@@ -120,16 +134,16 @@ def _steer_section(d: Path) -> list[str]:
         out.append("Per target language at the best setting (" +
                    ", ".join(f"{k} {_setting(best[k])}" for k in cells) + "):")
     setting = {k: s[k].iloc[0] for k in ("mode", "factor", "statistic", "positions") if k in s.columns}
-    out.append("Generations under the intervention on the target's neurons (" +
+    out.append(f"{what} (" +
                ", ".join(f"{k} {_setting(v)}" for k, v in setting.items() if isinstance(v, str) or not pd.isna(v)) +
-               "), without it (baseline) and on random neurons (control); the language of the continuation "
+               f"), without it (baseline) and {control}; the language of the continuation "
                "is identified offline; 95% Wilson intervals.")
     iv = lambda r, c: f"{r[c + '_rate']:.2f} [{r[c + '_low']:.2f}, {r[c + '_high']:.2f}]"  # noqa: E731
     cols = [c for c in ("target", "baseline", "control") if f"{c}_rate" in s.columns]
     out.append(_table(["target", "n"] + [{"target": "target rate"}.get(c, c) for c in cols],
                       [[r["target"], int(r["n"])] + [iv(r, c) for c in cols] for _, r in s.iterrows()]))
     out.append("Mean: " + ", ".join(f"{c} {s[c + '_rate'].mean():.2f}" for c in cols) + ".")
-    fig = _figure(d, "steer/steer_rate_vs_factor.png", "Target-language rate vs factor, per language")
+    fig = _figure(d, f"{sub}/steer_rate_vs_factor.png", "Target-language rate vs factor, per language")
     return out + ([fig] if fig else [])
 
 
@@ -171,7 +185,7 @@ def write_report(out: str | os.PathLike, title: str = "Language-specific neurons
         parts.append(f"Model `{run.get('model')}`, site `{run.get('site')}`, {len(run.get('languages', []))} "
                      f"languages ({', '.join(run.get('languages', []))}); statistics from "
                      f"{sum(toks.values()):,} tokens of the `stats` split.")
-    parts += _identification_section(d) + _ppl_section(d) + _steer_section(d)
+    parts += _identification_section(d) + _ppl_section(d) + _steer_section(d) + _steer_section(d, "steer_diffmean")
     if len(parts) == 1 + bool(run):
         raise LangNeuronsError(f"{str(d)!r} holds no pipeline output to report (no analysis/, ppl/ or steer/)")
     path = d / REPORT_NAME
