@@ -357,12 +357,13 @@ def test_demo_small(tmp_path, capsys):
     out = tmp_path / "demo"
     langs = ["en", "de", "fr", "ru", "uk", "ja"]
     assert main(["demo", "--out", str(out), "--languages", ",".join(langs), "--max-sentences", "12",
-                 "--eval-sentences", "6", "--n-samples", "2", "--factors", "4,16"]) == 0
+                 "--eval-sentences", "6", "--n-samples", "2", "--factors", "4,16", "--betas", "0,2"]) == 0
     err = capsys.readouterr().err
     for f in ("stats/stats.json", "neurons.json", "analysis/summary.json", "analysis/counts.csv",
               "figures/layer_placement.png", "figures/entropy_distribution.pdf", "summary.json",
               "ppl/ppl.csv", "ppl/summary.json", "ppl/ppl_change.png", "steer/steer.csv", "steer/summary.json",
-              "steer/steer_rate_vs_factor.png", "report.md"):
+              "steer/steer_rate_vs_factor.png", "steer_diffmean/steer.csv", "steer_diffmean/summary.json",
+              "steer_diffmean/steer_rate_vs_factor.png", "report.md"):
         assert (out / f).is_file(), f
     neurons = LanguageNeurons.load(out / "neurons.json")
     assert neurons.method == "lape" and neurons.params["top_rate"] == 0.05
@@ -381,8 +382,16 @@ def test_demo_small(tmp_path, capsys):
     found = [k for k in langs if len(neurons[k]) > 0]
     assert set(steer["target"]) == set(found) and set(steer["factor"]) == {4.0, 16.0}
     assert (steer["prompt"] == "").all() and len(steer) == len(found) * 2 * 3 * 2
+    # the diffmean baseline: beta 0 changes nothing, on the same BOS-only prompts
+    dm = pd.read_csv(out / "steer_diffmean" / "steer.csv", keep_default_na=False)
+    assert set(dm["mode"]) == {"diffmean"} and set(dm["factor"]) == {0.0, 2.0} and set(dm["layer"]) == {1}
+    zero = dm[dm.factor == 0.0]
+    by = {c: list(g.generation) for c, g in zero.groupby("condition")}
+    assert by["intervention"] == by["baseline"] == by["control"]
+    assert summary["steer_diffmean"]["layer"] == 1
     report = (out / "report.md").read_text()
     for part in ("## Switching neurons off: perplexity", "## Switching neurons on: steering",
+                 "## The baseline: residual-stream difference-of-means steering",
                  "ppl/ppl_change.png", "steer/steer_rate_vs_factor.png", "figures/layer_placement.png"):
         assert part in report, part
 

@@ -13,6 +13,8 @@ from .errors import LangNeuronsError
 DEMO_LANGUAGES = ["en", "de", "fr", "es", "ru", "zh", "ja", "ar", "hi", "th"]
 DEMO_TOP_RATE = 0.05  # LAPE share of neurons kept in the demo (Tang's 1% is for 7B models; see cmd_demo)
 DEMO_FACTORS = "8,16,32"  # the steering factor sweep of the demo
+DEMO_DIFFMEAN_LAYER = 1  # residual diffmean steering of the demo: after block 1 of 6 (best of blocks 1-4)
+DEMO_BETAS = "1,2,4"
 
 
 def _languages(value: str | None) -> list[str] | None:
@@ -476,7 +478,7 @@ def cmd_bench(args) -> int:
 
 def cmd_demo(args) -> int:
     from .corpus import load_corpus
-    from .evaluate import DEFAULT_MODE, DEFAULT_STATISTIC, perplexity_matrix, steer_sweep
+    from .evaluate import DEFAULT_MODE, DEFAULT_STATISTIC, diffmean_sweep, perplexity_matrix, steer_sweep
     from .identify import lape
     from .measure_io import write_ppl, write_steer
     from .models import load_model
@@ -490,11 +492,14 @@ def cmd_demo(args) -> int:
     for name in ("--max-sentences", "--eval-sentences", "--n-samples"):
         _positive(name, getattr(args, name[2:].replace("-", "_")))
     factors = _floats("--factors", args.factors)
-    steps = 5
+    betas = _floats("--betas", args.betas)
+    steps = 6
 
     print(f"[demo 1/{steps}] loading the built-in model; recording {len(langs)} languages of the built-in "
           "corpus ('stats' split)", file=sys.stderr)
     model = load_model("builtin")
+    if not 0 <= args.diffmean_layer < model.cfg.n_layers:  # checked now, not after minutes of work
+        raise LangNeuronsError(f"--diffmean-layer must be in [0, {model.cfg.n_layers}), got {args.diffmean_layer}")
     corpus = load_corpus("builtin", languages=langs, split="stats", max_sentences=args.max_sentences)
     stats = record(model, corpus, site="act", batch_size=32)
     stats.save(out / "stats")
@@ -539,12 +544,22 @@ def cmd_demo(args) -> int:
     steer = write_steer(steer_df, out / "steer", run={"model": "builtin", "neurons": str(neurons_path),
                                                        "stats": str(out / "stats"), "targets": found,
                                                        "prompts": "BOS only", "seed": 0})
+    # The baseline neuron steering must be compared with: a direction in the residual stream
+    # (difference of the target's and the other languages' mean residual), read from the same text.
+    print(f"[demo 5/{steps}] the baseline: residual difference-of-means steering after block {args.diffmean_layer}, "
+          f"beta {args.betas}, with a random direction of the same norm as control", file=sys.stderr)
+    dm_df = diffmean_sweep(model, corpus, found, args.diffmean_layer, betas, prompts=[""], n_samples=args.n_samples,
+                           seed=0, progress=True)
+    dm = write_steer(dm_df, out / "steer_diffmean", run={"model": "builtin", "method": "diffmean",
+                                                         "layer": args.diffmean_layer, "corpus": "builtin stats",
+                                                         "targets": found, "prompts": "BOS only", "seed": 0})
     summary["ppl"] = {k: ppl[k] for k in ("diag_delta_nll", "offdiag_delta_nll", "control_diag_delta_nll",
                                           "diag_over_offdiag", "diag_over_control", "frac_most_hurt")}
     summary["steer"] = {"settings": steer.get("settings"), "mean": steer.get("mean")}
+    summary["steer_diffmean"] = {"layer": args.diffmean_layer, "settings": dm.get("settings"), "mean": dm.get("mean")}
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=1) + "\n")
 
-    print(f"[demo 5/{steps}] report", file=sys.stderr)
+    print(f"[demo 6/{steps}] report", file=sys.stderr)
     report = write_report(out, title="Language-specific neurons of the built-in model")
     print(json.dumps(summary, indent=1))
     for what, where in (("statistics", out / "stats"), ("neurons", neurons_path),
@@ -552,6 +567,7 @@ def cmd_demo(args) -> int:
                         (f"{len(figures) // 2} figures (PNG + PDF)", out / "figures"),
                         ("perplexity matrix (ppl.csv, summary.json, ppl_change figure)", out / "ppl"),
                         ("steering generations (steer.csv, summary.json, rate-vs-factor figure)", out / "steer"),
+                        ("the same for residual diffmean steering", out / "steer_diffmean"),
                         ("this summary", out / "summary.json"), ("the report", report)):
         print(f"[demo] {what}: {where}", file=sys.stderr)
     return 0
@@ -725,6 +741,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--eval-sentences", type=int, default=60,
                    help="held-out sentences per language for the perplexity matrix (60)")
     d.add_argument("--factors", default=DEMO_FACTORS, help=f"steering factors, comma-separated ({DEMO_FACTORS})")
+    d.add_argument("--diffmean-layer", type=int, default=DEMO_DIFFMEAN_LAYER,
+                   help=f"block after which the diffmean direction is added ({DEMO_DIFFMEAN_LAYER})")
+    d.add_argument("--betas", default=DEMO_BETAS, help=f"diffmean strengths, comma-separated ({DEMO_BETAS})")
     d.add_argument("--n-samples", type=int, default=16,
                    help="steering: generations per language, factor and condition (16)")
     d.set_defaults(func=cmd_demo)
