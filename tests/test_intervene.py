@@ -15,7 +15,7 @@ from tl_langneurons.neurons import LanguageNeurons
 
 # jaxtyping shapes and annotations are checked by beartype while these tests run
 with install_import_hook(["tl_langneurons.intervene"], "beartype.beartype"):
-    from tl_langneurons.intervene import (DiffMean, Intervention, SiteCache, cache_site_activations, diffmean,
+    from tl_langneurons.intervene import (DiffMean, Intervention, SiteCache, cache_site_activations, diffmean, diffmeans,
                                           intervene, make_hooks)
 
 LLAMA_NEURONS = {0: [1, 5, 7, 30], 2: [3, 40, 47]}
@@ -469,3 +469,12 @@ def test_diffmean_is_the_mean_difference_and_is_added(tiny_llama, tokenizer, tok
             pass
     with pytest.raises(LangNeuronsError, match="'xx'.*'en', 'de', 'ru'"):
         diffmean(tiny_llama, texts, "xx", layer)
+    # several targets from one pass: each direction is exactly diffmean's for that target alone
+    for bal in (False, True):
+        many = diffmeans(tiny_llama, texts, ["ru", "de", "en"], layer, beta=2.0, batch_size=2, balanced=bal,
+                         progress=False)
+        for dm_k in many:
+            alone = diffmean(tiny_llama, texts, dm_k.target, layer, beta=2.0, batch_size=2, balanced=bal,
+                             progress=False)
+            assert torch.equal(dm_k.direction, alone.direction) and dm_k.others == alone.others
+            assert dm_k.n_tokens == alone.n_tokens and dm_k.beta == 2.0

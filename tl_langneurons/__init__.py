@@ -4,7 +4,7 @@ __version__ = "0.1.0"
 
 from .corpus import Corpus, load_corpus  # noqa: E402
 from .errors import LangNeuronsError  # noqa: E402
-from .intervene import Intervention, cache_site_activations, diffmean, intervene  # noqa: E402
+from .intervene import Intervention, cache_site_activations, diffmean, diffmeans, intervene  # noqa: E402
 from .models import load_model  # noqa: E402
 from .neurons import LanguageNeurons  # noqa: E402
 from .stats import NeuronStats  # noqa: E402
@@ -13,6 +13,6 @@ from .record import record  # noqa: E402  (the function shadows the module name 
 
 __all__ = [
     "Corpus", "Intervention", "LangNeuronsError", "LanguageNeurons", "NeuronStats", "cache_site_activations",
-    "diffmean", "identify", "intervene", "load_corpus", "load_model", "record", "__version__",
+    "diffmean", "diffmeans", "identify", "intervene", "load_corpus", "load_model", "record", "__version__",
 ]
 

@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 from .corpus import Corpus, load_corpus
 from .errors import LangNeuronsError, choices
 from .identify import random_like
-from .intervene import DiffMean, Intervention, _number, _positions, diffmean, intervene
+from .intervene import DiffMean, Intervention, _number, _positions, diffmeans, intervene
 from .langid import detect
 from .neurons import LanguageNeurons
 
@@ -759,8 +759,10 @@ def diffmean_sweep(model, corpus, targets, layer: int, betas, prompts=None, cont
         raise LangNeuronsError("targets and betas must each hold at least one value")
     betas = [_number("beta", b) for b in betas]
     frames = []
-    for t in tqdm(targets, desc="diffmean steer", disable=not progress, leave=False):
-        d = diffmean(model, texts, t, layer, languages=languages, max_sentences=max_sentences, progress=progress)
+    # every target's direction from one pass over the corpus
+    directions = diffmeans(model, texts, targets, layer, languages=languages, max_sentences=max_sentences,
+                           progress=progress)
+    for t, d in tqdm(list(zip(targets, directions)), desc="diffmean steer", disable=not progress, leave=False):
         ctrl = random_direction_like(d, seed) if control == "random" else None
         kw = dict(prompts=prompts, n_samples=n_samples, max_new_tokens=max_new_tokens, temperature=temperature,
                   top_k=top_k, greedy=greedy, seed=seed, positions=positions, source=source, n_prompts=n_prompts,

@@ -440,18 +440,29 @@ def diffmean(model: Any, corpus: Corpus | dict, target: str, layer, beta=1.0, *,
             tokens (which lets the largest language dominate).
         positions: default positions of the returned steering (``None`` = as the context says).
     """
-    from .record import prepare_batches
+    return diffmeans(model, corpus, [target], layer, beta, languages=languages, balanced=balanced,
+                     batch_size=batch_size, max_sentences=max_sentences, positions=positions, progress=progress)[0]
 
+
+def diffmeans(model: Any, corpus: Corpus | dict, targets: list[str], layer, beta=1.0, *,
+              languages: list[str] | None = None, balanced: bool = False, batch_size: int = 16,
+              max_sentences: int | None = None, positions=None, progress: bool = True) -> list[DiffMean]:
+    """:func:`diffmean` for several targets from one pass over the corpus (each language's
+    residual sum is read once; every target's direction is then the same arithmetic on them, so
+    each equals what :func:`diffmean` gives for that target alone)."""
     texts = corpus.texts if isinstance(corpus, Corpus) else corpus
     if not isinstance(texts, dict):
         raise LangNeuronsError(f"corpus must be a Corpus or a dict of sentence lists, got {type(corpus).__name__}")
-    if target not in texts:
-        raise LangNeuronsError(f"target language {target!r} is not in the corpus; available: {choices(texts)}")
-    others = [k for k in (languages if languages is not None else texts) if k != target]
-    missing = [k for k in others if k not in texts]
+    targets = list(targets)
+    for target in targets:
+        if target not in texts:
+            raise LangNeuronsError(f"target language {target!r} is not in the corpus; available: {choices(texts)}")
+    pool = list(languages) if languages is not None else list(texts)
+    missing = [k for k in pool if k not in texts]
     if missing:
         raise LangNeuronsError(f"language {missing[0]!r} is not in the corpus; available: {choices(texts)}")
-    if not others:
+    others = {t: [k for k in pool if k != t] for t in targets}
+    if any(not o for o in others.values()):
         raise LangNeuronsError("diffmean needs at least one language besides the target")
     n_layers = int(model.cfg.n_layers)
     if not _is_int(layer) or not 0 <= layer < n_layers:
@@ -459,12 +470,35 @@ def diffmean(model: Any, corpus: Corpus | dict, target: str, layer, beta=1.0, *,
     if not _is_int(batch_size) or batch_size < 1:
         raise LangNeuronsError(f"batch_size must be a positive integer, got {batch_size!r}")
     beta = _number("beta", beta)
-    langs = [target, *others]
+    langs = list(dict.fromkeys([*targets, *pool]))
+    sums, counts = _resid_sums(model, {k: texts[k] for k in langs}, int(layer), batch_size, max_sentences,
+                               progress, "diffmean " + ",".join(targets))
+    empty = [k for k, n in zip(langs, counts.tolist()) if n == 0]
+    if empty:
+        raise LangNeuronsError(f"no tokens for language(s) {empty}")
+    at = {k: i for i, k in enumerate(langs)}
+    meta = {"name": model_name(model), "weights_hash": weights_hash(model)}
+    out = []
+    for t in targets:
+        o = [at[k] for k in others[t]]
+        mean_t = sums[at[t]] / counts[at[t]]
+        other = (sums[o] / counts[o, None]).mean(0) if balanced else sums[o].sum(0) / counts[o].sum()
+        n_tokens = {k: int(counts[at[k]]) for k in [t, *others[t]]}
+        out.append(DiffMean((mean_t - other).to(torch.float32), int(layer), beta, t, tuple(others[t]), n_tokens,
+                            meta, positions))
+    return out
+
+
+def _resid_sums(model: Any, texts: dict, layer: int, batch_size: int, max_sentences: int | None, progress: bool,
+                desc: str) -> tuple[Tensor, Tensor]:
+    """Per language (in ``texts``' order): the float64 sum of ``hook_resid_post`` of block ``layer``
+    over its counted tokens, and their number; the forward pass stops at that hook."""
+    from .record import prepare_batches
+
     max_len = int(getattr(model.cfg, "n_ctx", 2048) or 2048)
-    batches, _, _, _ = prepare_batches(model.tokenizer, {k: texts[k] for k in langs}, batch_size, max_len, max_sentences)
-    d_model = int(model.cfg.d_model)
-    sums = torch.zeros(len(langs), d_model, dtype=torch.float64)
-    counts = torch.zeros(len(langs), dtype=torch.float64)
+    batches, _, _, _ = prepare_batches(model.tokenizer, texts, batch_size, max_len, max_sentences)
+    sums = torch.zeros(len(texts), int(model.cfg.d_model), dtype=torch.float64)
+    counts = torch.zeros(len(texts), dtype=torch.float64)
     state: dict = {}
 
     def hook(act: Tensor, hook: Any = None) -> None:
@@ -474,21 +508,14 @@ def diffmean(model: Any, corpus: Corpus | dict, target: str, layer, beta=1.0, *,
 
     device = model.cfg.device
     with torch.no_grad(), model.hooks(fwd_hooks=[(f"blocks.{layer}.hook_resid_post", hook)]):
-        for b in tqdm(batches, desc=f"diffmean {target}", disable=not progress, leave=False):
+        for b in tqdm(batches, desc=desc, disable=not progress, leave=False):
             state.update(k=b.language, counted=b.counted)
             counts[b.language] += float(b.counted.sum())
             try:
                 model(b.tokens.to(device), attention_mask=b.attention_mask.to(device), return_type=None)
             except _Stop:
                 pass
-    empty = [k for k, n in zip(langs, counts.tolist()) if n == 0]
-    if empty:
-        raise LangNeuronsError(f"no tokens for language(s) {empty}")
-    means = sums / counts[:, None]
-    other = means[1:].mean(0) if balanced else sums[1:].sum(0) / counts[1:].sum()
-    direction = (means[0] - other).to(torch.float32)
-    return DiffMean(direction, int(layer), beta, target, tuple(others), dict(zip(langs, [int(c) for c in counts])),
-                    {"name": model_name(model), "weights_hash": weights_hash(model)}, positions)
+    return sums, counts
 
 
 # ---------------------------------------------------------------------------------------------
