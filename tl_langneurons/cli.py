@@ -13,7 +13,7 @@ from .errors import LangNeuronsError
 DEMO_LANGUAGES = ["en", "de", "fr", "es", "ru", "zh", "ja", "ar", "hi", "th"]
 DEMO_TOP_RATE = 0.05  # LAPE share of neurons kept in the demo (Tang's 1% is for 7B models; see cmd_demo)
 DEMO_FACTORS = "8,16,32"  # the steering factor sweep of the demo
-DEMO_DIFFMEAN_LAYER = 1  # residual diffmean steering of the demo: after block 1 of 6 (best of blocks 1-4)
+DEMO_DIFFMEAN_LAYER = 1  # residual diffmean steering of the demo: after block 1 of 6 (blocks 1-4 all gave 96-99% at beta 2-8)
 DEMO_BETAS = "1,2,4"
 
 
