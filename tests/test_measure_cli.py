@@ -144,6 +144,25 @@ def test_steer_bos_only(inputs, loads, builtin_model, tmp_path, capsys):
     assert _summary(out)["run"]["prompts"] == "BOS only"
 
 
+def test_diffmean_command(builtin_model, loads, tmp_path, capsys):
+    out = tmp_path / "dm"
+    assert main(["diffmean", "--languages", "en,de,ru", "--max-sentences", "5", "--target", "de", "--layer", "1",
+                 "--betas", "0,2", "--bos-only", "--n-samples", "2", "--max-new-tokens", "4", "--out", str(out)]) == 0
+    assert n_hooks(builtin_model) == 0
+    assert "diffmean beta 2 after block 1" in capsys.readouterr().out
+    df = pd.read_csv(out / "steer.csv", keep_default_na=False)
+    assert len(df) == 2 * 3 * 2 and set(df["mode"]) == {"diffmean"} and set(df.layer) == {1}
+    zero = {c: list(g.generation) for c, g in df[df.factor == 0.0].groupby("condition")}
+    assert zero["intervention"] == zero["baseline"] == zero["control"]  # beta 0 changes nothing
+    summary = _summary(out)
+    assert summary["run"]["method"] == "diffmean" and summary["run"]["split"] == "stats"
+    assert summary["run"]["languages"] == ["en", "de", "ru"] and summary["sweep"] is True
+    _figure(out, "steer_rate_vs_factor")
+    # the layer is checked against the loaded model, before any reading or generating
+    assert main(["diffmean", "--languages", "en,de", "--target", "de", "--layer", "6", "--out", str(tmp_path / "x")]) == 2
+    assert "--layer must be in [0, 6), got 6" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
 def test_steer_sweep_over_all_targets(inputs, loads, builtin_model, tmp_path, capsys):
     out = tmp_path / "sweep"
     assert main(["steer", "--neurons", inputs["neurons"], "--stats", inputs["stats"], "--target", "all",
@@ -223,6 +242,12 @@ def _mistakes():
     return {
         "ppl unknown language": (ppl + ["--languages", "en,xx"], "'xx'"),
         "steer bos-only and prompts": (steer + ["--bos-only", "--prompts", "{tmp}/empty.txt"], "not both"),
+        "diffmean unknown target": (["diffmean", "--languages", "en,de", "--target", "xx", "--layer", "1",
+                                     "--out", "{out}"], "'xx'"),
+        "diffmean bad betas": (["diffmean", "--target", "de", "--layer", "1", "--betas", "2,big", "--out", "{out}"],
+                               "'big'"),
+        "diffmean zero samples": (["diffmean", "--target", "de", "--layer", "1", "--n-samples", "0", "--out", "{out}"],
+                                  "--n-samples"),
         "ppl unknown split": (ppl + ["--split", "dev"], "'dev'"),
         "ppl unknown control": (ppl + ["--control", "shuffled"], "'shuffled'"),
         "ppl zero sentences": (ppl + ["--max-sentences", "0"], "--max-sentences"),

@@ -345,6 +345,30 @@ def _pct(x) -> str:
     return "n/a" if x is None else f"{x:.0%}"
 
 
+def _generation_args(args) -> list[str] | None:
+    """Check the decoding options of steer/diffmean before anything is loaded; return the prompts
+    (``None``: the library's default prompts)."""
+    for name in ("--n-samples", "--n-prompts", "--max-new-tokens", "--batch-size", "--top-k"):
+        _positive(name, getattr(args, name[2:].replace("-", "_")))
+    if args.temperature is not None and not args.greedy and not args.temperature > 0:
+        raise LangNeuronsError(f"--temperature must be > 0 when sampling (or use --greedy), got {args.temperature}")
+    if args.repetition_penalty is not None and not args.repetition_penalty > 0:
+        raise LangNeuronsError(f"--repetition-penalty must be > 0, got {args.repetition_penalty}")
+    if args.bos_only and args.prompts is not None:
+        raise LangNeuronsError(f"give --bos-only or --prompts {args.prompts}, not both")
+    return _read_prompts(args.prompts) if args.prompts is not None else ([""] if args.bos_only else None)
+
+
+def _given_generation(args) -> dict:
+    """Only the decoding options that were given: the library's defaults (steer's best settings)
+    apply to the rest."""
+    given = {k: getattr(args, k) for k in ("n_samples", "max_new_tokens", "temperature", "top_k", "n_prompts",
+                                           "repetition_penalty", "batch_size") if getattr(args, k) is not None}
+    if args.source is not None:
+        given["source"] = _languages(args.source)
+    return given
+
+
 def cmd_steer(args) -> int:
     from .evaluate import STEER_MODES, steer_sweep
     from .measure_io import write_steer
@@ -355,16 +379,8 @@ def cmd_steer(args) -> int:
         raise LangNeuronsError(f"give --factor {args.factor:g} or --factors {args.factors}, not both")
     factors = _floats("--factors", args.factors) if args.factors is not None else None
     _finite("--factor", args.factor)
-    for name in ("--n-samples", "--n-prompts", "--max-new-tokens", "--batch-size", "--top-k"):
-        _positive(name, getattr(args, name[2:].replace("-", "_")))
-    if args.temperature is not None and not args.greedy and not args.temperature > 0:
-        raise LangNeuronsError(f"--temperature must be > 0 when sampling (or use --greedy), got {args.temperature}")
-    if args.repetition_penalty is not None and not args.repetition_penalty > 0:
-        raise LangNeuronsError(f"--repetition-penalty must be > 0, got {args.repetition_penalty}")
+    prompts = _generation_args(args)
     positions = _positions_arg(args.positions)
-    if args.bos_only and args.prompts is not None:
-        raise LangNeuronsError(f"give --bos-only or --prompts {args.prompts}, not both")
-    prompts = _read_prompts(args.prompts) if args.prompts is not None else ([""] if args.bos_only else None)
     out = _out_dir_free(args.out)
     _resolve_source(args.model)
     targets = _languages(args.target) if args.target != "all" else ["all"]
@@ -373,14 +389,11 @@ def cmd_steer(args) -> int:
         from .evaluate import DEFAULT_FACTOR
 
         factors = [args.factor if args.factor is not None else DEFAULT_FACTOR]
-    # only what was given: the library's defaults (steer's best settings) apply to the rest
-    given = {k: getattr(args, k) for k in ("statistic", "n_samples", "max_new_tokens", "temperature", "top_k",
-                                           "n_prompts", "repetition_penalty", "batch_size")
-             if getattr(args, k) is not None}
+    given = _given_generation(args)
+    if args.statistic is not None:
+        given["statistic"] = args.statistic
     if positions is not None:
         given["positions"] = positions
-    if args.source is not None:
-        given["source"] = _languages(args.source)
     model = _load_for(args, neurons)
     df = steer_sweep(model, neurons, targets, factors, [mode], prompts, stats, greedy=args.greedy, seed=args.seed,
                      control=_control(args.control), progress=True, **given)
@@ -401,6 +414,48 @@ def cmd_steer(args) -> int:
     for t, r in summary["targets"].items():
         print(f"  {t}: {_pct(r['target_rate'])} [{_pct(r['target_low'])}, {_pct(r['target_high'])}] "
               f"of {r['n']}; no intervention {_pct(r.get('baseline_rate'))}, control {_pct(r.get('control_rate'))}")
+    print(f"wrote {len(summary['files'])} files to {out}", file=sys.stderr)
+    return 0
+
+
+def cmd_diffmean(args) -> int:
+    from .corpus import load_corpus
+    from .evaluate import diffmean_sweep
+    from .measure_io import write_steer
+    from .models import _resolve_source, load_model
+
+    betas = _floats("--betas", args.betas)
+    _positive("--max-sentences", args.max_sentences)
+    prompts = _generation_args(args)
+    positions = _positions_arg(args.positions)
+    out = _out_dir_free(args.out)
+    _resolve_source(args.model)
+    langs = _languages(args.languages)
+    split = "stats" if args.corpus == "builtin" and args.split is None else args.split
+    corpus = load_corpus(args.corpus, languages=langs, split=split, max_sentences=args.max_sentences)
+    targets = _languages(args.target) if args.target != "all" else list(corpus.languages)
+    for t in targets:
+        if t not in corpus.languages:
+            raise LangNeuronsError(f"unknown --target {t!r}; the corpus has: {', '.join(corpus.languages)}")
+    model = load_model(args.model, device=args.device, dtype=args.dtype)
+    if not 0 <= args.layer < model.cfg.n_layers:
+        raise LangNeuronsError(f"--layer must be in [0, {model.cfg.n_layers}), got {args.layer}")
+    given = _given_generation(args)
+    if positions is not None:
+        given["positions"] = positions
+    df = diffmean_sweep(model, corpus, targets, args.layer, betas, prompts, control=_control(args.control),
+                        greedy=args.greedy, seed=args.seed, progress=True, **given)
+    run = {"model": args.model, "method": "diffmean", "layer": args.layer, "corpus": args.corpus, "split": split,
+           "max_sentences": args.max_sentences, "languages": list(corpus.languages), "targets": targets,
+           "prompts": args.prompts or ("BOS only" if args.bos_only else "built-in parallel split"),
+           "greedy": args.greedy, "seed": args.seed, "control": _control(args.control),
+           **{k: v for k, v in given.items() if k != "positions"}}
+    summary = write_steer(df, out, run=run)
+    for cell in summary["cells"]:
+        m = cell["mean"]
+        print(f"diffmean beta {cell['factor']:g} after block {args.layer}: mean target-language rate "
+              f"{_pct(m.get('target_rate'))} (no intervention {_pct(m.get('baseline_rate'))}, random direction "
+              f"{_pct(m.get('control_rate'))}) over {m['n_targets']} target(s)")
     print(f"wrote {len(summary['files'])} files to {out}", file=sys.stderr)
     return 0
 
@@ -661,6 +716,22 @@ def build_parser() -> argparse.ArgumentParser:
         c.add_argument("--positions", default=None, help="all (default), prompt, generated, last, or a comma-"
                        "separated list of positions")
 
+    def generation_options(c) -> None:
+        c.add_argument("--prompts", default=None, help="a UTF-8 file with one prompt per line (an empty line = BOS "
+                       "only); default: neutral prompts from the built-in parallel split in the other languages")
+        c.add_argument("--bos-only", action="store_true", help="generate from BOS alone (unconditional, the "
+                       "neutral prompt of the built-in model's steering figures); --n-samples generations per target")
+        c.add_argument("--source", default=None, help="languages of the default prompts, comma-separated "
+                       "(default: every language but the target, in turn)")
+        c.add_argument("--n-prompts", type=int, default=None, help="default prompts per target")
+        c.add_argument("--n-samples", type=int, default=None, help="continuations per prompt (one with --greedy)")
+        c.add_argument("--max-new-tokens", type=int, default=None)
+        c.add_argument("--greedy", action="store_true", help="greedy decoding instead of sampling")
+        c.add_argument("--temperature", type=float, default=None)
+        c.add_argument("--top-k", type=int, default=None)
+        c.add_argument("--repetition-penalty", type=float, default=None)
+        c.add_argument("--batch-size", type=int, default=None, help="generations per generate call")
+
     c = sub.add_parser("ppl", help="perplexity change when each language's neurons are switched off",
                        description="Tang et al.'s deactivation matrix: zero each language's neurons and measure "
                                    "every language's NLL on the same held-out tokens, with a random-neuron control. "
@@ -685,22 +756,35 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--target", required=True, help="language to steer towards; a comma-separated list or 'all'")
     steer_options(c)
     c.add_argument("--factors", default=None, help="a sweep over factors instead of --factor, e.g. 4,16,64")
-    c.add_argument("--prompts", default=None, help="a UTF-8 file with one prompt per line (an empty line = BOS "
-                   "only); default: neutral prompts from the built-in parallel split in the other languages")
-    c.add_argument("--bos-only", action="store_true", help="generate from BOS alone (unconditional, the neutral "
-                   "prompt of the built-in model's steering figures); --n-samples generations per target")
-    c.add_argument("--source", default=None, help="languages of the default prompts, comma-separated "
-                   "(default: every language but the target, in turn)")
-    c.add_argument("--n-prompts", type=int, default=None, help="default prompts per target")
-    c.add_argument("--n-samples", type=int, default=None, help="continuations per prompt (one with --greedy)")
-    c.add_argument("--max-new-tokens", type=int, default=None)
-    c.add_argument("--greedy", action="store_true", help="greedy decoding instead of sampling")
-    c.add_argument("--temperature", type=float, default=None)
-    c.add_argument("--top-k", type=int, default=None)
-    c.add_argument("--repetition-penalty", type=float, default=None)
-    c.add_argument("--batch-size", type=int, default=None, help="generations per generate call")
+    generation_options(c)
     c.add_argument("--out", required=True, help="output directory")
     c.set_defaults(func=cmd_steer)
+
+    c = sub.add_parser("diffmean", help="steer with a residual difference-of-means direction (the baseline)",
+                       description="The baseline neuron steering is compared with: add beta x (the target's mean "
+                                   "residual - the other languages') after block --layer, read from --corpus; the same "
+                                   "prompts are also generated without it and with a random direction of the same "
+                                   "norm, with the same seed. Writes steer.csv, summary.json and, for several "
+                                   "--betas, the steer_rate_vs_factor figure (factor = beta).")
+    c.add_argument("--model", default="builtin", help="'builtin', a hub id or a local model directory")
+    c.add_argument("--corpus", default="builtin", help="text the directions are read from: 'builtin', a folder of "
+                   "<lang>.txt, or hf:NAME[:CONFIG][:SPLIT]")
+    c.add_argument("--split", default=None, help="built-in corpus split; default stats (the neurons' text)")
+    c.add_argument("--languages", default=None, help="languages of the corpus, comma-separated (default: all); "
+                   "a target's direction is taken against all the others")
+    c.add_argument("--max-sentences", type=int, default=None, help="the first N sentences of each language")
+    c.add_argument("--target", required=True, help="language to steer towards; a comma-separated list or 'all'")
+    c.add_argument("--layer", type=int, required=True, help="block after which the direction is added")
+    c.add_argument("--betas", default="2", help="strengths, comma-separated (default 2)")
+    c.add_argument("--positions", default=None, help="all (default), prompt, generated, last, or positions")
+    c.add_argument("--device", default="cpu")
+    c.add_argument("--dtype", default="float32")
+    c.add_argument("--control", default="random", choices=["random", "none"],
+                   help="random (default): a random direction of the same norm")
+    c.add_argument("--seed", type=int, default=0, help="seeds the random direction and sampling")
+    generation_options(c)
+    c.add_argument("--out", required=True, help="output directory")
+    c.set_defaults(func=cmd_diffmean)
 
     c = sub.add_parser("lss", help="Language Steering Shift on parallel facts (Rahmanisa et al. 2025)",
                        description="Per fact with its prompt in --source: does the intervention on --target's "
