@@ -87,8 +87,9 @@ def bench_steer(model: str = "builtin", languages: list[str] | None = None, targ
     position. Both runs generate from the same left-padded prompts (``n_prompts`` neutral prompts ×
     ``n_samples``, one batch) with the same seed and exactly ``max_new_tokens`` new tokens each (no
     stop at EOS: an intervention that changes when the text ends would otherwise change the
-    amount of work, not its speed). Measured ``repeats`` times interleaved after one warm-up;
-    medians are reported.
+    amount of work, not its speed). Sampling as :func:`~.evaluate.steer` samples (its temperature
+    and top-k), and like it without the KV cache (see ``evaluate._generate``). Measured ``repeats``
+    times interleaved after one warm-up; medians are reported.
     """
     from . import evaluate as ev
     from .identify import lape
@@ -104,8 +105,8 @@ def bench_steer(model: str = "builtin", languages: list[str] | None = None, targ
     rows = [ev._encode(bridge, p) for p, _ in prompts for _ in range(n_samples)]
     tokens, mask = ev._left_pad(rows, ev._pad_id(bridge))
     gen = {"max_new_tokens": max_new_tokens, "stop_at_eos": False, "do_sample": True,
-           "temperature": ev.DEFAULT_TEMPERATURE, "return_type": "tokens", "verbose": False,
-           "use_past_kv_cache": False}  # as evaluate._generate: the bridge's KV-cached path is wrong on Llama
+           "temperature": ev.DEFAULT_TEMPERATURE, "top_k": ev.DEFAULT_TOP_K, "return_type": "tokens",
+           "verbose": False, "use_past_kv_cache": False}
 
     def run(items: list) -> float:
         t = time.perf_counter()
