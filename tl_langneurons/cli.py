@@ -369,6 +369,13 @@ def _given_generation(args) -> dict:
     return given
 
 
+def _generation_run(args, given: dict) -> dict:
+    """What a steering run's summary.json records of its prompts and decoding."""
+    return {"prompts": args.prompts or ("BOS only" if args.bos_only else "built-in parallel split"),
+            "greedy": args.greedy, "seed": args.seed, "control": _control(args.control),
+            **{k: v for k, v in given.items() if k != "positions"}}
+
+
 def cmd_steer(args) -> int:
     from .evaluate import STEER_MODES, steer_sweep
     from .measure_io import write_steer
@@ -398,10 +405,7 @@ def cmd_steer(args) -> int:
     df = steer_sweep(model, neurons, targets, factors, [mode], prompts, stats, greedy=args.greedy, seed=args.seed,
                      control=_control(args.control), progress=True, **given)
     run = {"model": args.model, "neurons": str(args.neurons), "stats": args.stats, "site": neurons.site,
-           "method": neurons.method, "targets": targets,
-           "prompts": args.prompts or ("BOS only" if args.bos_only else "built-in parallel split"),
-           "greedy": args.greedy, "seed": args.seed, "control": _control(args.control),
-           **{k: v for k, v in given.items() if k != "positions"}}
+           "method": neurons.method, "targets": targets, **_generation_run(args, given)}
     summary = write_steer(df, out, run=run)
     for cell in summary["cells"]:
         m = cell["mean"]
@@ -447,9 +451,7 @@ def cmd_diffmean(args) -> int:
                         greedy=args.greedy, seed=args.seed, progress=True, **given)
     run = {"model": args.model, "method": "diffmean", "layer": args.layer, "corpus": args.corpus, "split": split,
            "max_sentences": args.max_sentences, "languages": list(corpus.languages), "targets": targets,
-           "prompts": args.prompts or ("BOS only" if args.bos_only else "built-in parallel split"),
-           "greedy": args.greedy, "seed": args.seed, "control": _control(args.control),
-           **{k: v for k, v in given.items() if k != "positions"}}
+           **_generation_run(args, given)}
     summary = write_steer(df, out, run=run)
     for cell in summary["cells"]:
         m = cell["mean"]
