@@ -15,7 +15,7 @@ from jaxtyping import install_import_hook
 
 from tl_langneurons import LangNeuronsError, NeuronStats
 from tl_langneurons.corpus import load_corpus
-from tl_langneurons.intervene import Intervention
+from tl_langneurons.intervene import Intervention, intervene
 from tl_langneurons.neurons import LanguageNeurons
 
 with install_import_hook(["tl_langneurons.evaluate"], "beartype.beartype"):
@@ -374,3 +374,22 @@ def test_diffmean_sweep(tiny_llama):
     assert torch.equal(ev.random_direction_like(d, seed=3).direction, r.direction)
     with pytest.raises(LangNeuronsError, match="'xx'"):
         ev.diffmean_sweep(tiny_llama, SENTENCES, ["xx"], 1, [1.0], **kw)
+
+
+def test_generation_last_means_what_the_cached_run_means(tiny_llama):
+    """Without a KV cache, ``positions="last"`` is mapped to the positions P−1 … P+n−1: the same
+    tokens as KV-cached generation under ``last`` (correct with the pinned transformers), where
+    the last prompt token and then each new token are intervened as they are produced."""
+    layers = {l: list(range(0, 48, 3)) for l in range(3)}
+    items = [Intervention(layers, "set", value=8.0)]
+    prompt = ev._encode(tiny_llama, "Die Katze schläft")
+    gen = ev._gen_kwargs(6, None, None, True, 1.0)
+    gen["stop_at_eos"] = False
+    got = ev._generate(tiny_llama, [prompt], items, "last", gen, 8, 0, "t", False)
+    x = torch.tensor([prompt])
+    with torch.no_grad(), intervene(tiny_llama, items, positions="last"):
+        cached = tiny_llama.generate(x, max_new_tokens=6, do_sample=False, stop_at_eos=False, verbose=False,
+                                     return_type="tokens", use_past_kv_cache=True)
+    want = tiny_llama.tokenizer.decode(cached[0, len(prompt):].tolist(), skip_special_tokens=True).strip()
+    plain = ev._generate(tiny_llama, [prompt], [], "all", gen, 8, 0, "t", False)
+    assert got == [want] and got != plain  # the intervention matters, and "last" means the same

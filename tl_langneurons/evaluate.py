@@ -46,11 +46,12 @@ CONTROLS = ("random", None)
 STEER_MODES = ("set", "scale", "add")
 # Defaults of steer(): set the target's neurons to FACTOR × their mean activation on the target
 # language (Kojima-style forcing), sampled at T = 0.8 with top-k 50, 24 new tokens. Measured on the
-# built-in model (LAPE on en de fr es ru zh ja ar hi th, 1,000 'stats' sentences each; BOS-only
-# prompts; mean target-language rate over the 9 non-English targets; the commands are in the
-# README, "Steering the built-in model"): with the 5% sets, set × {4, 8, 12, 16, 20, 24, 32} gave 8%, 25%, 40%, 43–49%,
-# 41%, 41–46%, 37% and add × 16 41–49%, so set × 16 is the default; the larger 10% sets need less
-# (set × 8: 52% on a fresh seed, 64 generations per target, baseline 1%, random control 6%).
+# built-in model with steer_sweep (LAPE on en de fr es ru zh ja ar hi th, 1,000 'stats' sentences
+# each; BOS-only prompts; mean target-language rate over the 9 non-English targets; seed 0, 16-32
+# generations per target): with the 5% sets, set × {4, 8, 12, 16, 20, 24, 32} gave 8%, 25%, 40%,
+# 43–49%, 41%, 46%, 37% and add × 16 41–49%, so set × 16 is the default; the larger 10% sets need
+# less. The README ("Steering the built-in model") has the commands of the fresh-seed checks:
+# 5% sets at × 16 43%, 10% sets at × 8 52% (baseline 1%, random control 4–6%).
 DEFAULT_MODE = "set"
 DEFAULT_FACTOR = 16.0
 DEFAULT_STATISTIC = "mean"
@@ -464,8 +465,9 @@ def _generate(model, rows: list[list[int]], items: list, positions, gen: dict, b
     models (the built-in model's greedy text degenerates into ``"SA....."``; right with
     transformers 5.23; ``test_generation_matches_hugging_face`` is the oracle), while recomputing
     the whole sequence at every step gives the Hugging Face model's tokens with either version.
-    Measurements must not depend on which transformers a user has, so this costs ~6× the
-    generation time of the cached path on the built-in model. ``last`` (the cached meaning: the
+    Measurements must not depend on which transformers a user has, so this costs several times
+    the generation time of the cached path (6× in one measurement on the built-in model, 64 rows ×
+    32 tokens). ``last`` (the cached meaning: the
     last prompt token, then each new token as it is produced) becomes the explicit positions
     ``P−1 … P+max_new_tokens−1``, which is what the cached run intervenes on.
     """
@@ -753,7 +755,6 @@ def diffmean_sweep(model, corpus, targets, layer: int, betas, prompts=None, cont
     _check_control(control)
     texts = _texts(corpus)
     targets = [targets] if isinstance(targets, str) else list(targets)
-    _languages(targets, list(texts), "the corpus")
     betas = [betas] if isinstance(betas, numbers.Real) and not isinstance(betas, bool) else list(betas)
     if not targets or not betas:
         raise LangNeuronsError("targets and betas must each hold at least one value")
