@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import rankdata
 
+from . import _checks
 from .errors import LangNeuronsError, choices
 from .languages import LANGUAGES, normalize_code
 from .neurons import LanguageNeurons
@@ -38,7 +39,7 @@ def _flat_masks(neurons: LanguageNeurons) -> np.ndarray:
     return np.asarray(m.reshape(m.shape[0], -1).cpu().numpy(), dtype=bool)
 
 
-def _check_metric(metric: str) -> None:
+def check_metric(metric: str) -> None:
     if metric not in METRICS:
         raise LangNeuronsError(f"unknown overlap metric {metric!r}; allowed: {choices(METRICS)}")
 
@@ -145,7 +146,7 @@ def overlap(neurons: LanguageNeurons) -> pd.DataFrame:
 
 def overlap_matrix(pairs: pd.DataFrame, metric: str = "jaccard") -> pd.DataFrame:
     """Pivot :func:`overlap` to a square language × language table of ``metric``."""
-    _check_metric(metric)
+    check_metric(metric)
     order = pd.unique(pairs.lang_a)
     return pairs.pivot(index="lang_a", columns="lang_b", values=metric).reindex(index=order, columns=order)
 
@@ -238,7 +239,7 @@ class PermutationTest:
 
 def _prepare(neurons: LanguageNeurons, metric: str) -> tuple[list[str], np.ndarray, tuple[str, ...]]:
     """Languages with a non-empty set and their ``[K, K]`` overlap matrix."""
-    _check_metric(metric)
+    check_metric(metric)
     m = _flat_masks(neurons)
     keep = m.any(1)
     langs = [k for k, ok in zip(neurons.languages, keep) if ok]
@@ -250,8 +251,7 @@ def _prepare(neurons: LanguageNeurons, metric: str) -> tuple[list[str], np.ndarr
 
 def _permutations(K: int, n_permutations: int, seed: int) -> np.ndarray:
     """``[n_permutations, K]`` independent uniform permutations of ``0 … K-1``; rows are reproducible from ``seed``."""
-    if not isinstance(n_permutations, int) or n_permutations < 1:
-        raise LangNeuronsError(f"n_permutations must be a positive integer, got {n_permutations!r}")
+    _checks.positive_int("n_permutations", n_permutations)
     rng = np.random.default_rng(seed)
     return rng.permuted(np.tile(np.arange(K, dtype=np.int32), (n_permutations, 1)), axis=1)
 

@@ -22,8 +22,9 @@ import random
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Iterator
+from collections.abc import Iterator
 
+from . import _checks
 from .errors import LangNeuronsError, choices
 from .languages import flores_code, normalize_code
 
@@ -244,8 +245,7 @@ def load_corpus(
         max_sentences: keep the first N sentences of each language (after shuffling, if ``seed``).
         seed: if given, shuffle each language's sentences with this seed first.
     """
-    if max_sentences is not None and (not isinstance(max_sentences, int) or max_sentences < 1):
-        raise LangNeuronsError(f"max_sentences must be a positive integer or None, got {max_sentences!r}")
+    max_sentences = _checks.positive_int("max_sentences", max_sentences, allow_none=True)
     if languages is not None:
         if isinstance(languages, str):
             languages = [x for x in languages.split(",") if x]

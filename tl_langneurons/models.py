@@ -22,7 +22,8 @@ import hashlib
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -44,7 +45,7 @@ def list_models() -> dict[str, str]:
     return {name: str(builtin_model_path(name)) for name in BUILTIN_MODELS}
 
 
-def _resolve_source(model: str) -> tuple[str, str]:
+def resolve_source(model: str) -> tuple[str, str]:
     """``(kind, path_or_id)`` where kind is ``local`` or ``hub``."""
     if model in BUILTIN_MODELS:
         return "local", str(builtin_model_path(model))
@@ -82,7 +83,7 @@ def load_model(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch_dtype = _dtype(dtype)
-    kind, where = _resolve_source(model)
+    kind, where = resolve_source(model)
     try:
         tokenizer = AutoTokenizer.from_pretrained(where)
         hf_model = AutoModelForCausalLM.from_pretrained(where, dtype=torch_dtype)
@@ -209,6 +210,24 @@ def _first_token(model: Any) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
+# A forward pass that stops at the last hook a reader needs
+
+
+class StopForward(Exception):
+    """Raised by the last hook a reader needs: nothing after it (e.g. the unembedding) is computed."""
+
+
+def forward_until(model: Any, tokens: torch.Tensor, attention_mask: torch.Tensor | None = None) -> None:
+    """``model(tokens)`` with the hooks already added, ended early where a hook raises
+    :class:`StopForward`."""
+    kwargs = {} if attention_mask is None else {"attention_mask": attention_mask.to(tokens.device)}
+    try:
+        model(tokens, return_type=None, **kwargs)
+    except StopForward:
+        pass
+
+
+# ---------------------------------------------------------------------------------------------
 # Identity of a model, recorded in every artifact so that artifacts from different models never mix.
 
 
@@ -217,21 +236,65 @@ def model_name(model: Any) -> str:
     return str(name if name is not None else getattr(model.cfg, "model_name", "unknown"))
 
 
-def weights_hash(model: Any, sample: int = 4096) -> str:
-    """A hash of the weights: names, shapes and an evenly strided sample of each tensor's values.
+def _weights_key(model: Any) -> tuple:
+    """What changes whenever a weight may have changed: every parameter's name, storage, shape,
+    dtype and version counter (bumped by every in-place write: an optimizer step, ``copy_``, a
+    LoRA merge)."""
+    return tuple((name, p.data_ptr(), tuple(p.shape), str(p.dtype), p._version)
+                 for name, p in model.named_parameters())
 
-    Sampling keeps this to milliseconds even for a 70B model while still telling any two trained
-    models (or a model and its fine-tune) apart.
+
+def weights_hash(model: Any) -> str:
+    """A BLAKE2b hash of every weight: each parameter's name, shape, dtype and every byte of it.
+
+    Every element counts, so a fine-tune that changed a single row hashes differently from its
+    base model. Computed once per model object and cached; the cache is dropped as soon as any
+    parameter is written in place, replaced, added or removed (:func:`_weights_key`). Each tensor is
+    hashed from host memory in chunks of 64 MiB, so a model on a GPU is copied over piece by piece
+    and never twice in memory. ``tl-langneurons bench hash`` measures the speed.
     """
+    key = _weights_key(model)
+    cached = getattr(model, "_tl_langneurons_hash", None)
+    if cached is not None and cached[0] == key:
+        return cached[1]
     h = hashlib.blake2b(digest_size=16)
+    chunk = 1 << 26  # bytes
     for name, p in sorted(model.named_parameters(), key=lambda kv: kv[0]):
-        flat = p.detach().reshape(-1)
-        step = max(1, flat.numel() // sample)
-        vals = flat[::step][:sample].to("cpu", torch.float32).contiguous()
         h.update(name.encode())
-        h.update(str(tuple(p.shape)).encode())
-        h.update(vals.numpy().tobytes())
-    return h.hexdigest()
+        h.update(f"{tuple(p.shape)} {p.dtype}".encode())
+        flat = p.detach().reshape(-1)
+        if flat.dtype in (torch.bfloat16, torch.float16):  # numpy has no bfloat16: hash the raw bits
+            flat = flat.view(torch.int16)
+        step = max(1, chunk // max(flat.element_size(), 1))
+        for i in range(0, flat.numel(), step):
+            h.update(flat[i:i + step].to("cpu").contiguous().numpy().tobytes())
+    digest = h.hexdigest()
+    try:
+        object.__setattr__(model, "_tl_langneurons_hash", (key, digest))
+    except (AttributeError, TypeError):  # an object that takes no attributes: no cache
+        pass
+    return digest
+
+
+def identity(model: Any) -> dict:
+    """The part of a fingerprint that tells models apart: name and weights hash."""
+    return {"name": model_name(model), "weights_hash": weights_hash(model)}
+
+
+def compatible(a: Any, b: Any, what_a: str, what_b: str) -> None:
+    """Raise unless ``a`` and ``b`` come from the same weights: each is a model or the fingerprint
+    an artifact recorded (``{"name", "weights_hash", ...}``). The one place artifacts from
+    different models are refused: by weights hash, or by name where either side records no hash
+    (and not at all where neither is recorded on both sides)."""
+    fa = a if isinstance(a, dict) else identity(a)
+    fb = b if isinstance(b, dict) else identity(b)
+    ha, hb = fa.get("weights_hash"), fb.get("weights_hash")
+    if ha and hb:
+        if ha != hb:
+            raise LangNeuronsError(f"{what_a} and {what_b} come from different models: {fa.get('name')!r} "
+                                   f"(weights {ha!r}) and {fb.get('name')!r} (weights {hb!r})")
+    elif fa.get("name") and fb.get("name") and fa["name"] != fb["name"]:  # no hash: the names must agree
+        raise LangNeuronsError(f"{what_a} and {what_b} come from different models: {fa['name']!r} and {fb['name']!r}")
 
 
 def fingerprint(model: Any) -> dict:

@@ -7,7 +7,6 @@ buy nothing at this size.
 """
 
 import json
-import numbers
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,22 +15,13 @@ import torch
 from jaxtyping import Bool
 from torch import Tensor
 
+from . import _checks
+from ._io import atomic_write_text, read_json
 from .errors import LangNeuronsError, choices
-from .stats import atomic_write_text
+from .models import compatible
 
 NEURONS_FORMAT = "tl_langneurons.neurons/1"
 NEURONS_JSON = "neurons.json"
-
-
-def _is_int(v) -> bool:
-    # bool is an int subclass; True as a layer index is always a mistake. `type(v) is int` first:
-    # the ABC check is slow and sets hold tens of thousands of pairs.
-    return type(v) is int or (isinstance(v, numbers.Integral) and not isinstance(v, bool))
-
-
-def _check_dim(name: str, v) -> None:
-    if not _is_int(v) or v < 1:
-        raise LangNeuronsError(f"{name} must be a positive integer, got {v!r}")
 
 
 def _normalise(neurons, n_layers: int, d_mlp: int) -> dict[str, list[tuple[int, int]]]:
@@ -46,7 +36,7 @@ def _normalise(neurons, n_layers: int, d_mlp: int) -> dict[str, list[tuple[int, 
             raise LangNeuronsError(f"neurons of {lang!r} must be a list of (layer, index) pairs, got {pairs!r}")
         out = set()
         for pair in pairs:
-            if not isinstance(pair, (list, tuple)) or len(pair) != 2 or not all(_is_int(v) for v in pair):
+            if not isinstance(pair, (list, tuple)) or len(pair) != 2 or not all(_checks.is_int(v) for v in pair):
                 raise LangNeuronsError(f"neuron of {lang!r} must be a (layer, index) pair of integers, got {pair!r}")
             layer, index = int(pair[0]), int(pair[1])
             if not 0 <= layer < n_layers:
@@ -78,7 +68,7 @@ class LanguageNeurons:
 
     def __post_init__(self):
         for name in ("n_layers", "d_mlp"):
-            _check_dim(name, getattr(self, name))
+            _checks.positive_int(name, getattr(self, name))
         clean = _normalise(self.neurons, self.n_layers, self.d_mlp)
         # frozen: normalise through object.__setattr__, once, before anyone can see the object
         object.__setattr__(self, "neurons", clean)
@@ -155,13 +145,7 @@ class LanguageNeurons:
         """Raise if ``other`` comes from another model, site or shape."""
         if other.site != self.site:
             raise LangNeuronsError(f"neuron sets from different sites: {self.site!r} and {other.site!r}")
-        a, b = self.model, other.model
-        if a.get("weights_hash") and b.get("weights_hash"):
-            if a["weights_hash"] != b["weights_hash"]:
-                raise LangNeuronsError(f"neuron sets from different models: {a.get('name')!r} (weights {a['weights_hash']!r}) "
-                                       f"and {b.get('name')!r} (weights {b['weights_hash']!r})")
-        elif a.get("name") and b.get("name") and a["name"] != b["name"]:
-            raise LangNeuronsError(f"neuron sets from different models: {a['name']!r} and {b['name']!r}")
+        compatible(self.model, other.model, "the first neuron set", "the second")
         if (self.n_layers, self.d_mlp) != (other.n_layers, other.d_mlp):
             raise LangNeuronsError(f"neuron sets of different shapes: ({self.n_layers}, {self.d_mlp}) "
                                    f"and ({other.n_layers}, {other.d_mlp})")
@@ -215,10 +199,7 @@ class LanguageNeurons:
         p = _json_path(path, for_writing=False)
         if not p.is_file():
             raise LangNeuronsError(f"no neuron set at {str(path)!r}: expected a .json file or a directory with {NEURONS_JSON}")
-        try:
-            d = json.loads(p.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise LangNeuronsError(f"{str(p)!r} is not valid JSON: {e}") from None
+        d = read_json(p, "neuron set")
         if not isinstance(d, dict) or d.get("format") != NEURONS_FORMAT:
             got = d.get("format") if isinstance(d, dict) else type(d).__name__
             raise LangNeuronsError(f"{str(p)!r} is not a neuron set: format {got!r}, expected {NEURONS_FORMAT!r}")
@@ -236,7 +217,7 @@ class LanguageNeurons:
         try:
             # validated here, not only in __post_init__, so that the constructor gets clean types
             for k in ("n_layers", "d_mlp"):
-                _check_dim(k, d[k])
+                _checks.positive_int(k, d[k])
             neurons = _normalise(d["neurons"], d["n_layers"], d["d_mlp"])
         except LangNeuronsError as e:
             raise LangNeuronsError(f"{str(p)!r}: {e}") from None

@@ -4,29 +4,24 @@ Every field is a sum over tokens (or a list of per-sentence values), so statisti
 disjoint text — other processes, other GPUs, an interrupted run — merge exactly by addition.
 """
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
-from jaxtyping import Float, Int64
+from jaxtyping import Float, Float64, Int64
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from ._io import atomic_write_text, package_version, sha256
+from .models import compatible
 from .errors import LangNeuronsError, choices
 
 STATS_TENSORS = "stats.safetensors"
 STATS_JSON = "stats.json"
 FORMAT_VERSION = 1
 SENTENCE_STATS = ("mean", "median", "max", "min")
-
-
-def package_version() -> str:
-    from . import __version__
-
-    return __version__
 
 
 @dataclass(frozen=True)
@@ -47,14 +42,14 @@ class NeuronStats:
 
     languages: list[str]
     site: str
-    n_tokens: Float[Tensor, " lang"]
-    count_pos: Float[Tensor, "lang layer d_mlp"]
-    sum: Float[Tensor, "lang layer d_mlp"]
-    sum_sq: Float[Tensor, "lang layer d_mlp"]
+    n_tokens: Float64[Tensor, " lang"]
+    count_pos: Float64[Tensor, "lang layer d_mlp"]
+    sum: Float64[Tensor, "lang layer d_mlp"]
+    sum_sq: Float64[Tensor, "lang layer d_mlp"]
     sentence_means: Float[Tensor, "sentence layer d_mlp"] | None = None
     sentence_language: Int64[Tensor, " sentence"] | None = None
-    hist: Float[Tensor, "lang layer d_mlp bin"] | None = None
-    hist_edges: Float[Tensor, " edge"] | None = None
+    hist: Float64[Tensor, "lang layer d_mlp bin"] | None = None
+    hist_edges: Float64[Tensor, " edge"] | None = None
     meta: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -82,6 +77,11 @@ class NeuronStats:
     def d_mlp(self) -> int:
         return self.count_pos.shape[2]
 
+    @property
+    def model(self) -> dict:
+        """The fingerprint of the model these statistics were recorded on (empty if unknown)."""
+        return dict(self.meta.get("model") or {})
+
     def index(self, language: str) -> int:
         if language not in self.languages:
             raise LangNeuronsError(f"language {language!r} is not in these statistics; available: {choices(self.languages)}")
@@ -95,23 +95,23 @@ class NeuronStats:
             raise LangNeuronsError(f"no tokens recorded for language(s) {empty}")
         return t / self.n_tokens[:, None, None]
 
-    def activation_probability(self) -> Float[Tensor, "lang layer d_mlp"]:
+    def activation_probability(self) -> Float64[Tensor, "lang layer d_mlp"]:
         """``p[k, l, j]``: the fraction of language k's tokens on which the neuron is > 0."""
         return self._per_token(self.count_pos)
 
-    def mean(self) -> Float[Tensor, "lang layer d_mlp"]:
+    def mean(self) -> Float64[Tensor, "lang layer d_mlp"]:
         """Mean activation over tokens."""
         return self._per_token(self.sum)
 
-    def var(self) -> Float[Tensor, "lang layer d_mlp"]:
+    def var(self) -> Float64[Tensor, "lang layer d_mlp"]:
         """Population variance over tokens."""
         m = self.mean()
         return (self._per_token(self.sum_sq) - m * m).clamp_min(0.0)
 
-    def std(self) -> Float[Tensor, "lang layer d_mlp"]:
+    def std(self) -> Float64[Tensor, "lang layer d_mlp"]:
         return self.var().sqrt()
 
-    def sentence_stat(self, stat: str = "median") -> Float[Tensor, "lang layer d_mlp"]:
+    def sentence_stat(self, stat: str = "median") -> Float64[Tensor, "lang layer d_mlp"]:
         """``mean``/``median``/``max``/``min`` over each language's per-sentence mean activations.
 
         Kojima et al. force expert units to the median of sentence means; Rahmanisa et al. use the
@@ -137,7 +137,7 @@ class NeuronStats:
                 out.append(rows.min(0).values)
         return torch.stack(out)
 
-    def quantile(self, q: float) -> Float[Tensor, "lang layer d_mlp"]:
+    def quantile(self, q: float) -> Float64[Tensor, "lang layer d_mlp"]:
         """The q-quantile of each neuron's activations over a language's tokens, read from the histogram.
 
         Linear interpolation inside the bin that holds the quantile; values in the open-ended
@@ -162,7 +162,7 @@ class NeuronStats:
         hi = torch.where(b == len(edges), edges[-1], hi)
         return (lo + frac * (hi - lo))[..., 0]
 
-    def median(self) -> Float[Tensor, "lang layer d_mlp"]:
+    def median(self) -> Float64[Tensor, "lang layer d_mlp"]:
         return self.quantile(0.5)
 
     # -- combining -------------------------------------------------------------------------
@@ -171,17 +171,25 @@ class NeuronStats:
         """Raise if ``other`` comes from another model, site or shape."""
         if other.site != self.site:
             raise LangNeuronsError(f"statistics from different sites: {self.site!r} and {other.site!r}")
-        a, b = self.meta.get("model", {}), other.meta.get("model", {})
-        if a.get("weights_hash") and b.get("weights_hash") and a["weights_hash"] != b["weights_hash"]:
-            raise LangNeuronsError(f"statistics from different models: {a.get('name')!r} and {b.get('name')!r}")
+        compatible(self.model, other.model, "the first statistics", "the second")
         if self.count_pos.shape[1:] != other.count_pos.shape[1:]:
             raise LangNeuronsError(
                 f"statistics of different shapes: {tuple(self.count_pos.shape[1:])} and {tuple(other.count_pos.shape[1:])}"
             )
 
     def merge(self, other: "NeuronStats") -> "NeuronStats":
-        """Statistics of the union of the text of both: sums add; languages are the union."""
+        """Statistics of the union of the text of both: sums add; languages are the union.
+
+        Optional fields merge only when both sides have them: a merge that silently dropped one
+        side's per-sentence means or histograms would look complete and not be.
+        """
         self.check_compatible(other)
+        for name, what in (("sentence_means", "per-sentence means (record with sentence_means=True)"),
+                           ("hist", "histograms (record with histogram_edges=...)")):
+            mine, theirs = getattr(self, name) is not None, getattr(other, name) is not None
+            if mine != theirs:
+                raise LangNeuronsError(f"cannot merge: only the {'first' if mine else 'second'} statistics hold "
+                                       f"{name} {what}; record both alike, or drop the field from both")
         langs = list(self.languages) + [k for k in other.languages if k not in self.languages]
         K, (L, I) = len(langs), self.count_pos.shape[1:]
 
@@ -193,12 +201,12 @@ class NeuronStats:
             return out
 
         hist = edges = None
-        if self.hist is not None and other.hist is not None:
+        if self.hist is not None:
             if not torch.equal(self.hist_edges, other.hist_edges):
                 raise LangNeuronsError("cannot merge histograms with different bin edges")
             hist, edges = combine("hist", tuple(self.hist.shape[1:])), self.hist_edges
         sm = sl = None
-        if self.sentence_means is not None and other.sentence_means is not None:
+        if self.sentence_means is not None:
             sm = torch.cat([self.sentence_means, other.sentence_means])
             remap = lambda s: torch.tensor([langs.index(k) for k in s.languages])[s.sentence_language]  # noqa: E731
             sl = torch.cat([remap(self), remap(other)])
@@ -254,7 +262,7 @@ class NeuronStats:
             "d_mlp": self.d_mlp,
             **{k: v for k, v in self.meta.items() if k not in ("languages", "site", "n_layers", "d_mlp")},
             "package_version": self.meta.get("package_version", package_version()),
-            "tensors_sha256": _sha256(tmp_t),
+            "tensors_sha256": sha256(tmp_t),
         }
         atomic_write_text(d / STATS_JSON, json.dumps(meta, indent=1, ensure_ascii=False))
         os.replace(tmp_t, d / STATS_TENSORS)
@@ -272,7 +280,7 @@ class NeuronStats:
             raise LangNeuronsError(f"{str(jp)!r} is not valid JSON: {e}") from None
         if meta.get("format_version") != FORMAT_VERSION:
             raise LangNeuronsError(f"{str(jp)!r}: unsupported format_version {meta.get('format_version')!r}")
-        if meta.get("tensors_sha256") and meta["tensors_sha256"] != _sha256(tp):
+        if meta.get("tensors_sha256") and meta["tensors_sha256"] != sha256(tp):
             raise LangNeuronsError(f"{str(tp)!r} does not match {STATS_JSON} (interrupted write?)")
         t = load_file(str(tp))
         langs, site = meta.pop("languages"), meta.pop("site")
@@ -281,18 +289,3 @@ class NeuronStats:
         stats = cls(langs, site, t["n_tokens"], t["count_pos"], t["sum"], t["sum_sq"], t.get("sentence_means"),
                     t.get("sentence_language"), t.get("hist"), t.get("hist_edges"), meta)
         return stats
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write a text file so that readers see the old or the new content, never half of it."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
