@@ -1,4 +1,10 @@
-"""tl_langneurons: language-specific neurons in multilingual language models, on TransformerLens."""
+"""tl_langneurons: language-specific neurons in multilingual language models, on TransformerLens.
+
+The data flows one way, and so do the imports: text (:mod:`.corpus`) → tokens (:mod:`.tokens`) →
+hooks (:mod:`.models`) → statistics (:mod:`.record`, :mod:`.stats`) → neuron sets
+(:mod:`.identify`, :mod:`.neurons`, :mod:`.analysis`) → interventions (:mod:`.intervene`) →
+measurements (:mod:`.evaluate`) → files and figures (:mod:`.outputs`); :mod:`.pipeline` runs it all.
+"""
 
 __version__ = "0.1.0"
 
@@ -15,4 +21,3 @@ __all__ = [
     "Corpus", "Intervention", "LangNeuronsError", "LanguageNeurons", "NeuronStats", "cache_site_activations",
     "diffmean", "diffmeans", "identify", "intervene", "load_corpus", "load_model", "record", "__version__",
 ]
-

@@ -23,8 +23,8 @@ Rules, applied in this order:
 import unicodedata
 from functools import lru_cache
 
-from .errors import LangNeuronsError
-from .languages import normalize_code
+from ..errors import LangNeuronsError
+from ..languages import normalize_code
 
 UNKNOWN = "unknown"
 # The bundled model; text beyond this many characters is cut (fastText needs no more to decide).

@@ -18,17 +18,15 @@ Each returns the summary it wrote (strict JSON: NaN and infinities are ``null``)
 optional dict of the settings that produced the frame (model, corpus, decoding…), stored as is.
 """
 
-import json
 import math
 import os
 from pathlib import Path
 
 import pandas as pd
 
-from . import evaluate as ev
-from .errors import LangNeuronsError, choices
-from .report import _jsonable, _out_dir, _write_csv
-from .stats import atomic_write_text
+from .. import evaluate as ev
+from .._io import jsonable, make_out_dir, write_csv, write_json
+from ..errors import LangNeuronsError, choices
 
 PPL_COLUMNS = ["ablated", "evaluated", "condition", "nll", "ppl", "n_tokens"]
 STEER_FIRST = ["target", "condition", "prompt", "generation", "detected"]
@@ -47,8 +45,8 @@ def _missing(df, columns, what: str) -> None:
 
 
 def _write_summary(d: Path, summary: dict) -> dict:
-    summary = _jsonable(summary)
-    atomic_write_text(d / "summary.json", json.dumps(summary, indent=1, ensure_ascii=False) + "\n")
+    summary = jsonable(summary)
+    write_json(d / "summary.json", summary)
     return summary
 
 
@@ -82,34 +80,6 @@ def _check_ppl(df: pd.DataFrame) -> None:
                                f"{n_a} ablated × {n_e} evaluated × {len(conds)} conditions = {n_a * n_e * len(conds)}")
 
 
-def ppl_per_language(df: pd.DataFrame) -> dict[str, dict]:
-    """Per ablated language: its own ΔNLL (the diagonal), the mean ΔNLL of the other evaluated
-    languages, the random control's ΔNLL on the language, both ratios, and whether the language is
-    the most hurt of its row. Languages that are ablated but not evaluated have no diagonal (None)."""
-    delta = ev.delta_matrix(df, "intervention")
-    ctrl = ev.delta_matrix(df, "control") if "control" in set(df["condition"]) else None
-    base = df[df["condition"] == "baseline"].drop_duplicates("evaluated").set_index("evaluated")["nll"]
-    n_neurons = (df.drop_duplicates("ablated").set_index("ablated")["n_neurons"]
-                 if "n_neurons" in df.columns else None)
-    out = {}
-    for a in delta.index:
-        own = float(delta.loc[a, a]) if a in delta.columns else math.nan
-        others = [float(delta.loc[a, e]) for e in delta.columns if e != a]
-        off = _mean(others)
-        c_own = float(ctrl.loc[a, a]) if ctrl is not None and a in ctrl.columns else math.nan
-        out[str(a)] = {
-            "n_neurons": int(n_neurons[a]) if n_neurons is not None else None,
-            "baseline_nll": float(base[a]) if a in base.index else None,
-            "delta_nll": own,
-            "offdiag_delta_nll": off,
-            "control_delta_nll": c_own,
-            "diag_over_offdiag": ev._ratio(own, off),
-            "diag_over_control": ev._ratio(own, c_own),
-            "most_hurt": (not others or own > max(others)) if math.isfinite(own) else None,
-        }
-    return out
-
-
 def write_ppl(df: pd.DataFrame, out_dir: str | os.PathLike, run: dict | None = None,
               figures_dir: str | os.PathLike | None = None) -> dict:
     """Write a :func:`~.evaluate.perplexity_matrix` frame: ``ppl.csv``, ``summary.json`` and the
@@ -117,21 +87,21 @@ def write_ppl(df: pd.DataFrame, out_dir: str | os.PathLike, run: dict | None = N
 
     ``summary.json`` holds :func:`~.evaluate.perplexity_summary` (mean diagonal and off-diagonal
     ΔNLL, the control's, their ratios, the share of rows whose own language is the most hurt),
-    ``per_language`` (:func:`ppl_per_language`), the languages, conditions and ``run``.
+    ``per_language`` (:func:`~.evaluate.per_language`), the languages, conditions and ``run``.
     """
     from . import plot  # matplotlib: only when figures are drawn
 
     _check_ppl(df)
-    d = _out_dir(out_dir)
+    d = make_out_dir(out_dir)
     table = df[PPL_COLUMNS]
-    files = [_write_csv(table, d / "ppl.csv")]
+    files = [write_csv(table, d / "ppl.csv")]
     summary = ev.perplexity_summary(df)
-    summary["per_language"] = ppl_per_language(df)
+    summary["per_language"] = ev.per_language(df)
     summary["ablated"] = [str(x) for x in dict.fromkeys(df["ablated"])]
     summary["evaluated"] = [str(x) for x in dict.fromkeys(df["evaluated"])]
     summary["conditions"] = [c for c in ev.CONDITIONS if c in set(df["condition"])]
     summary["run"] = run
-    fig_dir = d if figures_dir is None else _out_dir(figures_dir)
+    fig_dir = d if figures_dir is None else make_out_dir(figures_dir)
     files += plot.save_figure(plot.ppl_change_heatmap(df), fig_dir, "ppl_change")
     summary["files"] = [os.path.relpath(p, d) for p in files] + ["summary.json"]
     return _write_summary(d, summary)
@@ -197,9 +167,9 @@ def write_steer(df: pd.DataFrame, out_dir: str | os.PathLike, run: dict | None =
     of the only cell or, for a sweep, of the cell with the highest mean target rate (``best``).
     """
     _missing(df, STEER_FIRST, "steering")
-    d = _out_dir(out_dir)
+    d = make_out_dir(out_dir)
     table = df[STEER_FIRST + [c for c in df.columns if c not in STEER_FIRST]]
-    files = [_write_csv(table, d / "steer.csv")]
+    files = [write_csv(table, d / "steer.csv")]
     cells = steer_cells(df)
     sweep = len(cells) > 1
     # ties go to the first cell in the frame's order
@@ -218,7 +188,7 @@ def write_steer(df: pd.DataFrame, out_dir: str | os.PathLike, run: dict | None =
     if sweep and "factor" in df.columns:  # frames of hand-built interventions (steer_with) have no factor
         from . import plot  # matplotlib: only when figures are drawn
 
-        fig_dir = d if figures_dir is None else _out_dir(figures_dir)
+        fig_dir = d if figures_dir is None else make_out_dir(figures_dir)
         files += plot.save_figure(plot.steer_rate_vs_factor(df), fig_dir, "steer_rate_vs_factor")
     summary["files"] = [os.path.relpath(p, d) for p in files] + ["summary.json"]
     return _write_summary(d, summary)
@@ -237,8 +207,8 @@ def write_lss(df: pd.DataFrame, out_dir: str | os.PathLike, run: dict | None = N
     """
     _missing(df, ["item", "source", "target", "condition", "shifted", "delta", "delta_baseline"], "LSS")
     summ = ev.lss_summary(df)
-    d = _out_dir(out_dir)
-    files = [_write_csv(df, d / "lss.csv")]
+    d = make_out_dir(out_dir)
+    files = [write_csv(df, d / "lss.csv")]
     keys = [k for k in ("source", "target", "mode", "factor") if k in summ.columns]
     pairs = []
     for key, g in summ.groupby(keys, sort=False, dropna=False):

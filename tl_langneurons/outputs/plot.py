@@ -27,9 +27,9 @@ from matplotlib.patches import Patch, Rectangle
 from matplotlib.ticker import FixedLocator, FormatStrFormatter, MaxNLocator, NullFormatter, PercentFormatter
 from torch import Tensor
 
-from . import analysis
-from .errors import LangNeuronsError
-from .neurons import LanguageNeurons
+from .. import analysis
+from ..errors import LangNeuronsError
+from ..neurons import LanguageNeurons
 
 METRIC_LABELS = {
     "jaccard": "Jaccard index",
@@ -242,7 +242,7 @@ def ppl_change_heatmap(df: pd.DataFrame, annotate: bool | None = None) -> Figure
     diagonal cells (a language's neurons on its own text) are outlined. Values are written in the
     cells when ``annotate`` (default: up to 12 languages on either axis).
     """
-    from .evaluate import delta_matrix
+    from ..evaluate import delta_matrix
 
     panels = {"language neurons off": delta_matrix(df, "intervention")}
     if "control" in set(df["condition"]):
@@ -298,7 +298,7 @@ def steer_rate_vs_factor(df: pd.DataFrame) -> Figure:
     control, mean over targets, its range over targets shaded. Dotted grey: no intervention (it
     does not depend on the factor), mean and range over targets.
     """
-    from .evaluate import steer_summary
+    from ..evaluate import steer_summary
 
     summ = df if "target_rate" in df.columns else steer_summary(df)
     need = {"target", "factor", "target_rate"} - set(summ.columns)

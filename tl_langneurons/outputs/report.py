@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from .errors import LangNeuronsError
-from .stats import atomic_write_text
+from .._io import atomic_write_text
+from ..errors import LangNeuronsError
 
 REPORT_NAME = "report.md"
 
@@ -55,25 +55,20 @@ def _figure(d: Path, rel: str, caption: str) -> str | None:
 
 
 def ppl_table(ppl: pd.DataFrame) -> pd.DataFrame:
-    """Per ablated language: ΔNLL of its own language, the mean ΔNLL of the others, the control's own ΔNLL.
+    """Per ablated language: ΔNLL of its own language, the mean ΔNLL of the others, the control's own
+    ΔNLL and whether the own language is the most hurt — :func:`~tl_langneurons.evaluate.per_language`,
+    the definition ``summary.json`` uses, so the page never contradicts it (ties included).
 
-    ``ppl`` has the columns of ``ppl.csv`` (``ablated, evaluated, condition, nll, ...``); ΔNLL is
-    the condition's NLL minus the baseline's on the same (ablated, evaluated) cell.
+    ``ppl`` has the columns of ``ppl.csv`` (``ablated, evaluated, condition, nll, ...``).
     """
+    from ..evaluate import per_language
+
     need = {"ablated", "evaluated", "condition", "nll"}
     if not need <= set(ppl.columns):
         raise LangNeuronsError(f"not a ppl.csv frame: it lacks {sorted(need - set(ppl.columns))}")
-    wide = ppl.pivot_table(index=["ablated", "evaluated"], columns="condition", values="nll")
-    rows = []
-    for ablated in dict.fromkeys(ppl["ablated"]):  # first-seen order
-        cells = wide.loc[ablated]
-        d_int = cells["intervention"] - cells["baseline"]
-        d_ctl = cells["control"] - cells["baseline"] if "control" in cells else None
-        own = float(d_int.get(ablated, math.nan))
-        others = d_int.drop(index=ablated, errors="ignore")
-        rows.append({"ablated": ablated, "own_delta": own, "others_delta": float(others.mean()),
-                     "control_own_delta": float(d_ctl.get(ablated, math.nan)) if d_ctl is not None else math.nan,
-                     "own_most_hurt": bool(len(d_int) > 1 and d_int.idxmax() == ablated)})
+    rows = [{"ablated": a, "own_delta": r["delta_nll"], "others_delta": r["offdiag_delta_nll"],
+             "control_own_delta": r["control_delta_nll"], "own_most_hurt": bool(r["most_hurt"])}
+            for a, r in per_language(ppl).items()]
     return pd.DataFrame(rows)
 
 
@@ -110,7 +105,7 @@ _STEERING = {
 
 
 def _steer_section(d: Path, sub: str = "steer") -> list[str]:
-    from .evaluate import steer_summary
+    from ..evaluate import steer_summary
 
     csv = d / sub / "steer.csv"
     if not csv.is_file():

@@ -18,20 +18,19 @@ Tables (CSV, tidy: one row per measurement):
 ``summary.json`` holds the headline numbers and every test's statistic and p-value.
 """
 
-import json
-import math
 import os
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 
-from . import analysis
-from .errors import LangNeuronsError
-from .languages import LANGUAGES, normalize_code
-from .neurons import LanguageNeurons
-from .stats import NeuronStats, atomic_write_text
+from .. import _checks, analysis
+from .._io import jsonable, make_out_dir, write_csv, write_json
+from ..errors import LangNeuronsError
+from ..languages import LANGUAGES, normalize_code
+from ..models import compatible
+from ..neurons import LanguageNeurons
+from ..stats import NeuronStats
 
 GROUPINGS = ("family", "script")
 FIGURES = ("layer_placement", "overlap_heatmap", "overlap_clustermap", "shared_by_k", "entropy_distribution")
@@ -39,12 +38,13 @@ FIGURES = ("layer_placement", "overlap_heatmap", "overlap_clustermap", "shared_b
 
 def check_stats_match(neurons: LanguageNeurons, stats: NeuronStats) -> None:
     """Raise unless ``stats`` come from the model, site and shape ``neurons`` were identified on."""
-    recorded = LanguageNeurons({}, "statistics", {}, stats.site, dict(stats.meta.get("model") or {}),
-                               stats.n_layers, stats.d_mlp)
-    try:
-        neurons.check_compatible(recorded)
-    except LangNeuronsError as e:
-        raise LangNeuronsError(f"the statistics do not belong to these neurons: {e}") from None
+    compatible(neurons.model, stats.model, "the neuron set", "the statistics")
+    if stats.site != neurons.site:
+        raise LangNeuronsError(f"the statistics and the neuron set come from different sites: {stats.site!r} and "
+                               f"{neurons.site!r}")
+    if (stats.n_layers, stats.d_mlp) != (neurons.n_layers, neurons.d_mlp):
+        raise LangNeuronsError(f"the statistics are for {stats.n_layers} layers × {stats.d_mlp} neurons, the neuron "
+                               f"set for {neurons.n_layers} × {neurons.d_mlp}")
 
 
 def _check_neurons(neurons: LanguageNeurons) -> None:
@@ -52,34 +52,6 @@ def _check_neurons(neurons: LanguageNeurons) -> None:
         raise LangNeuronsError(f"expected a LanguageNeurons, got {type(neurons).__name__}")
     if not neurons.languages:
         raise LangNeuronsError("the neuron set holds no languages; nothing to analyse or plot")
-
-
-def _out_dir(out: str | os.PathLike) -> Path:
-    d = Path(out)
-    if d.exists() and not d.is_dir():
-        raise LangNeuronsError(f"output directory {str(d)!r} is an existing file")
-    d.mkdir(parents=True, exist_ok=True)
-    return d
-
-
-def _jsonable(v):
-    """numpy scalars → Python numbers, NaN/inf → None (strict JSON has no NaN)."""
-    if isinstance(v, dict):
-        return {str(k): _jsonable(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
-    if isinstance(v, np.generic):
-        v = v.item()
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    return v
-
-
-def _write_csv(df: pd.DataFrame, path: Path) -> Path:
-    tmp = path.with_name(path.name + ".tmp")
-    df.to_csv(tmp, index=False)
-    os.replace(tmp, path)
-    return path
 
 
 # ---------------------------------------------------------------------------------------------
@@ -178,21 +150,20 @@ def write_analysis(neurons: LanguageNeurons, out: str | os.PathLike, stats: Neur
     recorded in the summary as the path the neurons were read from.
     """
     _check_neurons(neurons)
-    analysis._check_metric(metric)
-    if not isinstance(n_permutations, int) or isinstance(n_permutations, bool) or n_permutations < 1:
-        raise LangNeuronsError(f"n_permutations must be a positive integer, got {n_permutations!r}")
+    analysis.check_metric(metric)
+    _checks.positive_int("n_permutations", n_permutations)
     if stats is not None:
         check_stats_match(neurons, stats)
-    d = _out_dir(out)
+    d = make_out_dir(out)
 
     counts = analysis.counts(neurons)
     dist = analysis.layer_distribution(neurons)
     shared = analysis.shared_by_k(neurons)
     pairs = analysis.overlap(neurons)
     relatedness, rel_table = _relatedness(neurons, metric, n_permutations, seed)
-    files = [_write_csv(counts, d / "counts.csv"), _write_csv(dist, d / "layer_distribution.csv"),
-             _write_csv(shared, d / "shared_by_k.csv"), _write_csv(pairs, d / "overlap.csv"),
-             _write_csv(rel_table, d / "relatedness.csv")]
+    files = [write_csv(counts, d / "counts.csv"), write_csv(dist, d / "layer_distribution.csv"),
+             write_csv(shared, d / "shared_by_k.csv"), write_csv(pairs, d / "overlap.csv"),
+             write_csv(rel_table, d / "relatedness.csv")]
 
     union = int(counts.n_neurons.iloc[-1])
     distinct = pairs[pairs.lang_a < pairs.lang_b][metric]
@@ -217,13 +188,13 @@ def write_analysis(neurons: LanguageNeurons, out: str | os.PathLike, stats: Neur
     }
     if stats is not None:
         act = activation_by_set(neurons, stats)
-        files.append(_write_csv(act, d / "activation_probability.csv"))
+        files.append(write_csv(act, d / "activation_probability.csv"))
         summary["statistics"] = {"languages": stats.languages,
                                  "tokens": dict(zip(stats.languages, stats.n_tokens.long().tolist()))}
         summary["selectivity"] = _selectivity(act)
     summary["files"] = [p.name for p in files] + ["summary.json"]
-    summary = _jsonable(summary)
-    atomic_write_text(d / "summary.json", json.dumps(summary, indent=1, ensure_ascii=False) + "\n")
+    summary = jsonable(summary)
+    write_json(d / "summary.json", summary)
     return summary
 
 
@@ -239,7 +210,7 @@ def lape_entropy_for(neurons: LanguageNeurons, stats: NeuronStats) -> tuple[torc
     quotas have one cutoff per layer, so none is marked. For other methods the entropy uses LAPE's
     defaults, with no cutoff.
     """
-    from .identify import lape_entropy
+    from ..identify import lape_entropy
 
     params = neurons.params if neurons.method == "lape" else {}
     ent = lape_entropy(stats, filter_rate=params.get("filter_rate", 0.95),
@@ -266,7 +237,7 @@ def write_figures(neurons: LanguageNeurons, out: str | os.PathLike, stats: Neuro
     from . import plot  # matplotlib and seaborn: imported only when figures are drawn
 
     _check_neurons(neurons)
-    analysis._check_metric(metric)
+    analysis.check_metric(metric)
     if stats is not None:
         check_stats_match(neurons, stats)
     figs = {"layer_placement": lambda: plot.layer_placement(neurons),
@@ -279,7 +250,7 @@ def write_figures(neurons: LanguageNeurons, out: str | os.PathLike, stats: Neuro
             h, cutoff, k = lape_entropy_for(neurons, stats)
             return plot.entropy_distribution(h, threshold=cutoff, n_languages=k)
         figs["entropy_distribution"] = entropy
-    d = _out_dir(out)
+    d = make_out_dir(out)
     paths = []
     for name in FIGURES:
         if name in figs:

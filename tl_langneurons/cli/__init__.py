@@ -1,0 +1,25 @@
+"""The command line: ``tl-langneurons <command>`` (also ``python -m tl_langneurons``). Thin: it parses
+(:mod:`.parser`, :mod:`.args`), calls the Python API (:mod:`.find`, :mod:`.measure`), and prints. A
+:class:`~tl_langneurons.LangNeuronsError` is printed as one line and exits 2."""
+
+import sys
+
+from ..errors import LangNeuronsError
+from .args import parse_floats, parse_languages
+from .parser import build_parser
+
+__all__ = ["build_parser", "main", "parse_floats", "parse_languages"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        return args.func(args)
+    except LangNeuronsError as e:
+        print(f"tl-langneurons: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

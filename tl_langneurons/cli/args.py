@@ -1,0 +1,75 @@
+"""Arguments as the command line spells them: comma-separated lists, flags, positions. Each check
+raises :class:`~tl_langneurons.LangNeuronsError` naming the flag, before anything is loaded."""
+
+import math
+
+from ..errors import LangNeuronsError
+
+
+def parse_languages(value: str | None) -> list[str] | None:
+    if value is None:
+        return None
+    langs = [x.strip() for x in value.split(",") if x.strip()]
+    if not langs:
+        raise LangNeuronsError(f"--languages {value!r} names no language; give a comma-separated list like en,de,fr")
+    return langs
+
+
+def positive(name: str, value):
+    if value is not None and value < 1:
+        raise LangNeuronsError(f"{name} must be a positive integer, got {value}")
+    return value
+
+
+def parse_floats(name: str, value: str) -> list[float]:
+    """A comma-separated list of finite numbers, e.g. ``4,16,64``."""
+    parts = [x.strip() for x in value.split(",") if x.strip()]
+    out = []
+    for x in parts:
+        try:
+            f = float(x)
+        except ValueError:
+            f = math.nan
+        if not math.isfinite(f):
+            raise LangNeuronsError(f"{name}: {x!r} is not a finite number; give a comma-separated list like 4,16,64")
+        out.append(f)
+    if not out:
+        raise LangNeuronsError(f"{name} {value!r} names no number; give a comma-separated list like 4,16,64")
+    return out
+
+
+def finite(name: str, value):
+    if value is not None and not math.isfinite(value):
+        raise LangNeuronsError(f"{name} must be a finite number, got {value}")
+    return value
+
+
+
+
+def control(value: str) -> str | None:
+    return None if value == "none" else value
+
+
+def positions_arg(value: str | None):
+    """``all``/``prompt``/``generated``/``last`` or a comma-separated list of positions ≥ 0."""
+    if value is None:
+        return None
+    from ..intervene import POSITIONS
+
+    if value in POSITIONS:
+        return value
+    try:
+        pos = [int(x) for x in value.split(",") if x.strip()]
+    except ValueError:
+        pos = []
+    if not pos or min(pos) < 0:
+        raise LangNeuronsError(f"unknown --positions {value!r}; allowed: {', '.join(POSITIONS)} or a "
+                               "comma-separated list of positions ≥ 0")
+    return pos
+
+
+
+
+def flag(name: str) -> str:
+    """The flag of an option name: ``top_rate`` → ``--top-rate``."""
+    return "--" + name.replace("_", "-")

@@ -1,0 +1,186 @@
+"""The commands that find and describe neurons: record, identify, analyze, plot; and models,
+bench, demo."""
+
+import json
+import os
+from pathlib import Path
+
+from .._io import jsonable
+from ..errors import LangNeuronsError
+from .args import flag, parse_floats, parse_languages, positive
+
+# Method options of `identify`, each owned by one method (its defaults are the function's).
+METHOD_OPTIONS = {
+    "lape": ("top_rate", "filter_rate", "activation_bar_ratio", "normalize_entropy", "per_layer"),
+    "ap": ("n", "n_positive", "n_negative", "languages"),
+    "threshold": ("top_m", "min_probability", "all_sentences"),
+}
+# the demo's languages when --languages is not given (pipeline.DEMO_LANGUAGES)
+DEMO_LANGUAGES = ["en", "de", "fr", "es", "ru", "zh", "ja", "ar", "hi", "th"]
+
+
+def cmd_record(args) -> int:
+    from ..corpus import load_corpus
+    from ..models import SITES, load_model, resolve_source
+    from ..pipeline import recording_summary
+    from ..record import dist_info, record
+
+    positive("--max-sentences", args.max_sentences)
+    positive("--batch-size", args.batch_size)
+    # checked before the corpus is read and transformer_lens imported (~30 s): mistakes fail at once
+    if args.site not in SITES:
+        raise LangNeuronsError(f"unknown --site {args.site!r}; allowed: {', '.join(SITES)}")
+    resolve_source(args.model)
+    _maybe_init_distributed(args)
+    corpus = load_corpus(args.corpus, languages=parse_languages(args.languages), split=args.split,
+                         max_sentences=args.max_sentences)
+    model = load_model(args.model, device=args.device, dtype=args.dtype, site=args.site)
+    out = Path(args.out)
+    stats = record(model, corpus, site=args.site, batch_size=args.batch_size,
+                   sentence_means=args.sentence_means, histogram_edges=True if args.histograms else None,
+                   pack=args.pack, checkpoint_dir=out / ".checkpoint", checkpoint_every=args.checkpoint_every,
+                   resume=args.resume)
+    rank, _ = dist_info()
+    if rank == 0:
+        stats.save(out)
+        print(json.dumps(recording_summary(stats), indent=1))
+    return 0
+
+
+def _maybe_init_distributed(args) -> None:
+    """Under torchrun (WORLD_SIZE > 1) join the process group: gloo on CPU, NCCL on GPU."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        backend = "nccl" if args.device.startswith("cuda") else "gloo"
+        dist.init_process_group(backend)
+        if args.device.startswith("cuda"):
+            local = int(os.environ.get("LOCAL_RANK", "0"))
+            args.device = f"cuda:{local}"
+            torch.cuda.set_device(local)
+
+
+# Method options of `identify`, each owned by one method (its defaults are the function's).
+
+def cmd_identify(args) -> int:
+    given = {k: getattr(args, k) for opts in METHOD_OPTIONS.values() for k in opts if getattr(args, k) is not None}
+    for k in given:
+        if k not in METHOD_OPTIONS[args.method]:
+            owner = next(m for m, opts in METHOD_OPTIONS.items() if k in opts)
+            allowed = ", ".join(flag(o) for o in METHOD_OPTIONS[args.method])
+            raise LangNeuronsError(f"{flag(k)} is an option of --method {owner}, not of --method {args.method} "
+                                   f"(whose options are {allowed})")
+    from ..identify import ap_experts_all, lape, threshold
+    from ..stats import NeuronStats
+
+    stats = NeuronStats.load(args.stats)
+    if args.method == "lape":
+        neurons = lape(stats, **given)
+    elif args.method == "ap":
+        languages = parse_languages(given.pop("languages", None))
+        neurons = ap_experts_all(stats, languages, **given)
+    else:
+        neurons = threshold(stats, **given)
+    path = neurons.save(args.out)
+    counts = neurons.counts()
+    print(json.dumps({"method": neurons.method, "params": neurons.params, "counts": counts,
+                      "union": len(neurons.union()), "out": str(path)}, indent=1))
+    return 0
+
+
+def _load_neurons_and_stats(args):
+    from ..neurons import LanguageNeurons
+    from ..stats import NeuronStats
+
+    neurons = LanguageNeurons.load(args.neurons)
+    stats = NeuronStats.load(args.stats) if args.stats is not None else None
+    return neurons, stats
+
+
+def _print_analysis(summary: dict, out: Path) -> None:
+    print("neurons per language: " + ", ".join(f"{k} {n}" for k, n in summary["counts"].items())
+          + f" (union {summary['union']}, {summary['union_share_of_model']:.2%} of the model)")
+    rel = summary["relatedness"]
+    for test, by_group in rel["tests"].items():
+        for by, r in by_group.items():
+            if "skipped" in r:
+                print(f"{test} by {by}: skipped ({r['skipped']})")
+            else:
+                print(f"{test} by {by}: statistic {r['statistic']:.4g}, p = {r['p_value']:.4g} "
+                      f"({rel['n_permutations']} permutations, {r['n_languages']} languages, {rel['metric']})")
+    print(f"wrote {len(summary['files'])} files to {out}")
+
+
+def cmd_analyze(args) -> int:
+    from ..outputs.tables import write_analysis
+
+    neurons, stats = _load_neurons_and_stats(args)
+    summary = write_analysis(neurons, args.out, stats, metric=args.metric, n_permutations=args.permutations,
+                             seed=args.seed, source=str(args.neurons))
+    _print_analysis(summary, Path(args.out))
+    return 0
+
+
+def cmd_plot(args) -> int:
+    from ..outputs.tables import write_figures
+
+    neurons, stats = _load_neurons_and_stats(args)
+    for path in write_figures(neurons, args.out, stats, metric=args.metric):
+        print(path)
+    return 0
+
+
+
+def cmd_models(args) -> int:
+    from ..models import list_models
+
+    models = list_models()
+    if args.json:
+        print(json.dumps(models, indent=1))
+    else:
+        for name, path in models.items():
+            print(f"{name}\t{path}")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    positive("--max-sentences", args.max_sentences)
+    positive("--repeats", args.repeats)
+    # only what was given: each benchmark's own defaults apply to the rest
+    given = {k: getattr(args, k) for k in ("max_sentences", "repeats") if getattr(args, k) is not None}
+    if args.what == "record":
+        from ..bench import bench_record
+
+        result = bench_record(model=args.model, batch_size=args.batch_size, **given)
+    elif args.what == "identify":
+        from ..bench import bench_identify
+
+        result = bench_identify()
+    elif args.what == "steer":
+        from ..bench import bench_steer
+
+        result = bench_steer(model=args.model, target=args.target, **given)
+    elif args.what == "hash":
+        from ..bench import bench_hash
+
+        result = bench_hash()
+    else:
+        raise LangNeuronsError(f"unknown benchmark {args.what!r}; allowed: 'record', 'identify', 'steer', 'hash'")
+    print(json.dumps(result, indent=None if args.json else 1))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from ..pipeline import run_demo
+
+    langs = parse_languages(args.languages)
+    summary = run_demo(args.out, languages=langs or DEMO_LANGUAGES, max_sentences=args.max_sentences,
+                       eval_sentences=args.eval_sentences, factors=parse_floats("--factors", args.factors),
+                       diffmean_layer=args.diffmean_layer, betas=parse_floats("--betas", args.betas),
+                       n_samples=args.n_samples)
+    print(json.dumps(jsonable(summary), indent=1))
+    return 0
+

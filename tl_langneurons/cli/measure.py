@@ -1,0 +1,259 @@
+"""The commands that measure interventions: ppl, steer, diffmean, lss (METHODS §6)."""
+
+import json
+import sys
+
+from .._io import check_out_dir
+from ..errors import LangNeuronsError
+from .args import control, finite, parse_floats, parse_languages, positions_arg, positive
+
+
+def _steer_mode(args, modes) -> str:
+    """The mode and the statistics it needs, checked before anything is loaded."""
+    from ..evaluate import DEFAULT_MODE, DEFAULT_STATISTIC
+    from ..intervene import check_statistic
+
+    if args.statistic is not None:
+        check_statistic(args.statistic)  # a misspelt statistic fails here, not after the model is loaded
+    mode = args.mode if args.mode is not None else DEFAULT_MODE
+    if mode not in modes:
+        raise LangNeuronsError(f"unknown --mode {mode!r}; allowed: {', '.join(modes)}")
+    if mode in ("set", "add") and args.stats is None:
+        raise LangNeuronsError(f"--mode {mode} needs --stats (the recorded statistics whose "
+                               f"{args.statistic or DEFAULT_STATISTIC} activation is set or added); "
+                               "--mode scale needs none")
+    return mode
+
+
+def _measure_inputs(args, mode: str, targets: list[str]):
+    """The neuron set and (for set/add) its statistics, checked against each other and the targets."""
+    from ..neurons import LanguageNeurons
+    from ..outputs.tables import check_stats_match
+    from ..stats import NeuronStats
+
+    neurons = LanguageNeurons.load(args.neurons)
+    if targets == ["all"]:
+        targets = list(neurons.languages)
+    for t in targets:
+        if t not in neurons:
+            raise LangNeuronsError(f"unknown --target {t!r}; the neuron set has: {', '.join(neurons.languages)}")
+    stats = None
+    if mode in ("set", "add"):
+        stats = NeuronStats.load(args.stats)
+        check_stats_match(neurons, stats)
+        for t in targets:
+            if t not in stats.languages:
+                raise LangNeuronsError(f"--target {t!r} has no statistics in {args.stats!r}; "
+                                       f"they hold: {', '.join(stats.languages)}")
+    return neurons, stats, targets
+
+
+def _load_for(args, neurons):
+    """The model at the neuron set's site; refused if the set was identified on other weights."""
+    from ..models import compatible, load_model
+
+    model = load_model(args.model, device=args.device, dtype=args.dtype, site=neurons.site)
+    compatible(neurons.model, model, f"the neuron set {str(args.neurons)!r}", f"--model {args.model!r}")
+    return model
+
+
+def cmd_ppl(args) -> int:
+    from ..corpus import builtin_languages, load_corpus
+    from ..evaluate import perplexity_matrix
+    from ..outputs.measurements import write_ppl
+    from ..models import resolve_source
+    from ..neurons import LanguageNeurons
+
+    positive("--max-sentences", args.max_sentences)
+    positive("--batch-size", args.batch_size)
+    out = check_out_dir(args.out)
+    resolve_source(args.model)
+    neurons = LanguageNeurons.load(args.neurons)
+    langs = parse_languages(args.languages)
+    split = args.split
+    to_load = langs  # without --languages: only the set's languages (the corpus may hold many more)
+    if args.corpus == "builtin":
+        # held-out text by default: the built-in model was trained on 'train', the neurons found on 'stats'
+        split = "eval" if split is None else split
+        if to_load is None:
+            to_load = [k for k in neurons.languages if k in builtin_languages(split)] or None
+    elif args.corpus.startswith("hf:") and to_load is None:
+        to_load = list(neurons.languages)
+    corpus = load_corpus(args.corpus, languages=to_load, split=split, max_sentences=args.max_sentences)
+    model = _load_for(args, neurons)
+    df = perplexity_matrix(model, corpus, neurons, languages=langs, control=control(args.control), seed=args.seed,
+                           batch_size=args.batch_size, progress=True)
+    run = {"model": args.model, "corpus": args.corpus, "split": split, "max_sentences": args.max_sentences,
+           "neurons": str(args.neurons), "site": neurons.site, "method": neurons.method,
+           "control": control(args.control), "seed": args.seed}
+    summary = write_ppl(df, out, run=run)
+    head = {k: summary[k] for k in ("diag_delta_nll", "offdiag_delta_nll", "control_diag_delta_nll",
+                                    "diag_over_offdiag", "diag_over_control", "frac_most_hurt",
+                                    "n_ablated", "n_evaluated")}
+    print(json.dumps(head, indent=1))
+    print(f"wrote {len(summary['files'])} files to {out}", file=sys.stderr)
+    return 0
+
+
+def _pct(x) -> str:
+    return "n/a" if x is None else f"{x:.0%}"
+
+
+def _rates(mean: dict, control: str = "random control") -> str:
+    return (f"{_pct(mean.get('target_rate'))} (no intervention {_pct(mean.get('baseline_rate'))}, {control} "
+            f"{_pct(mean.get('control_rate'))})")
+
+
+def _done(lines: list[str], summary: dict, out) -> int:
+    """Print a measurement's result lines, and where its files went."""
+    for line in lines:
+        print(line)
+    print(f"wrote {len(summary['files'])} files to {out}", file=sys.stderr)
+    return 0
+
+
+def _generation_args(args):
+    """Check the prompt and decoding options of steer/diffmean before anything is loaded; return
+    ``(prompts, GenerationConfig)`` (prompts ``None``: the library's default prompts)."""
+    from ..evaluate import GenerationConfig, read_prompts
+
+    for name in ("--n-samples", "--n-prompts", "--max-new-tokens", "--batch-size", "--top-k"):
+        positive(name, getattr(args, name[2:].replace("-", "_")))
+    if args.temperature is not None and not args.greedy and not args.temperature > 0:
+        raise LangNeuronsError(f"--temperature must be > 0 when sampling (or use --greedy), got {args.temperature}")
+    if args.repetition_penalty is not None and not args.repetition_penalty > 0:
+        raise LangNeuronsError(f"--repetition-penalty must be > 0, got {args.repetition_penalty}")
+    if args.bos_only and args.prompts is not None:
+        raise LangNeuronsError(f"give --bos-only or --prompts {args.prompts}, not both")
+    # only the decoding options that were given: GenerationConfig's defaults apply to the rest
+    given = {k: getattr(args, k) for k in ("max_new_tokens", "temperature", "top_k", "repetition_penalty")
+             if getattr(args, k) is not None}
+    generation = GenerationConfig(greedy=args.greedy, **given)
+    prompts = read_prompts(args.prompts) if args.prompts is not None else ([""] if args.bos_only else None)
+    return prompts, generation
+
+
+def _given_sampling(args) -> dict:
+    """Only the prompt and batching options that were given: the library's defaults apply to the rest."""
+    given = {k: getattr(args, k) for k in ("n_samples", "n_prompts", "batch_size") if getattr(args, k) is not None}
+    if args.source is not None:
+        given["source"] = parse_languages(args.source)
+    return given
+
+
+def _generation_run(args, given: dict, generation) -> dict:
+    """What a steering run's summary.json records of its prompts and decoding."""
+    return {"prompts": args.prompts or ("BOS only" if args.bos_only else "built-in parallel split"),
+            "seed": args.seed, "control": control(args.control), **generation.as_dict(),
+            **{k: v for k, v in given.items() if k != "positions"}}
+
+
+def cmd_steer(args) -> int:
+    from ..evaluate import STEER_MODES, steer_sweep
+    from ..outputs.measurements import write_steer
+    from ..models import resolve_source
+
+    mode = _steer_mode(args, STEER_MODES)
+    if args.factors is not None and args.factor is not None:
+        raise LangNeuronsError(f"give --factor {args.factor:g} or --factors {args.factors}, not both")
+    factors = parse_floats("--factors", args.factors) if args.factors is not None else None
+    finite("--factor", args.factor)
+    prompts, generation = _generation_args(args)
+    positions = positions_arg(args.positions)
+    out = check_out_dir(args.out)
+    resolve_source(args.model)
+    targets = parse_languages(args.target) if args.target != "all" else ["all"]
+    neurons, stats, targets = _measure_inputs(args, mode, targets)
+    if factors is None:
+        from ..evaluate import DEFAULT_FACTOR
+
+        factors = [args.factor if args.factor is not None else DEFAULT_FACTOR]
+    given = _given_sampling(args)
+    if args.statistic is not None:
+        given["statistic"] = args.statistic
+    if positions is not None:
+        given["positions"] = positions
+    model = _load_for(args, neurons)
+    df = steer_sweep(model, neurons, targets, factors, [mode], prompts, stats, generation=generation, seed=args.seed,
+                     control=control(args.control), progress=True, **given)
+    run = {"model": args.model, "neurons": str(args.neurons), "stats": args.stats, "site": neurons.site,
+           "method": neurons.method, "targets": targets, **_generation_run(args, given, generation)}
+    summary = write_steer(df, out, run=run)
+    lines = [f"{c['mode']} x{c['factor']:g}: mean target-language rate {_rates(c['mean'])} over "
+             f"{c['mean']['n_targets']} target(s)" for c in summary["cells"]]
+    if summary["sweep"]:
+        lines.append(f"best: {summary['settings']['mode']} x{summary['settings']['factor']:g}")
+    lines += [f"  {t}: {_pct(r['target_rate'])} [{_pct(r['target_low'])}, {_pct(r['target_high'])}] of {r['n']}; "
+              f"no intervention {_pct(r.get('baseline_rate'))}, control {_pct(r.get('control_rate'))}"
+              for t, r in summary["targets"].items()]
+    return _done(lines, summary, out)
+
+
+def cmd_diffmean(args) -> int:
+    from ..corpus import load_corpus
+    from ..evaluate import diffmean_sweep
+    from ..outputs.measurements import write_steer
+    from ..models import resolve_source, load_model
+
+    betas = parse_floats("--betas", args.betas)
+    positive("--max-sentences", args.max_sentences)
+    prompts, generation = _generation_args(args)
+    positions = positions_arg(args.positions)
+    out = check_out_dir(args.out)
+    resolve_source(args.model)
+    langs = parse_languages(args.languages)
+    split = "stats" if args.corpus == "builtin" and args.split is None else args.split
+    corpus = load_corpus(args.corpus, languages=langs, split=split, max_sentences=args.max_sentences)
+    targets = parse_languages(args.target) if args.target != "all" else list(corpus.languages)
+    for t in targets:
+        if t not in corpus.languages:
+            raise LangNeuronsError(f"unknown --target {t!r}; the corpus has: {', '.join(corpus.languages)}")
+    model = load_model(args.model, device=args.device, dtype=args.dtype)
+    if not 0 <= args.layer < model.cfg.n_layers:
+        raise LangNeuronsError(f"--layer must be in [0, {model.cfg.n_layers}), got {args.layer}")
+    given = _given_sampling(args)
+    if positions is not None:
+        given["positions"] = positions
+    df = diffmean_sweep(model, corpus, targets, args.layer, betas, prompts, control=control(args.control),
+                        generation=generation, seed=args.seed, progress=True, **given)
+    run = {"model": args.model, "method": "diffmean", "layer": args.layer, "corpus": args.corpus, "split": split,
+           "max_sentences": args.max_sentences, "languages": list(corpus.languages), "targets": targets,
+           **_generation_run(args, given, generation)}
+    summary = write_steer(df, out, run=run)
+    lines = [f"diffmean beta {c['factor']:g} after block {args.layer}: mean target-language rate "
+             f"{_rates(c['mean'], control='random direction')} over {c['mean']['n_targets']} target(s)"
+             for c in summary["cells"]]
+    return _done(lines, summary, out)
+
+
+def cmd_lss(args) -> int:
+    from ..evaluate import STEER_MODES, load_facts, lss
+    from ..outputs.measurements import write_lss
+    from ..models import resolve_source
+
+    mode = _steer_mode(args, STEER_MODES)
+    finite("--factor", args.factor)
+    positive("--batch-size", args.batch_size)
+    positions = positions_arg(args.positions)
+    if args.source == args.target:
+        raise LangNeuronsError(f"--source and --target must differ, both are {args.source!r}")
+    out = check_out_dir(args.out)
+    resolve_source(args.model)
+    items = load_facts(args.facts, languages=[args.source, args.target])
+    neurons, stats, _ = _measure_inputs(args, mode, [args.target])
+    given = {k: getattr(args, k) for k in ("factor", "statistic", "batch_size") if getattr(args, k) is not None}
+    if positions is not None:
+        given["positions"] = positions
+    model = _load_for(args, neurons)
+    df = lss(model, neurons, items, args.source, args.target, stats=stats, mode=mode, control=control(args.control),
+             seed=args.seed, progress=True, **given)
+    run = {"model": args.model, "neurons": str(args.neurons), "stats": args.stats, "facts": args.facts or "bundled",
+           "site": neurons.site, "method": neurons.method, "control": control(args.control), "seed": args.seed,
+           **{k: v for k, v in given.items() if k != "positions"}}
+    summary = write_lss(df, out, run=run)
+    lines = [f"LSS {p['source']}->{p['target']} ({p['mode']} x{p['factor']:g}, {cond}): {_pct(p[cond]['lss'])} "
+             f"[{_pct(p[cond]['low'])}, {_pct(p[cond]['high'])}] of {p[cond]['n_items']} items, "
+             f"mean shift of delta {p[cond]['mean_delta_shift']:+.3f}"
+             for p in summary["pairs"] for cond in ("intervention", "control") if cond in p]
+    return _done(lines, summary, out)
+

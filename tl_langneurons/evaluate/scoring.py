@@ -1,0 +1,107 @@
+"""Log-likelihoods of text under the model: each token's NLL, summed per language, and the
+log-probability of a continuation given its context (METHODS §6).
+
+Memory: the model's ``[batch, pos, vocab]`` logits are the one large tensor; cross-entropy is taken
+from them in chunks of positions, so ``log_softmax`` never holds a second copy (on a 262k-token
+vocabulary, 16 × 128 positions of float32 logits are already 2 GB).
+
+Masking: padded and uncounted positions are removed with ``torch.where``, never multiplied by 0 —
+a single inf or NaN at a padded position (low precision, a fully masked row) would otherwise turn
+a language's whole sum into NaN.
+"""
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Bool, Float, Float64, Int64
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from ..tokens import Batch, encode, pad_id, right_pad
+from .conditions import under
+
+# Positions × vocabulary entries per cross-entropy chunk (64 MiB of float32): bounds the temporaries.
+CE_CHUNK_ELEMENTS = 1 << 24
+
+
+def token_nll(model, tokens: Int64[Tensor, "batch pos"], attention_mask: Int64[Tensor, "batch pos"]
+              ) -> Float[Tensor, "batch pos_minus_1"]:
+    """NLL (float32) of each token ``t ≥ 1`` given the tokens ``< t``; padded positions hold
+    whatever the model computed there (mask them with :func:`masked_sum`)."""
+    device = model.cfg.device
+    tokens = tokens.to(device)
+    logits = model(tokens, attention_mask=attention_mask.to(device), return_type="logits")
+    B, T, V = logits.shape
+    targets = tokens[:, 1:]
+    out = torch.empty((B, T - 1), dtype=torch.float32, device=logits.device)
+    step = max(1, CE_CHUNK_ELEMENTS // max(B * V, 1))
+    for s in range(0, T - 1, step):
+        e = min(s + step, T - 1)
+        out[:, s:e] = F.cross_entropy(logits[:, s:e].reshape(-1, V).float(), targets[:, s:e].reshape(-1),
+                                      reduction="none").reshape(B, e - s)
+    return out
+
+
+def masked_sum(values: Float[Tensor, "*shape"], mask: Bool[Tensor, "*shape"]) -> Float64[Tensor, ""]:
+    """The float64 sum of ``values`` where ``mask`` holds (elsewhere nothing, even inf or NaN)."""
+    mask = mask.to(values.device)
+    return torch.where(mask, values.double(), torch.zeros((), dtype=torch.float64, device=values.device)).sum()
+
+
+def nll_sums(model, batches: list[Batch], n_langs: int, items: list, positions="all", desc: str = "nll",
+             progress: bool = True) -> tuple[Float64[Tensor, " lang"], Float64[Tensor, " lang"]]:
+    """Summed NLL and the number of counted targets per language over ``batches``, under ``items``.
+
+    The targets are tokens 1..n of each row — the recorder's counted tokens (never BOS, never
+    padding).
+    """
+    sums = torch.zeros(n_langs, dtype=torch.float64)
+    counts = torch.zeros(n_langs, dtype=torch.float64)
+    with torch.no_grad(), under(model, items, positions) as handle:
+        for b in tqdm(batches, desc=desc, disable=not progress, leave=False):
+            if handle is not None:
+                handle.reset()
+            nll = token_nll(model, b.tokens, b.attention_mask)
+            w = b.counted[:, 1:]
+            sums[b.language] += float(masked_sum(nll, w))
+            counts[b.language] += float(w.sum())
+    return sums, counts
+
+
+def continuation(model, context: str, text: str, sep: str = " ") -> tuple[list[int], list[int]]:
+    """``(context tokens with BOS, continuation tokens)`` of ``context`` completed by ``sep + text``.
+
+    The whole string is tokenized once and split where the context's tokens end (as
+    lm-evaluation-harness does); if the tokenizer merges across that boundary, the continuation is
+    tokenized on its own.
+    """
+    ctx = encode(model.tokenizer, context)
+    whole = encode(model.tokenizer, context + sep + text)
+    if whole[:len(ctx)] == ctx and len(whole) > len(ctx):
+        return ctx, whole[len(ctx):]
+    return ctx, list(model.tokenizer(sep + text, add_special_tokens=False)["input_ids"])
+
+
+def sequence_logprobs(model, seqs: list[tuple[list[int], list[int]]], items: list, positions="all",
+                      batch_size: int = 32, desc: str = "logprob", progress: bool = True) -> list[float]:
+    """Summed log-probability of each continuation given its context, under ``items``.
+
+    With ``positions`` other than ``all`` the prompt length differs per row, so each row runs on its
+    own with the handle told its context length.
+    """
+    out = [0.0] * len(seqs)
+    bs = batch_size if positions == "all" else 1
+    order = sorted(range(len(seqs)), key=lambda i: -(len(seqs[i][0]) + len(seqs[i][1])))
+    with torch.no_grad(), under(model, items, positions) as handle:
+        for start in tqdm(range(0, len(order), bs), desc=desc, disable=not progress, leave=False):
+            idx = order[start:start + bs]
+            full = [seqs[i][0] + seqs[i][1] for i in idx]
+            tokens, mask = right_pad(full, pad_id(model.tokenizer))
+            target = torch.zeros((len(idx), tokens.shape[1] - 1), dtype=torch.bool)
+            for r, i in enumerate(idx):
+                target[r, len(seqs[i][0]) - 1:len(full[r]) - 1] = True  # predictions of the continuation
+            if handle is not None:
+                handle.reset(len(seqs[idx[0]][0]) if bs == 1 else None)
+            nll = token_nll(model, tokens, mask)
+            for r, i in enumerate(idx):
+                out[i] = -float(masked_sum(nll[r], target[r]))
+    return out

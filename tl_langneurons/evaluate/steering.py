@@ -1,0 +1,316 @@
+"""Steering: generate under an intervention (on a target's neurons, or any the caller builds, or a
+residual diffmean direction), identify the continuation's language offline, and compare with no
+intervention and a random control on the same prompts and seed (METHODS §6)."""
+
+from dataclasses import replace
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from .. import _checks
+from ..errors import LangNeuronsError, choices
+from ..identify import random_like
+from ..intervene import DiffMean, Intervention, as_items, check_positions, diffmeans
+from ..tokens import encode
+from .conditions import check_control, check_neurons
+from .generation import GenerationConfig, check_generation, generate, prompt_list
+from .intervals import wilson
+from .langid import detect
+
+STEER_MODES = ("set", "scale", "add")
+# Defaults of steer(): set the target's neurons to FACTOR × their mean activation on the target
+# language (Kojima-style forcing); decoding is GenerationConfig's default. Measured on the
+# built-in model with steer_sweep (LAPE on en de fr es ru zh ja ar hi th, 1,000 'stats' sentences
+# each; BOS-only prompts; mean target-language rate over the 9 non-English targets; seed 0, 16-32
+# generations per target): with the 5% sets, set × {4, 8, 12, 16, 20, 24, 32} gave 8%, 25%, 40%,
+# 43–49%, 41%, 46%, 37% and add × 16 41–49%, so set × 16 is the default; the larger 10% sets need
+# less. The README ("Steering the built-in model") has the commands of the fresh-seed checks:
+# 5% sets at × 16 43%, 10% sets at × 8 52% (baseline 1%, random control 4–6%).
+DEFAULT_MODE = "set"
+DEFAULT_FACTOR = 16.0
+DEFAULT_STATISTIC = "mean"
+
+
+def steer_item(neurons, target: str, mode: str, factor, stats, statistic: str) -> Intervention:
+    if mode not in STEER_MODES:
+        raise LangNeuronsError(f"unknown steering mode {mode!r}; allowed: {choices(STEER_MODES)}")
+    if mode in ("set", "add") and stats is None:
+        raise LangNeuronsError(f"mode {mode!r} needs stats= (recorded statistics whose {statistic!r} of {target!r} "
+                               "is the value to set/add); mode 'scale' needs none")
+    if mode == "scale":
+        return Intervention(neurons, "scale", factor=factor, language=target)
+    return Intervention(neurons, mode, factor=factor, stats=stats, statistic=statistic, language=target)
+
+
+def check_target(neurons, target) -> str:
+    if not isinstance(target, str) or target not in neurons:
+        raise LangNeuronsError(f"unknown target language {target!r}; the neuron set has: {choices(neurons.languages)}")
+    return target
+
+
+def _positions_list(positions) -> list:
+    if isinstance(positions, str) or positions is None:
+        return [check_positions(positions or "all")]
+    if isinstance(positions, (list, tuple)) and positions and all(isinstance(p, str) for p in positions):
+        return [check_positions(p) for p in positions]
+    return [check_positions(positions)]  # a list of absolute positions
+
+
+def steer_sweep(model, neurons, targets, factors, modes=(DEFAULT_MODE,), prompts=None,
+                stats=None, statistic: str = DEFAULT_STATISTIC, n_samples: int = 4,
+                generation: GenerationConfig | None = None, seed: int = 0, control: str | None = "random",
+                positions="all", *, source=None, n_prompts: int = 16, prompt_words: int = 3,
+                batch_size: int = 64, progress: bool = True) -> pd.DataFrame:
+    """:func:`steer` over a grid of targets × modes × factors (× positions, if a list of names).
+
+    The baseline generations (no intervention) of a target do not depend on the mode or factor,
+    so they are generated once per target and repeated under every grid cell of that target.
+    """
+    neurons = check_neurons(neurons)
+    check_control(control)
+    targets = [targets] if isinstance(targets, str) else list(targets)
+    for t in targets:
+        check_target(neurons, t)
+    modes = [modes] if isinstance(modes, str) else list(modes)
+    if not targets or not modes:
+        raise LangNeuronsError("targets and modes must each hold at least one value")
+    factors = _checks.numbers_list("factor", factors)
+    pos_list = _positions_list(positions)
+    n_samples, batch_size = _checks.positive_int("n_samples", n_samples), _checks.positive_int("batch_size", batch_size)
+    gen = check_generation(generation)
+    if gen.greedy:
+        n_samples = 1  # greedy decoding gives one continuation per prompt
+    ctrl_all = random_like(neurons.select(targets), seed) if control == "random" else None
+    # build every intervention before generating anything: a bad argument fails fast
+    cells = [(m, f, p) for m in modes for f in factors for p in pos_list]
+    plan = {t: {c: (steer_item(neurons, t, c[0], c[1], stats, statistic),
+                    steer_item(ctrl_all, t, c[0], c[1], stats, statistic) if ctrl_all is not None else None)
+                for c in cells} for t in targets}
+
+    frames = []
+    for t in tqdm(targets, desc="steer", disable=not progress, leave=False):
+        plist = prompt_list(prompts, t, n_prompts, prompt_words, source, seed)
+        rows = [(i, s, p, lang) for i, (p, lang) in enumerate(plist) for s in range(n_samples)]
+        toks = [encode(model.tokenizer, p) for _, _, p, _ in rows]
+        # the same seed for every condition: they differ only by the intervention (common random numbers)
+        base = generate(model, toks, [], "all", gen, batch_size, seed, f"steer {t} baseline", progress)
+        base_det = detect(base)
+        for (mode, factor, pos) in cells:
+            iv, civ = plan[t][(mode, factor, pos)]
+            outs = {"baseline": (base, base_det)}
+            g = generate(model, toks, [iv], pos, gen, batch_size, seed, f"steer {t} {mode}×{factor:g}", progress)
+            outs["intervention"] = (g, detect(g))
+            if civ is not None:
+                g = generate(model, toks, [civ], pos, gen, batch_size, seed, f"steer {t} control", progress)
+                outs["control"] = (g, detect(g))
+            pos_label = pos if isinstance(pos, str) else ",".join(map(str, pos))
+            records = []
+            for cond, (texts, dets) in outs.items():
+                for (i, s, p, lang), text, d in zip(rows, texts, dets):
+                    records.append({"target": t, "condition": cond, "mode": mode, "factor": factor,
+                                    "statistic": statistic if mode != "scale" else None, "positions": pos_label,
+                                    "prompt_id": i, "prompt_language": lang, "prompt": p, "sample": s,
+                                    "generation": text, "detected": d})
+            frames.append(pd.DataFrame(records))
+    return pd.concat(frames, ignore_index=True)
+
+
+def steer(model, neurons, target: str, prompts=None, stats=None, mode: str = DEFAULT_MODE,
+          factor=DEFAULT_FACTOR, statistic: str = DEFAULT_STATISTIC, n_samples: int = 4,
+          generation: GenerationConfig | None = None, seed: int = 0, control: str | None = "random",
+          positions="all", *, source=None, n_prompts: int = 16, prompt_words: int = 3,
+          batch_size: int = 64, progress: bool = True) -> pd.DataFrame:
+    """Generate under an intervention on ``target``'s neurons and identify the output language.
+
+    The same prompts are generated three times — under the intervention, without it
+    (``baseline``) and under the same intervention on :func:`~.identify.random_like` neurons of
+    the target (``control``: same count per layer; ``set``/``add`` use the *target's* statistics
+    of those neurons) — with the same seed, so the conditions differ only by the intervention.
+    The language of the continuation alone (never the prompt) is identified with :mod:`.langid`.
+
+    Args:
+        neurons: a :class:`LanguageNeurons` set holding ``target``.
+        target: the language to steer towards.
+        prompts: ``None`` — :func:`default_prompts`: ``n_prompts`` neutral prompts, the first
+            ``prompt_words`` words of built-in ``parallel`` sentences, in every other language in
+            turn (or in ``source``); a string or a list of strings (``""`` = BOS only, i.e.
+            unconditional generation).
+        stats: :class:`NeuronStats` at the neurons' site; needed by ``set`` and ``add``.
+        mode: ``set`` (``a := factor · statistic``, default), ``scale`` (``a := factor · a``) or
+            ``add`` (``a := a + factor · statistic``).
+        factor: α (default 16: "set to 16× the mean activation on the target language").
+        statistic: which statistic of the target language (``mean``, ``median``, ``max``, ``q0.9`` …).
+        n_samples: continuations per prompt (one when ``generation.greedy``).
+        generation: decoding, a :class:`~.generation.GenerationConfig` (default: sampling at T = 0.8,
+            top-k 50, 24 new tokens).
+        seed: seeds sampling (the caller's random state is restored afterwards) and the prompts and
+            the random control. The same arguments give the same rows.
+        control: ``"random"`` or ``None``.
+        positions: ``all`` (default), ``prompt``, ``generated``, ``last`` or a list of positions;
+            absolute positions of the left-padded batch (every row's prompt ends at the same column).
+        batch_size: rows (prompt × sample) per ``generate`` call.
+
+    Returns:
+        one row per generation: ``target, condition, mode, factor, statistic, positions, prompt_id,
+        prompt_language, prompt, sample, generation, detected``; ``generation`` is the continuation
+        only. Summarise with :func:`steer_summary`.
+    """
+    neurons = check_neurons(neurons)
+    check_target(neurons, target)
+    return steer_sweep(model, neurons, [target], [factor], [mode], prompts, stats, statistic, n_samples,
+                       generation, seed, control, positions, source=source, n_prompts=n_prompts,
+                       prompt_words=prompt_words, batch_size=batch_size, progress=progress)
+
+
+def steer_with(model, target: str, interventions, control=None, prompts=None, *, baseline: bool = True,
+               n_samples: int = 4, generation: GenerationConfig | None = None,
+               seed: int = 0, positions="all", source=None, n_prompts: int = 16, prompt_words: int = 3,
+               batch_size: int = 64, progress: bool = True) -> pd.DataFrame:
+    """:func:`steer` under interventions the caller builds, for steering that is not one mode on
+    the target's neurons — e.g. Gurgurov et al.'s (2025) language arithmetic, a list of two::
+
+        steer_with(model, "de", [Intervention(neurons, "zero", language="en"),
+                                 Intervention(neurons, "add", factor=1.0, stats=stats, language="de")],
+                   control=[Intervention(ctrl, "zero", language="en"),
+                            Intervention(ctrl, "add", factor=1.0, stats=stats, language="de")],
+                   source="en")
+
+    Generation, seeding, prompts and language identification are :func:`steer`'s: every condition
+    generates from the same prompts with the same seed, so they differ only by the interventions.
+
+    Args:
+        target: the language whose rate is measured (only compared with the identified language).
+        interventions: an :class:`Intervention`, a :class:`DiffMean` or a list of them, applied
+            together (in order) in the ``intervention`` condition.
+        control: the same for the ``control`` condition (build it on
+            :func:`~.identify.random_like` sets), or ``None`` for none.
+        baseline: also generate without intervention (``False`` where the caller already has
+            the baseline of these prompts, e.g. across a factor grid).
+        prompts, source, n_prompts, prompt_words: as in :func:`steer` (the default prompts are in
+            every language but ``target``, or in ``source``).
+        the rest: decoding and batching, as in :func:`steer`.
+
+    Returns:
+        one row per generation: ``target, condition, positions, prompt_id, prompt_language, prompt,
+        sample, generation, detected`` (conditions in the order baseline, intervention, control);
+        summarise with :func:`steer_summary`.
+    """
+    if not isinstance(target, str) or not target:
+        raise LangNeuronsError(f"target must be a language code, got {target!r}")
+    items = as_items(interventions)
+    if not items:
+        raise LangNeuronsError("steer_with needs at least one intervention")
+    ctrl = as_items(control)
+    if control is not None and not ctrl:
+        raise LangNeuronsError("control must hold at least one intervention, or be None")
+    _checks.boolean("baseline", baseline)
+    pos = check_positions(positions)
+    n_samples, batch_size = _checks.positive_int("n_samples", n_samples), _checks.positive_int("batch_size", batch_size)
+    gen = check_generation(generation)
+    if gen.greedy:
+        n_samples = 1  # greedy decoding gives one continuation per prompt
+    plist = prompt_list(prompts, target, n_prompts, prompt_words, source, seed)
+    rows = [(i, s, p, lang) for i, (p, lang) in enumerate(plist) for s in range(n_samples)]
+    toks = [encode(model.tokenizer, p) for _, _, p, _ in rows]
+    conds = {"baseline": []} if baseline else {}
+    conds["intervention"] = items
+    if ctrl:
+        conds["control"] = ctrl
+    pos_label = pos if isinstance(pos, str) else ",".join(map(str, pos))
+    records = []
+    for cond, its in conds.items():
+        texts = generate(model, toks, its, pos if its else "all", gen, batch_size, seed, f"steer {target} {cond}",
+                          progress)
+        for (i, s, p, lang), text, d in zip(rows, texts, detect(texts)):
+            records.append({"target": target, "condition": cond, "positions": pos_label, "prompt_id": i,
+                            "prompt_language": lang, "prompt": p, "sample": s, "generation": text, "detected": d})
+    return pd.DataFrame(records, columns=["target", "condition", "positions", "prompt_id", "prompt_language", "prompt",
+                                          "sample", "generation", "detected"])
+
+
+def random_direction_like(steer: DiffMean, seed: int = 0) -> DiffMean:
+    """The control of a :class:`DiffMean`: a random (Gaussian, seeded) direction of the same norm
+    at the same layer and strength, so the control moves the residual stream as far, in no
+    particular language's direction."""
+    g = torch.Generator().manual_seed(int(seed))
+    r = torch.randn(steer.direction.shape, generator=g, dtype=torch.float64)
+    return replace(steer, direction=(r / r.norm() * steer.direction.double().norm()).to(steer.direction.dtype))
+
+
+def diffmean_sweep(model, corpus, targets, layer: int, betas, prompts=None, control: str | None = "random",
+                   *, languages: list[str] | None = None, max_sentences: int | None = None,
+                   n_samples: int = 4, generation: GenerationConfig | None = None, seed: int = 0, positions="all",
+                   source=None, n_prompts: int = 16, prompt_words: int = 3, batch_size: int = 64,
+                   progress: bool = True) -> pd.DataFrame:
+    """Residual-stream difference-of-means steering (:func:`~.intervene.diffmean`) over a grid of
+    targets × strengths β, measured exactly as :func:`steer_sweep` measures neuron steering.
+
+    Per target: the direction ``mean(resid | target) − mean(resid | other languages)`` after block
+    ``layer``, from ``corpus`` (e.g. the built-in ``stats`` split, the text the neurons were found
+    on); then generations with ``β · direction`` added at every position, without it
+    (``baseline``, generated once per target) and with a random direction of the same norm
+    (``control``, :func:`random_direction_like`), same prompts and seed.
+
+    Returns:
+        :func:`steer_sweep`'s columns, with ``mode = "diffmean"`` and ``factor = β`` (so
+        :func:`steer_summary` and the steering writers and figures take it), plus ``layer``.
+    """
+    check_control(control)
+    texts = _checks.texts_of(corpus)
+    targets = [targets] if isinstance(targets, str) else list(targets)
+    if not targets:
+        raise LangNeuronsError("targets must hold at least one language")
+    betas = _checks.numbers_list("beta", betas)
+    frames = []
+    # every target's direction from one pass over the corpus
+    directions = diffmeans(model, texts, targets, layer, languages=languages, max_sentences=max_sentences,
+                           progress=progress)
+    for t, d in tqdm(list(zip(targets, directions)), desc="diffmean steer", disable=not progress, leave=False):
+        ctrl = random_direction_like(d, seed) if control == "random" else None
+        kw = dict(prompts=prompts, n_samples=n_samples, generation=generation, seed=seed, positions=positions,
+                  source=source, n_prompts=n_prompts, prompt_words=prompt_words, batch_size=batch_size,
+                  progress=progress)
+        base = None
+        for b in betas:
+            df = steer_with(model, t, [d.with_beta(b)], control=[ctrl.with_beta(b)] if ctrl else None,
+                            baseline=base is None, **kw)
+            if base is None:
+                base = df[df.condition == "baseline"]
+            else:  # the baseline does not depend on β: generated once, repeated in every cell
+                df = pd.concat([base, df], ignore_index=True)
+            df.insert(2, "mode", "diffmean")
+            df.insert(3, "factor", b)
+            df.insert(4, "statistic", None)
+            df["layer"] = int(layer)
+            frames.append(df)
+    return pd.concat(frames, ignore_index=True)
+
+
+def steer_summary(df: pd.DataFrame) -> pd.DataFrame:
+    """Target-language rates with Wilson 95% intervals per target (and per grid cell of a sweep).
+
+    Returns one row per ``target`` (× ``mode``, ``factor``, ``statistic``, ``positions`` where the
+    frame has them) with ``n`` and, for each condition present, ``<condition>_rate``,
+    ``<condition>_low``, ``<condition>_high`` — the intervention's columns are named
+    ``target_rate``, ``target_low``, ``target_high``.
+    """
+    missing = {"target", "condition", "detected"} - set(df.columns)
+    if missing:
+        raise LangNeuronsError(f"not a steering frame: it lacks the column(s) {choices(sorted(missing))}")
+    keys = [k for k in ("target", "mode", "factor", "statistic", "positions") if k in df.columns]
+    names = {"intervention": "target", "baseline": "baseline", "control": "control"}
+    out = []
+    for key, g in df.groupby(keys, sort=False, dropna=False):
+        row = dict(zip(keys, key if isinstance(key, tuple) else (key,)))
+        row["n"] = int(g["condition"].value_counts().iloc[0])  # generations per condition
+        for cond, name in names.items():
+            sub = g[g["condition"] == cond]
+            if len(sub) == 0:
+                continue
+            k = int((sub["detected"] == row["target"]).sum())
+            lo, hi = wilson(k, len(sub))
+            row[f"{name}_rate"], row[f"{name}_low"], row[f"{name}_high"] = k / len(sub), lo, hi
+        out.append(row)
+    return pd.DataFrame(out)
+

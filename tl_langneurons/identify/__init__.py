@@ -1,0 +1,15 @@
+"""Identify language-specific neurons from recorded statistics: pure tensor functions, no model.
+
+* :func:`lape` — language activation probability entropy (Tang et al. 2024, ACL);
+* :func:`ap_experts` — expert units by average precision (Kojima et al. 2024, NAACL);
+* :func:`threshold` — non-contrastive activation-probability baselines (Mondal et al. 2025,
+  Rahmanisa et al. 2025);
+* :func:`random_like` — random controls with the same per-layer counts.
+"""
+
+from .ap import AP_CHUNK_ELEMENTS, ap_experts, ap_experts_all, ap_scores, average_precision
+from .entropy import LapeEntropy, lape, lape_entropy, smallest_indices
+from .baselines import random_like, threshold
+
+__all__ = ["AP_CHUNK_ELEMENTS", "LapeEntropy", "ap_experts", "ap_experts_all", "ap_scores", "average_precision",
+           "lape", "lape_entropy", "random_like", "smallest_indices", "threshold"]

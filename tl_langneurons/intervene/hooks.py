@@ -1,0 +1,291 @@
+"""The hooks that carry out interventions, and the one context manager that adds and removes them.
+
+Sites: values are written where they were measured. ``pre`` is written on ``mlp.hook_pre``;
+``post``, and ``act`` of a non-gated MLP, on ``mlp.hook_post``. ``act`` of a gated MLP is
+``φ(gate)``, which has no hook of its own: ``zero``/``scale`` of it equal ``zero``/``scale`` of
+``hook_post = φ(gate) ⊙ up``, and ``set``/``add``/``patch`` to ``v`` mean ``post := v · up``, with
+``up`` read from ``mlp.hook_pre_linear`` in the same forward pass (METHODS §1).
+
+Positions (``positions=``), in absolute positions of the sequence being processed:
+
+* ``"all"`` (default) — every position of every forward call;
+* ``"prompt"`` — positions ``< prompt_length``; ``"generated"`` — positions ``≥ prompt_length``;
+* ``"last"`` — the last position of each forward call: on a plain forward, position ``T−1`` of
+  every row (with right padding that is a pad token for the shorter rows: left-pad, or name the
+  positions); during KV-cached generation, the last prompt token and then each generated token as
+  it is produced (it stays intervened in the cache). Without a KV cache every step recomputes the
+  whole sequence and only its newest token is intervened, so the two differ: to get the cached
+  meaning without a cache, name the positions ``P−1 … P+n−1`` (as :mod:`.evaluate` does). Beware
+  that with transformers 5.24, TransformerLens 4.3's ``TransformerBridge.generate(use_past_kv_cache=True)``
+  (its default) gives wrong tokens on Llama models, with or without an intervention (the package
+  requires transformers < 5.24 for this reason); :mod:`.evaluate` generates with
+  ``use_past_kv_cache=False`` whatever the version, and a test compares its text with Hugging Face's;
+* a list of absolute positions (ints ≥ 0).
+
+How absolute positions are tracked: the first forward call inside the context (or after
+``handle.reset()``) starts a sequence at position 0, and its length is the prompt length unless
+``prompt_length=`` is given. A later call of exactly one position continues that sequence (a
+KV-cached generation step). Any other later call starts again at position 0 (a generation step
+without KV cache re-reads the whole sequence; a new forward on other tokens keeps the prompt
+length). To run several generations with ``"prompt"``/``"generated"`` in one context, call
+``handle.reset()`` between them, or use one context per generation.
+"""
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .. import _checks
+from ..errors import LangNeuronsError, choices
+from ..models import compatible, identity, is_gated, resolve_site
+from ..neurons import LanguageNeurons
+from .specs import MODES, DiffMean, Intervention, as_items, check_positions
+
+class InterventionHandle:
+    """What ``with intervene(...) as handle`` gives: the interventions and the position tracker."""
+
+    def __init__(self, items: list, prompt_length: int | None):
+        self.interventions = items
+        self._given_prompt_length = prompt_length
+        self.reset(prompt_length)
+
+    def reset(self, prompt_length: int | None = None) -> None:
+        """Start a new sequence: the next forward call is at position 0 and sets the prompt length
+        (unless ``prompt_length`` is given here or was given to :func:`intervene`)."""
+        self.prompt_length = prompt_length if prompt_length is not None else self._given_prompt_length
+        self.total: int | None = None  # positions of the current sequence seen so far
+        self.offset = 0  # absolute position of the current call's first position
+        self.length = 0  # positions in the current call
+        self.calls = 0
+
+    def _start_call(self, act: Tensor, hook: Any = None) -> None:
+        T = act.shape[1]
+        if self.total is None:
+            self.offset, self.total = 0, T
+            if self.prompt_length is None:
+                self.prompt_length = T
+        elif T == 1:  # a KV-cached step continues the sequence
+            self.offset, self.total = self.total, self.total + 1
+        else:  # a new pass over a whole sequence
+            self.offset, self.total = 0, T
+        self.length = T
+        self.calls += 1
+
+    def _select(self, positions, T: int, device) -> slice | Tensor | None:
+        """The current call's local positions named by ``positions`` (``None``: none)."""
+        if positions == "all":
+            return slice(None)
+        if positions == "last":
+            return slice(T - 1, T)
+        if self.calls == 0 or T != self.length:
+            raise LangNeuronsError("cannot track positions: the forward pass did not go through 'hook_embed'; "
+                                   "use positions='all' or 'last'")
+        off = self.offset
+        if positions in ("prompt", "generated"):
+            cut = min(max(self.prompt_length - off, 0), T)
+            sel = slice(0, cut) if positions == "prompt" else slice(cut, T)
+            return sel if sel.stop > sel.start else None
+        local = [p - off for p in positions if off <= p < off + T]
+        return torch.tensor(local, device=device) if local else None
+
+
+def _ix(sel, idx: Tensor) -> tuple:
+    """Index ``[:, sel, idx]`` of a ``[batch, pos, n]`` tensor (``sel`` a slice or positions)."""
+    return (slice(None), sel, idx) if isinstance(sel, slice) else (slice(None), sel[:, None], idx[None, :])
+
+
+class _Op:
+    """One intervention at one layer, applied inside a hook point's combined hook."""
+
+    def __init__(self, iv: "Intervention", layer: int, positions, times_up: bool):
+        self.iv, self.layer, self.positions, self.times_up = iv, layer, positions, times_up
+        self.idx_cpu = torch.tensor(iv.layers[layer], dtype=torch.int64)
+        self.amount_cpu = iv.amounts.get(layer)
+        self._dev: dict = {}
+
+    def tensors(self, device, dtype) -> tuple[Tensor, Tensor | None]:
+        key = (str(device), dtype)
+        if key not in self._dev:
+            amount = None if self.amount_cpu is None else self.amount_cpu.to(device, dtype)
+            self._dev[key] = (self.idx_cpu.to(device), amount)
+        return self._dev[key]
+
+    def apply(self, x: Tensor, up: Tensor | None, handle: InterventionHandle) -> None:
+        sel = handle._select(self.positions, x.shape[1], x.device)
+        if sel is None:
+            return
+        idx, amount = self.tensors(x.device, x.dtype)
+        ix, mode = _ix(sel, idx), self.iv.mode
+        if mode == "zero":
+            x[ix] = 0.0
+        elif mode == "scale":
+            x[ix] = x[ix] * self.iv.factor
+        else:
+            if mode == "patch":
+                v = self._source(sel, x, handle)
+            else:
+                v = amount
+            if self.times_up:  # gated act: φ(gate) := v means post := v · up
+                if up is None:
+                    raise LangNeuronsError(f"layer {self.layer}: hook_pre_linear did not fire before hook_post; "
+                                           "cannot write φ(gate)")
+                v = v * up[ix]
+            x[ix] = x[ix] + v if mode == "add" else v
+
+    def _source(self, sel, x: Tensor, handle: InterventionHandle) -> Tensor:
+        src = self.iv.source.values[self.layer]
+        B, T = x.shape[:2]
+        off = handle.offset if handle.calls else 0
+        local = torch.arange(T)[sel] if isinstance(sel, slice) else sel.cpu()
+        need = int(local.max()) + off + 1
+        if src.shape[1] < need:
+            raise LangNeuronsError(f"the patch source holds {src.shape[1]} positions; position {need - 1} was asked for")
+        if src.shape[0] not in (1, B):
+            raise LangNeuronsError(f"the patch source has batch size {src.shape[0]}, the input {B}")
+        idx, _ = self.tensors(x.device, x.dtype)
+        src = src.to(x.device, x.dtype)
+        pos = (local + off).to(x.device)
+        return src[:, pos[:, None], idx[None, :]].expand(B, -1, -1)
+
+
+class _SteerOp:
+    def __init__(self, steer: DiffMean, positions):
+        self.steer, self.positions = steer, positions
+        self._dev: dict = {}
+
+    def apply(self, x: Tensor, up, handle: InterventionHandle) -> None:
+        sel = handle._select(self.positions, x.shape[1], x.device)
+        if sel is None:
+            return
+        key = (str(x.device), x.dtype)
+        if key not in self._dev:
+            self._dev[key] = (self.steer.beta * self.steer.direction.double()).to(x.device, x.dtype)
+        x[(slice(None), sel)] += self._dev[key]
+
+
+def _point_hook(ops: list, handle: InterventionHandle, up_stash: dict | None, layer: int | None):
+    """One hook per hook point: copy the activation once, apply the interventions in order."""
+
+    def hook(act: Tensor, hook: Any = None) -> Tensor:
+        if act.ndim != 3:
+            raise LangNeuronsError(f"expected a [batch, pos, width] activation, got shape {tuple(act.shape)}")
+        up = up_stash.pop(layer, None) if up_stash is not None else None
+        # A copy, never in place: a hook registered before this one (an ActivationCache, say) may
+        # hold a reference to the clean tensor.
+        x = act.clone()
+        for op in ops:
+            op.apply(x, up, handle)
+        return x
+
+    return hook
+
+
+def _stash_hook(stash: dict, layer: int):
+    def hook(act: Tensor, hook: Any = None) -> None:
+        stash[layer] = act
+    return hook
+
+
+def _check_models(model: Any, items: list) -> None:
+    """Refuse artifacts made on another model (skipped where an artifact records no hash)."""
+    named = [(what, m) for item in items for what, m in item.models() if m.get("weights_hash")]
+    if named:
+        mine = identity(model)
+        for what, m in named:
+            compatible(m, mine, what, "this model")
+
+
+def make_hooks(model: Any, interventions, positions="all", prompt_length=None
+               ) -> tuple[list[tuple[str, Callable]], InterventionHandle]:
+    """The hook factory behind :func:`intervene`: ``(fwd_hooks, handle)`` for ``model.hooks(...)``
+    or ``model.run_with_hooks(...)``. Checks everything first; the hooks share ``handle``'s
+    position tracker, so use them together and for one context at a time."""
+    items = as_items(interventions)
+    positions = check_positions(positions)
+    prompt_length = _checks.integer("prompt_length", prompt_length, 0, allow_none=True)
+    _check_models(model, items)
+    handle = InterventionHandle(items, prompt_length)
+    gated = is_gated(model)
+    n_layers, d_mlp, d_model = int(model.cfg.n_layers), int(model.cfg.d_mlp), int(model.cfg.d_model)
+    points: dict[str, list] = {}  # hook name → ops, in the order given
+    stash_layers: set[int] = set()
+    tracked = False
+    for item in items:
+        pos = item.positions if item.positions is not None else positions
+        # patching reads the source at absolute positions, so it needs them even at "all"
+        tracked |= pos != "all" or getattr(item, "mode", None) == "patch"
+        if isinstance(item, DiffMean):
+            if item.layer >= n_layers or item.direction.shape != (d_model,):
+                raise LangNeuronsError(f"the diffmean direction (layer {item.layer}, width {item.direction.shape[0]}) "
+                                       f"does not fit this model ({n_layers} layers, d_model={d_model})")
+            points.setdefault(item.hook_name, []).append(_SteerOp(item, pos))
+            continue
+        shape = (item.neurons.n_layers, item.neurons.d_mlp) if isinstance(item.neurons, LanguageNeurons) else None
+        if shape is not None and shape != (n_layers, d_mlp):
+            raise LangNeuronsError(f"the neuron set is for {shape[0]} layers × {shape[1]} neurons, "
+                                   f"this model has {n_layers} × {d_mlp}")
+        item._check_range(n_layers, d_mlp, "this model")
+        site = resolve_site(model, item.site)  # raises if the model lacks the site's hooks
+        times_up = gated and item.site == "act" and item.mode in ("set", "add", "patch")
+        for layer in item.layers:
+            # pre is written where it is read; post, non-gated act (= post) and gated act (zero/scale
+            # of φ(gate) = zero/scale of post; set/add/patch as v · up) on hook_post
+            name = site.hook_names[layer] if item.site == "pre" else f"blocks.{layer}.mlp.hook_post"
+            points.setdefault(name, []).append(_Op(item, layer, pos, times_up))
+            if times_up:
+                stash_layers.add(layer)
+    stash: dict[int, Tensor] = {}
+    hooks: list[tuple[str, Callable]] = []
+    if tracked:
+        start = next((n for n in ("hook_embed", "blocks.0.hook_resid_pre") if n in model.hook_dict), None)
+        if start is None:
+            raise LangNeuronsError("this model has no 'hook_embed' to track positions; use positions='all' or 'last'")
+        hooks.append((start, handle._start_call))
+    for layer in sorted(stash_layers):
+        name = f"blocks.{layer}.mlp.hook_pre_linear"
+        if name not in model.hook_dict:
+            raise LangNeuronsError(f"this gated model has no hook {name!r} to read up from")
+        hooks.append((name, _stash_hook(stash, layer)))
+    for name, ops in points.items():
+        layer = ops[0].layer if isinstance(ops[0], _Op) else None
+        writes_post = name.endswith("mlp.hook_post") and layer in stash_layers
+        hooks.append((name, _point_hook(ops, handle, stash if writes_post else None, layer)))
+    return hooks, handle
+
+
+@contextmanager
+def intervene(model: Any, neurons, mode: str | None = None, *, value=None, factor=None, stats=None,
+              statistic: str = "mean", language: str | None = None, site: str | None = None, source=None,
+              positions="all", prompt_length=None) -> Iterator[InterventionHandle]:
+    """Intervene on neurons (or steer the residual stream) for the duration of a ``with`` block.
+
+    ``neurons`` is a :class:`LanguageNeurons` / ``{layer: [indices]}`` dict together with ``mode``
+    and its arguments (see :class:`Intervention`), or an :class:`Intervention`, a
+    :class:`DiffMean`, or a list of them, applied in order (at the same hook point, each sees the
+    result of the ones before it). ``positions`` and ``prompt_length`` are described in the
+    module docstring; an item's own ``positions`` overrides the context's.
+
+    Every check happens before any hook is added. On leaving the block — normally or by an
+    exception — exactly the hooks this call added are removed (``model.hooks`` does this); hooks
+    the caller added before stay.
+    """
+    if isinstance(neurons, (LanguageNeurons, dict)):
+        if mode is None:
+            raise LangNeuronsError(f"intervene needs a mode; allowed: {choices(MODES)}")
+        items = [Intervention(neurons, mode, value, factor, stats, statistic, language, site, source)]
+    else:
+        if not isinstance(neurons, (Intervention, DiffMean, list, tuple)):
+            raise LangNeuronsError(f"intervene takes a LanguageNeurons, a {{layer: [indices]}} dict, an Intervention, "
+                                   f"a DiffMean or a list of them; got {type(neurons).__name__}")
+        given = [k for k, v in (("mode", mode), ("value", value), ("factor", factor), ("stats", stats),
+                                ("language", language), ("site", site), ("source", source)) if v is not None]
+        if given or statistic != "mean":
+            raise LangNeuronsError(f"{(given or ['statistic'])[0]}= belongs inside each Intervention "
+                                   "when intervene is given Interventions")
+        items = as_items(neurons)
+    hooks, handle = make_hooks(model, items, positions, prompt_length)
+    with model.hooks(fwd_hooks=hooks):
+        yield handle
