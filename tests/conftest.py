@@ -3,12 +3,21 @@
 Tiny models reuse the built-in model's tokenizer (real multilingual BPE), so they see real
 token sequences, and are saved as standard Hugging Face directories so that ``load_model`` loads
 them exactly as it loads any local model.
+
+The very first thing: jaxtyping's import hook, so that every function and dataclass of the package
+has its annotations (tensor shapes and dtypes included) checked by beartype for the whole test
+run. It must come before anything imports ``tl_langneurons``: a module imported earlier is not
+instrumented (``test_typecheck.py`` fails if this ever stops working).
 """
 
-import os
+from jaxtyping import install_import_hook
 
-import pytest
-import torch
+install_import_hook("tl_langneurons", "beartype.beartype")
+
+import os  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")

@@ -32,7 +32,12 @@ def test_builtin_statistics_equal_plain_pytorch_hooks(builtin_model):
     for k, lang in enumerate(stats.languages):
         a = naive[lang]
         assert stats.n_tokens[k] == a.shape[0]
-        assert torch.allclose(stats.activation_probability()[k], (a > 0).double().mean(0), atol=1e-3)
+        # an activation within float32 rounding of 0 may land on either side (the two computations
+        # batch differently); every other token must be counted the same
+        ambiguous = a.abs() <= 1e-5
+        lo = ((a > 0) & ~ambiguous).sum(0).double()  # surely positive
+        hi = lo + ambiguous.sum(0).double()  # or possibly
+        assert ((stats.count_pos[k] >= lo) & (stats.count_pos[k] <= hi)).all()
         assert torch.allclose(stats.mean()[k], a.mean(0), rtol=1e-3, atol=1e-4)
     fp = fingerprint(builtin_model)
     assert fp["gated"] and fp["n_layers"] == stats.n_layers and fp["d_mlp"] == stats.d_mlp

@@ -239,8 +239,10 @@ def test_plot_without_stats(lape_json, tmp_path):
 
 
 def test_bench_identify_prints_json(monkeypatch, capsys):
-    real = identify.bench_identify
-    monkeypatch.setattr(identify, "bench_identify",
+    from tl_langneurons import bench
+
+    real = bench.bench_identify
+    monkeypatch.setattr(bench, "bench_identify",
                         lambda: real(lape_shape=(3, 2, 40), ap_shape=(60, 48), sklearn_units=5))
     assert main(["bench", "identify", "--json"]) == 0
     out = capsys.readouterr().out
@@ -248,6 +250,17 @@ def test_bench_identify_prints_json(monkeypatch, capsys):
     result = json.loads(out)
     assert result["lape_shape"] == [3, 2, 40] and result["ap_max_abs_diff"] < 1e-6
     assert {"lape_s", "ap_s", "ap_speedup"} <= set(result)
+
+
+def test_bench_hash_prints_json(monkeypatch, capsys):
+    from tl_langneurons import bench
+
+    real = bench.bench_hash
+    monkeypatch.setattr(bench, "bench_hash", lambda: real(n_elements=1 << 14, n_tensors=4))
+    assert main(["bench", "hash", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["parameters"] == 1 << 14 and result["bytes"] == 2 << 14
+    assert {"hash_s", "cached_s", "gb_per_s", "llama_8b_extrapolated_s"} <= set(result)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -11,16 +11,17 @@ import pandas as pd
 import pytest
 import torch
 from conftest import SENTENCES
-from jaxtyping import install_import_hook
 
 from tl_langneurons import LangNeuronsError, NeuronStats
 from tl_langneurons.corpus import load_corpus
 from tl_langneurons.intervene import Intervention, intervene
 from tl_langneurons.neurons import LanguageNeurons
+from tl_langneurons.tokens import encode
 
-with install_import_hook(["tl_langneurons.evaluate"], "beartype.beartype"):
-    from tl_langneurons import evaluate as ev
-from tl_langneurons import langid
+from tl_langneurons import evaluate as ev
+from tl_langneurons.evaluate import langid
+from tl_langneurons.evaluate.generation import generate
+from tl_langneurons.evaluate.perplexity import ratio
 
 LANGS = list(SENTENCES)  # en de ru ja
 
@@ -53,7 +54,7 @@ def hf_nll(hf, model, sentences, edit=None):
     """Summed NLL and token count, one sentence at a time, in plain Hugging Face."""
     total, n = 0.0, 0
     for s in sentences:
-        ids = torch.tensor([ev._encode(model, s)])
+        ids = torch.tensor([encode(model.tokenizer, s)])
         with torch.no_grad():
             logits = (edit or hf)(input_ids=ids).logits
         total += float(torch.nn.functional.cross_entropy(logits[0, :-1], ids[0, 1:], reduction="sum"))
@@ -132,7 +133,7 @@ def test_perplexity_summary_math():
     assert s["diag_over_offdiag"] == pytest.approx(0.3 / (0.8 / 6))
     assert s["diag_over_control"] == pytest.approx(6.0)
     assert s["frac_most_hurt"] == pytest.approx(2 / 3)  # a and b, not c (0.4 on b beats its own 0.1)
-    assert ev._ratio(0.1, -0.2) == math.inf and math.isnan(ev._ratio(-0.1, 0.0))
+    assert ratio(0.1, -0.2) == math.inf and math.isnan(ratio(-0.1, 0.0))
 
 
 @pytest.mark.parametrize("k,n,lo,hi", [(0, 10, 0.0, 0.2775), (1, 10, 0.0179, 0.4042), (5, 10, 0.2366, 0.7634),
@@ -175,7 +176,7 @@ def test_langid_on_real_text():
     assert langid.detect([am]) == ["am"]
 
 
-STEER = dict(n_prompts=3, n_samples=2, max_new_tokens=5, progress=False)
+STEER = dict(n_prompts=3, n_samples=2, generation=ev.GenerationConfig(max_new_tokens=5), progress=False)
 
 
 def test_steer_rows_are_reproducible(tiny_llama, neurons, stats):
@@ -198,12 +199,13 @@ def test_steer_rows_are_reproducible(tiny_llama, neurons, stats):
 
 
 def test_steer_identity_batching_and_empty_prompt(tiny_llama, neurons):
-    kw = dict(prompts=["", "Die Katze", "Кошка спит на тёплом"], mode="scale", max_new_tokens=6, progress=False)
+    kw = dict(prompts=["", "Die Katze", "Кошка спит на тёплом"], mode="scale", generation=ev.GenerationConfig(max_new_tokens=6),
+              progress=False)
     one = ev.steer(tiny_llama, neurons, "ru", factor=1.0, n_samples=2, seed=1, **kw)
     gens = {c: list(g.generation) for c, g in one.groupby("condition")}
     assert gens["intervention"] == gens["baseline"] == gens["control"]  # scale 1 changes nothing
     # left-padded batches give what one prompt at a time gives (greedy: no sampling noise)
-    greedy = dict(kw, greedy=True, control=None, positions="generated")
+    greedy = dict(kw, generation=ev.GenerationConfig(max_new_tokens=6, greedy=True), control=None, positions="generated")
     batched = ev.steer(tiny_llama, neurons, "ru", factor=3.0, batch_size=8, **greedy)
     single = ev.steer(tiny_llama, neurons, "ru", factor=3.0, batch_size=1, **greedy)
     assert list(batched.generation) == list(single.generation) and len(batched) == 6
@@ -250,7 +252,7 @@ def test_lss_on_the_fixture(tiny_llama, hf_llama, neurons, stats):
     # the baseline log-probability is Hugging Face's, and scale 1 shifts nothing
     r = df[df.condition == "baseline"].iloc[0]
     item = next(it for it in items if it["id"] == r["item"])
-    ctx, cont = ev._continuation(tiny_llama, item["prompt"]["en"], item["object"]["de"], "en")
+    ctx, cont = ev.continuation(tiny_llama, item["prompt"]["en"], item["object"]["de"], " ")
     ids = torch.tensor([ctx + cont])
     with torch.no_grad():
         lp = hf_llama(input_ids=ids).logits[0].log_softmax(-1)
@@ -269,14 +271,26 @@ def test_lss_on_the_fixture(tiny_llama, hf_llama, neurons, stats):
     (dict(target="de", mode="set"), "needs stats="),
     (dict(target="de", mode="zero"), "unknown steering mode 'zero'"),
     (dict(target="de", mode="scale", control="shuffled"), "unknown control 'shuffled'"),
-    (dict(target="de", mode="scale", temperature=0.0), "temperature must be > 0"),
     (dict(target="de", mode="scale", n_samples=0), "n_samples must be a positive integer"),
     (dict(target="de", mode="scale", prompts=[]), "prompts must be a non-empty list"),
     (dict(target="de", mode="scale", source="xx"), "language 'xx' is not in the built-in parallel split"),
 ])
 def test_steer_errors(tiny_llama, neurons, kwargs, match):
     with pytest.raises(LangNeuronsError, match=match):
-        ev.steer(tiny_llama, neurons, progress=False, max_new_tokens=2, n_prompts=1, **kwargs)
+        kwargs.setdefault("generation", ev.GenerationConfig(max_new_tokens=2))
+        ev.steer(tiny_llama, neurons, progress=False, n_prompts=1, **kwargs)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(temperature=0.0), "temperature must be > 0 when sampling"),
+    (dict(max_new_tokens=0), "max_new_tokens must be a positive integer"),
+    (dict(top_k=True), "top_k must be a positive integer or None, got True"),
+    (dict(repetition_penalty=-1.0), "repetition_penalty must be > 0"),
+])
+def test_generation_config_checks_itself(kwargs, match):
+    with pytest.raises(LangNeuronsError, match=match):
+        ev.GenerationConfig(**kwargs)
+    assert ev.GenerationConfig(temperature=0.0, greedy=True).generate_kwargs()["do_sample"] is False
 
 
 def test_other_errors(tiny_llama, neurons, tmp_path):
@@ -331,7 +345,7 @@ def test_generation_matches_hugging_face(builtin_model):
     hf = AutoModelForCausalLM.from_pretrained(builtin_model_path(), dtype=torch.float32).eval()
     prompts = ["", "Die Datei wird", "Выберите ячейки, которые", "选择"]
     got = ev.steer_with(builtin_model, "de", [Intervention({0: [0]}, "scale", factor=1.0)], prompts=prompts,
-                        baseline=True, greedy=True, max_new_tokens=12, progress=False)
+                        baseline=True, generation=ev.GenerationConfig(max_new_tokens=12, greedy=True), progress=False)
     base = list(got[got.condition == "baseline"].generation)
     assert list(got[got.condition == "intervention"].generation) == base  # scale 1 changes nothing
     tok = builtin_model.tokenizer
@@ -351,7 +365,7 @@ def test_diffmean_sweep(tiny_llama):
     baseline is generated once per target; the direction is diffmean's."""
     from tl_langneurons.intervene import diffmean
 
-    kw = dict(prompts=["", "Die Katze"], n_samples=2, max_new_tokens=5, progress=False)
+    kw = dict(prompts=["", "Die Katze"], n_samples=2, generation=ev.GenerationConfig(max_new_tokens=5), progress=False)
     df = ev.diffmean_sweep(tiny_llama, SENTENCES, ["de", "ru"], 1, [0.0, 50.0], **kw)
     assert len(df) == 2 * 2 * 3 * 4 and set(df["mode"]) == {"diffmean"} and set(df.layer) == {1}
     assert list(df.columns[:6]) == ["target", "condition", "mode", "factor", "statistic", "positions"]
@@ -382,14 +396,13 @@ def test_generation_last_means_what_the_cached_run_means(tiny_llama):
     the last prompt token and then each new token are intervened as they are produced."""
     layers = {l: list(range(0, 48, 3)) for l in range(3)}
     items = [Intervention(layers, "set", value=8.0)]
-    prompt = ev._encode(tiny_llama, "Die Katze schläft")
-    gen = ev._gen_kwargs(6, None, None, True, 1.0)
-    gen["stop_at_eos"] = False
-    got = ev._generate(tiny_llama, [prompt], items, "last", gen, 8, 0, "t", False)
+    prompt = encode(tiny_llama.tokenizer, "Die Katze schläft")
+    gen = ev.GenerationConfig(max_new_tokens=6, greedy=True, stop_at_eos=False)
+    got = generate(tiny_llama, [prompt], items, "last", gen, 8, 0, "t", False)
     x = torch.tensor([prompt])
     with torch.no_grad(), intervene(tiny_llama, items, positions="last"):
         cached = tiny_llama.generate(x, max_new_tokens=6, do_sample=False, stop_at_eos=False, verbose=False,
                                      return_type="tokens", use_past_kv_cache=True)
     want = tiny_llama.tokenizer.decode(cached[0, len(prompt):].tolist(), skip_special_tokens=True).strip()
-    plain = ev._generate(tiny_llama, [prompt], [], "all", gen, 8, 0, "t", False)
+    plain = generate(tiny_llama, [prompt], [], "all", gen, 8, 0, "t", False)
     assert got == [want] and got != plain  # the intervention matters, and "last" means the same

@@ -6,14 +6,11 @@ import math
 import numpy as np
 import pytest
 import torch
-from jaxtyping import install_import_hook
 from sklearn.metrics import average_precision_score
 
-# jaxtyping shapes and annotations are checked by beartype while these tests run
-with install_import_hook(["tl_langneurons.neurons", "tl_langneurons.identify"], "beartype.beartype"):
-    from tl_langneurons.identify import (ap_experts, ap_experts_all, ap_scores, average_precision, lape,
-                                         lape_entropy, random_like, threshold)
-    from tl_langneurons.neurons import LanguageNeurons
+from tl_langneurons.identify import (ap_experts, ap_experts_all, ap_scores, average_precision, lape,
+                                     lape_entropy, random_like, threshold)
+from tl_langneurons.neurons import LanguageNeurons
 
 from tl_langneurons.errors import LangNeuronsError
 from tl_langneurons.stats import NeuronStats
@@ -181,11 +178,11 @@ def test_lape_equals_naive(seed, top_rate, filter_rate, bar_ratio, normalize, pe
 @pytest.mark.parametrize("bracket", [None, (2.0, 3.0), (-1.0, -0.5)])
 def test_lape_thresholds_from_a_sample(monkeypatch, bracket):
     """Large inputs find τ from a sample's bracket; small samples, ties and misses stay exact."""
-    import tl_langneurons.identify as identify
+    import tl_langneurons.identify.entropy as lape_module
 
-    monkeypatch.setattr(identify, "_LAPE_SAMPLE", 37)
+    monkeypatch.setattr(lape_module, "_LAPE_SAMPLE", 37)
     if bracket is not None:  # a bracket that misses, to exercise the exact fallback
-        monkeypatch.setattr(identify, "_bracket", lambda sample, k, M: bracket)
+        monkeypatch.setattr(lape_module, "_bracket", lambda sample, k, M: bracket)
     for seed in range(3):
         stats = random_tied_stats(seed, K=5, L=4, I=60, max_count=20)
         for fr, br in ((0.95, 0.95), (0.5, 0.9), (1.0, 0.01)):

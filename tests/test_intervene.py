@@ -7,16 +7,13 @@ import copy
 import pytest
 import torch
 from conftest import SENTENCES, n_hooks
-from jaxtyping import install_import_hook
 
 from tl_langneurons import LangNeuronsError, NeuronStats
 from tl_langneurons.models import fingerprint
 from tl_langneurons.neurons import LanguageNeurons
 
-# jaxtyping shapes and annotations are checked by beartype while these tests run
-with install_import_hook(["tl_langneurons.intervene"], "beartype.beartype"):
-    from tl_langneurons.intervene import (DiffMean, Intervention, SiteCache, cache_site_activations, diffmean, diffmeans,
-                                          intervene, make_hooks)
+from tl_langneurons.intervene import (DiffMean, Intervention, SiteCache, cache_site_activations, diffmean, diffmeans,
+                                      intervene, make_hooks)
 
 LLAMA_NEURONS = {0: [1, 5, 7, 30], 2: [3, 40, 47]}
 GPT2_NEURONS = {0: [2, 9, 63], 1: [0, 17]}

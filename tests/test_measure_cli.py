@@ -20,7 +20,7 @@ from tl_langneurons import models
 from tl_langneurons.cli import main
 from tl_langneurons.corpus import load_corpus
 from tl_langneurons.identify import lape
-from tl_langneurons.measure_io import PPL_COLUMNS, STEER_FIRST
+from tl_langneurons.outputs.measurements import PPL_COLUMNS, STEER_FIRST
 from tl_langneurons.record import record
 
 LANGS = ["en", "de", "ru"]
@@ -318,7 +318,7 @@ def _ppl_frame(control: bool = True) -> pd.DataFrame:
 
 def test_write_ppl_without_control_and_refused_frames(tmp_path):
     from tl_langneurons import LangNeuronsError
-    from tl_langneurons.measure_io import write_ppl
+    from tl_langneurons.outputs.measurements import write_ppl
 
     summary = write_ppl(_ppl_frame(control=False), tmp_path / "a", run={"why": "test"})
     assert summary["conditions"] == ["baseline", "intervention"] and summary["run"] == {"why": "test"}
@@ -338,7 +338,7 @@ def test_write_ppl_without_control_and_refused_frames(tmp_path):
 
 
 def test_write_steer_sweep_across_modes_and_a_zero_factor(tmp_path):
-    from tl_langneurons.measure_io import write_steer
+    from tl_langneurons.outputs.measurements import write_steer
 
     rows = []
     for t in ("de", "ru"):

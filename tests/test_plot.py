@@ -5,7 +5,7 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
-from tl_langneurons import plot
+from tl_langneurons.outputs import plot
 from tl_langneurons.errors import LangNeuronsError
 from tl_langneurons.neurons import LanguageNeurons
 

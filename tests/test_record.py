@@ -1,13 +1,15 @@
 """The recorder against oracles: a naive computation with plain PyTorch hooks on the Hugging Face
 weights, invariances (batch size, order, padding), site relations, files, and hook hygiene."""
 
+import os
+
 import pytest
 import torch
 from conftest import SENTENCES, n_hooks
 
 from tl_langneurons import LangNeuronsError, NeuronStats, record
 from tl_langneurons.corpus import Corpus
-from tl_langneurons.record import _Accumulator
+from tl_langneurons.record import Accumulator
 
 
 def naive_site_activations(model_dir: str, texts: dict[str, list[str]], site: str) -> dict[str, torch.Tensor]:
@@ -159,15 +161,15 @@ def test_merge_refuses_other_site_or_model(tiny_llama, tiny_gpt2):
 
 def test_no_hook_left_after_exception(tiny_llama, monkeypatch):
     calls = {"n": 0}
-    original = _Accumulator.set_batch
+    original = Accumulator.start_batch
 
-    def failing(self, batch, device):
+    def failing(self, batch):
         calls["n"] += 1
         if calls["n"] == 3:
             raise RuntimeError("boom")
-        return original(self, batch, device)
+        return original(self, batch)
 
-    monkeypatch.setattr(_Accumulator, "set_batch", failing)
+    monkeypatch.setattr(Accumulator, "start_batch", failing)
     with pytest.raises(RuntimeError, match="boom"):
         record(tiny_llama, SENTENCES, batch_size=1, progress=False)
     assert n_hooks(tiny_llama) == 0
@@ -180,32 +182,78 @@ def test_resume_from_checkpoint_is_identical(tiny_llama, tmp_path, monkeypatch):
     texts = {k: v * 3 for k, v in SENTENCES.items()}
     reference = record(tiny_llama, texts, batch_size=2, sentence_means=True, progress=False)
     calls = {"n": 0}
-    original = _Accumulator.set_batch
+    original = Accumulator.start_batch
 
-    def dies(self, batch, device):
+    def dies(self, batch):
         calls["n"] += 1
         if calls["n"] == 14:
             raise KeyboardInterrupt
-        return original(self, batch, device)
+        return original(self, batch)
 
-    monkeypatch.setattr(_Accumulator, "set_batch", dies)
+    monkeypatch.setattr(Accumulator, "start_batch", dies)
     with pytest.raises(KeyboardInterrupt):
         record(tiny_llama, texts, batch_size=2, sentence_means=True, checkpoint_dir=tmp_path, checkpoint_every=4,
                progress=False)
     monkeypatch.undo()
-    assert (tmp_path / "rank0.checkpoint.json").is_file()
+    assert (tmp_path / "rank0.checkpoint.safetensors").is_file()
     resumed = record(tiny_llama, texts, batch_size=2, sentence_means=True, checkpoint_dir=tmp_path,
                      checkpoint_every=4, resume=True, progress=False)
     for name, t in reference.tensors().items():
         assert torch.equal(t, resumed.tensors()[name]), name
     # A checkpoint from other options is refused, not silently mixed in.
     with pytest.raises(KeyboardInterrupt):
-        monkeypatch.setattr(_Accumulator, "set_batch", dies)
+        monkeypatch.setattr(Accumulator, "start_batch", dies)
         calls["n"] = 0
         record(tiny_llama, texts, batch_size=2, checkpoint_dir=tmp_path, checkpoint_every=4, progress=False)
     monkeypatch.undo()
     with pytest.raises(LangNeuronsError, match="different recording"):
         record(tiny_llama, texts, batch_size=3, checkpoint_dir=tmp_path, resume=True, progress=False)
+
+
+@pytest.mark.parametrize("die_after", [1, 2, 3, 5, 8])
+def test_a_kill_around_a_checkpoint_write_never_double_counts(tiny_llama, tmp_path, monkeypatch, die_after):
+    """The process dies right after its n-th file rename (a checkpoint landing on disk): resuming
+    must give exactly the uninterrupted sums. A checkpoint written as two files (sums, then their
+    batch count) double-counted here when the kill fell between the two."""
+    texts = {k: v * 2 for k, v in SENTENCES.items()}
+    reference = record(tiny_llama, texts, batch_size=2, progress=False)
+    real_replace, calls = os.replace, {"n": 0}
+
+    def replace_then_die(src, dst):
+        real_replace(src, dst)
+        calls["n"] += 1
+        if calls["n"] == die_after:
+            raise KeyboardInterrupt  # as if killed the moment the file landed
+
+    monkeypatch.setattr(os, "replace", replace_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        record(tiny_llama, texts, batch_size=2, checkpoint_dir=tmp_path, checkpoint_every=1, progress=False)
+    monkeypatch.undo()
+    resumed = record(tiny_llama, texts, batch_size=2, checkpoint_dir=tmp_path, checkpoint_every=1, resume=True,
+                     progress=False)
+    for name, t in reference.tensors().items():
+        assert torch.equal(t, resumed.tensors()[name]), name
+
+
+def test_merge_refuses_when_only_one_side_has_sentence_means_or_histograms(tiny_llama):
+    plain = record(tiny_llama, {"en": SENTENCES["en"]}, progress=False)
+    means = record(tiny_llama, {"de": SENTENCES["de"]}, sentence_means=True, progress=False)
+    hist = record(tiny_llama, {"de": SENTENCES["de"]}, histogram_edges=True, progress=False)
+    with pytest.raises(LangNeuronsError, match="only the second statistics hold sentence_means"):
+        plain.merge(means)
+    with pytest.raises(LangNeuronsError, match="only the first statistics hold hist"):
+        hist.merge(plain)
+    both = means.merge(record(tiny_llama, {"en": SENTENCES["en"]}, sentence_means=True, progress=False))
+    assert both.sentence_means.shape[0] == 8 and both.sentence_language.tolist() == [0] * 4 + [1] * 4
+
+
+def test_packed_mode_counts_the_text_tokens_unpacked_mode_counts(tiny_llama, tokenizer):
+    """Packing only adds BOS and EOS around the text; every token of the text itself — an unk or
+    a special-looking one included — counts in both modes, so the totals agree exactly."""
+    texts = {"en": SENTENCES["en"] + [tokenizer.unk_token or "<unk>", "a " + (tokenizer.eos_token or "</s>") + " b"]}
+    packed = record(tiny_llama, texts, pack=16, progress=False)
+    unpacked = record(tiny_llama, texts, progress=False)
+    assert packed.n_tokens.tolist() == unpacked.n_tokens.tolist()
 
 
 def test_packed_windows(tiny_llama, tokenizer):

@@ -6,7 +6,8 @@ import pandas as pd
 import pytest
 
 from tl_langneurons.errors import LangNeuronsError
-from tl_langneurons.report_page import ppl_table, write_report
+from tl_langneurons.evaluate import perplexity_summary
+from tl_langneurons.outputs.report import ppl_table, write_report
 
 
 def _ppl_frame() -> pd.DataFrame:
@@ -34,6 +35,16 @@ def test_ppl_table_by_hand():
     assert t.loc["fr", "own_delta"] == pytest.approx(0.1)
     assert t.loc["fr", "others_delta"] == pytest.approx(0.2)
     assert bool(t.loc["fr", "own_most_hurt"]) is False
+
+
+def test_ppl_table_agrees_with_the_summary_on_ties():
+    """A row whose own ΔNLL ties another language's is not "most hurt" — in the page as in summary.json."""
+    df = _ppl_frame()
+    tie = (df.ablated == "de") & (df.evaluated == "fr") & (df.condition == "intervention")
+    df.loc[tie, "nll"] = 2.0 + 0.5  # de's ΔNLL on fr = 0.5 = its own
+    t = ppl_table(df).set_index("ablated")
+    assert bool(t.loc["de", "own_most_hurt"]) is False and bool(t.loc["fr", "own_most_hurt"]) is False
+    assert perplexity_summary(df)["frac_most_hurt"] == pytest.approx(t.own_most_hurt.mean()) == 0.0
 
 
 def test_ppl_table_rejects_other_frames():
