@@ -8,7 +8,6 @@ found whether the script is run (``python analyses/x.py``) or loaded from a file
 """
 
 import argparse
-import json
 import math
 import sys
 from pathlib import Path
@@ -17,10 +16,13 @@ import pandas as pd
 
 from tl_langneurons import LangNeuronsError, LanguageNeurons, NeuronStats, load_corpus, load_model, record
 # the command line's parsers: a factor list and a prompts file mean the same here as there
-from tl_langneurons.cli import _floats, _read_prompts
+from tl_langneurons.cli import parse_floats
+from tl_langneurons.evaluate import GenerationConfig, read_prompts
 from tl_langneurons.identify import lape
-from tl_langneurons.report import _jsonable, check_stats_match  # _jsonable: NaN/inf → null, as the package writes
-from tl_langneurons.stats import SENTENCE_STATS, atomic_write_text
+from tl_langneurons import outputs
+from tl_langneurons.outputs import jsonable  # jsonable: NaN/inf → null, as the package writes
+from tl_langneurons.outputs.tables import check_stats_match
+from tl_langneurons.stats import SENTENCE_STATS
 
 
 # ---------------------------------------------------------------------------------------------
@@ -99,7 +101,7 @@ def split_list(text: str | None, what: str) -> list[str]:
 
 
 def float_list(text: str, what: str) -> list[float]:
-    return _floats(what, text)
+    return parse_floats(what, text)
 
 
 def languages(args) -> list[str] | None:
@@ -186,14 +188,15 @@ def prompts(args) -> list[str] | None:
         return None
     if args.prompts == "bos":
         return [""]
-    return _read_prompts(args.prompts)
+    return read_prompts(args.prompts)
 
 
 def decoding(args) -> dict:
     """Keyword arguments of :func:`steer`, :func:`steer_sweep` and :func:`steer_with`."""
-    return dict(n_samples=args.n_samples, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                top_k=args.top_k, greedy=args.greedy, seed=args.seed, n_prompts=args.n_prompts,
-                prompt_words=args.prompt_words, repetition_penalty=args.repetition_penalty)
+    generation = GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                                  greedy=args.greedy, repetition_penalty=args.repetition_penalty)
+    return dict(n_samples=args.n_samples, generation=generation, seed=args.seed, n_prompts=args.n_prompts,
+                prompt_words=args.prompt_words)
 
 
 def settings(args) -> dict:
@@ -211,19 +214,17 @@ def fmt(x, spec: str) -> str:
 
 
 def records(df: pd.DataFrame) -> list[dict]:
-    return _jsonable(df.to_dict(orient="records"))
+    return jsonable(df.to_dict(orient="records"))
 
 
 def write_json(obj, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps(_jsonable(obj), indent=1, ensure_ascii=False) + "\n")
-    return path
+    return outputs.write_json(path, obj)
 
 
 def write_csv(df: pd.DataFrame, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, df.to_csv(index=False))
-    return path
+    return outputs.write_csv(df, path)
 
 
 def run(main) -> None:

@@ -114,7 +114,7 @@ def averages(summary: pd.DataFrame) -> pd.DataFrame:
 
 def figure(summary: pd.DataFrame, out: Path) -> None:
     """Rate against α: one line per source→target pair, one panel per δ."""
-    from tl_langneurons import plot  # matplotlib: only when a figure is drawn
+    from tl_langneurons.outputs import plot  # matplotlib: only when a figure is drawn
 
     panels = summary.assign(target=summary.source + "→" + summary.target,
                             mode=summary.deactivate.map(lambda d: "add (source kept)" if d == "none"
@@ -159,7 +159,7 @@ def main(argv=None) -> int:
     summary = summary[first + [c for c in summary.columns if c not in first]]
     avg = averages(summary)
     best = avg.loc[avg.target_rate.idxmax()]
-    # measure_io.write_steer's grid cells are mode × factor × statistic × positions per target; this
+    # outputs.measurements.write_steer's grid cells are mode × factor × statistic × positions per target; this
     # grid also runs over sources and δ, so its tables are written here, one row per pair and cell
     common.write_csv(gens, out / "steer.csv")
     common.write_csv(summary, out / "steer_summary.csv")

@@ -37,8 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # analyses/_common.py,
 import _common as common  # noqa: E402
 from tl_langneurons import analysis  # noqa: E402
 from tl_langneurons.identify import ap_experts_all  # noqa: E402
-from tl_langneurons.report import write_analysis, write_figures  # noqa: E402
-from tl_langneurons.stats import atomic_write_text  # noqa: E402
+from tl_langneurons.outputs.tables import write_analysis, write_figures  # noqa: E402
+from tl_langneurons.outputs import atomic_write_text  # noqa: E402
 
 KOJIMA_LANGUAGES = "en,de,fr,es,zh,ja"
 # Kojima et al.'s findings (abstract and METHODS §3): overlap between languages' units < 5%; units

@@ -52,7 +52,7 @@ import pandas as pd  # noqa: E402
 from tl_langneurons import LangNeuronsError  # noqa: E402
 from tl_langneurons.evaluate import perplexity_matrix, steer_summary, steer_sweep  # noqa: E402
 from tl_langneurons.identify import ap_experts_all  # noqa: E402
-from tl_langneurons.measure_io import write_ppl, write_steer  # noqa: E402
+from tl_langneurons.outputs.measurements import write_ppl, write_steer  # noqa: E402
 
 KOJIMA_LANGUAGES = "en,de,fr,es,zh,ja"
 # perplexity_summary's headline numbers, copied into summary.json per number of experts

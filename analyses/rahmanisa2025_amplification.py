@@ -45,7 +45,7 @@ import _common as common  # noqa: E402
 import pandas as pd  # noqa: E402
 from tl_langneurons import LangNeuronsError  # noqa: E402
 from tl_langneurons.evaluate import load_facts, lss, lss_summary, steer_summary, steer_sweep  # noqa: E402
-from tl_langneurons.measure_io import write_lss, write_steer  # noqa: E402
+from tl_langneurons.outputs.measurements import write_lss, write_steer  # noqa: E402
 
 LANGUAGES = "en,de,fr,es,ru"  # the languages of the bundled facts fixture
 MODES = ("scale", "set")

@@ -36,8 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # analyses/_common.py,
 
 import _common as common  # noqa: E402
 from tl_langneurons.identify import lape  # noqa: E402
-from tl_langneurons.report import write_analysis, write_figures  # noqa: E402
-from tl_langneurons.stats import atomic_write_text  # noqa: E402
+from tl_langneurons.outputs.tables import write_analysis, write_figures  # noqa: E402
+from tl_langneurons.outputs import atomic_write_text  # noqa: E402
 
 TANG_LANGUAGES = "en,zh,fr,es,vi,id,ja"
 # Tang et al.'s released LLaMA-2-7B sets (METHODS §3): 1.00% of neurons; ~32% shared by >= 2

@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # analyses/_common.py,
 
 import _common as common  # noqa: E402
 from tl_langneurons.evaluate import delta_matrix, perplexity_matrix  # noqa: E402
-from tl_langneurons.measure_io import write_ppl  # noqa: E402
+from tl_langneurons.outputs.measurements import write_ppl  # noqa: E402
 
 TANG_LANGUAGES = "en,zh,fr,es,vi,id,ja"
 # Tang et al. report the matrix as a figure, not as numbers: deactivating a language's neurons raises
