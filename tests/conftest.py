@@ -24,7 +24,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TQDM_DISABLE", "1")
 
-from tl_langneurons.models import builtin_model_path  # noqa: E402
+from tl_langneurons.sources import builtin_model_path  # noqa: E402
 
 # Tiny models run fastest on one thread; a shared machine can ask for fewer threads than cores.
 torch.set_num_threads(int(os.environ.get("TL_LANGNEURONS_TEST_THREADS", torch.get_num_threads())))
@@ -108,3 +108,21 @@ def n_hooks(model) -> int:
     for hp in model.hook_dict.values():
         total += len(hp._forward_hooks) + len(hp._backward_hooks) + len(getattr(hp, "_forward_pre_hooks", {}))
     return total
+
+
+@pytest.fixture(scope="session")
+def gemma():
+    """Gemma 3 270M, loaded once for the whole `real` tier (dequantized into the cache on first use)."""
+    from tl_langneurons import load_model
+
+    return load_model("gemma-3-270m")
+
+
+@pytest.fixture(scope="session")
+def gemma_hf(gemma):
+    """A fresh Hugging Face model from the same folder: the oracle the bridge is compared with."""
+    from transformers import AutoModelForCausalLM
+
+    from tl_langneurons.sources import builtin_model_path
+
+    return AutoModelForCausalLM.from_pretrained(builtin_model_path("gemma-3-270m"), dtype=torch.float32).eval()

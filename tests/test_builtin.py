@@ -8,7 +8,8 @@ from conftest import SENTENCES
 from test_record import naive_site_activations
 
 from tl_langneurons import record
-from tl_langneurons.models import builtin_model_path, fingerprint, list_models
+from tl_langneurons.models import fingerprint
+from tl_langneurons.sources import builtin_model_path, list_models
 
 
 def test_builtin_directory_is_a_small_hf_model_with_card():
@@ -23,7 +24,9 @@ def test_builtin_directory_is_a_small_hf_model_with_card():
     assert len(heldout["per_language"]) == 27
     card = (d / "README.md").read_text()
     assert f"{heldout['mean_nll']:.3f}" in card and "minutes" in card
-    assert list_models() == {"builtin": str(d)}
+    models = list_models()
+    assert models["builtin"]["path"] == str(d) and models["builtin"]["available"]
+    assert "Gemma Terms of Use" in models["gemma-3-270m"]["licence"]
 
 
 def test_builtin_statistics_equal_plain_pytorch_hooks(builtin_model):

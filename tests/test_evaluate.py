@@ -340,7 +340,7 @@ def test_generation_matches_hugging_face(builtin_model):
     whose next token depends on every position, not on a random tiny one."""
     from transformers import AutoModelForCausalLM
 
-    from tl_langneurons.models import builtin_model_path
+    from tl_langneurons.sources import builtin_model_path
 
     hf = AutoModelForCausalLM.from_pretrained(builtin_model_path(), dtype=torch.float32).eval()
     prompts = ["", "Die Datei wird", "Выберите ячейки, которые", "选择"]

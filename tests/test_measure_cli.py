@@ -226,7 +226,8 @@ def test_bench_steer_prints_json(loads, builtin_model, monkeypatch, capsys):
     assert {"with_s", "without_s", "ratio", "intervention", "neurons", "max_new_tokens", "repeats"} <= set(result)
     assert result["intervention"] == {"mode": ev.DEFAULT_MODE, "factor": ev.DEFAULT_FACTOR,
                                       "statistic": ev.DEFAULT_STATISTIC, "positions": "all"}
-    assert result["ratio"] == pytest.approx(result["with_s"] / result["without_s"], rel=1e-2)
+    assert result["ratio"] == pytest.approx(result["with_s"] / result["hf_s"], rel=1e-2)
+    assert result["intervention_ratio"] == pytest.approx(result["with_s"] / result["without_s"], rel=1e-2)
     assert result["target"] == "de" and result["repeats"] == 1
 
 

@@ -32,12 +32,13 @@ def bench_record(model: str = "builtin", languages: list[str] | None = None, max
     (tokenization excluded from neither: the bare forward is given pre-built batches, so the
     comparison favours it). Both are measured ``repeats`` times, interleaved; medians are reported.
     """
-    from .models import load_model, resolve_source
+    from .models import load_model
+    from .sources import local_folder
 
     languages = languages or ["en", "de", "fr", "ru", "zh", "ar", "hi", "ja"]
     corpus = load_corpus("builtin", languages=languages, split="stats", max_sentences=max_sentences)
     bridge = load_model(model, site=site)
-    _, where = resolve_source(model)
+    _, where = local_folder(model)
     hf = _bare_hf_model(where, torch.float32)
     batches, n_sent, _, _ = prepare_batches(bridge.tokenizer, corpus.texts, batch_size, max_length(bridge))
 
@@ -83,27 +84,33 @@ def bench_record(model: str = "builtin", languages: list[str] | None = None, max
 def bench_steer(model: str = "builtin", languages: list[str] | None = None, target: str = "de",
                 max_sentences: int = 100, top_rate: float = 0.05, n_prompts: int = 16, n_samples: int = 4,
                 max_new_tokens: int = 32, repeats: int = 5, seed: int = 0) -> dict:
-    """Time generation under the default steering intervention against the same generation without it.
+    """Time steered generation against the Hugging Face model's own cached ``generate``.
 
     The neurons are LAPE's (``top_rate``) on statistics recorded from ``max_sentences`` sentences per
     language of the built-in ``stats`` split; the intervention is :func:`~.evaluate.steer`'s
     default (``DEFAULT_MODE`` × ``DEFAULT_FACTOR`` of the target's ``DEFAULT_STATISTIC``) at every
-    position. Both runs generate from the same left-padded prompts (``n_prompts`` neutral prompts ×
-    ``n_samples``, one batch) with the same seed and exactly ``max_new_tokens`` new tokens each (no
-    stop at EOS: an intervention that changes when the text ends would otherwise change the
-    amount of work, not its speed). Sampling as :func:`~.evaluate.steer` samples (its temperature
-    and top-k), and like it without the KV cache (see :func:`.evaluate.generation.generate`). Measured ``repeats``
-    times interleaved after one warm-up; medians are reported.
+    position. Three runs generate from the same left-padded prompts (``n_prompts`` neutral prompts
+    × ``n_samples``, one batch) with the same seed and exactly ``max_new_tokens`` new tokens each (no
+    stop at EOS: an intervention that changes when the text ends would otherwise change the amount
+    of work, not its speed), sampling with :class:`~.evaluate.GenerationConfig`'s defaults:
+    ``with`` — the package's generation under the intervention; ``without`` — the same with no
+    intervention; ``hf`` — a fresh Hugging Face model of the same weights (its default attention)
+    and its own KV-cached ``generate``. Measured ``repeats`` times interleaved after one warm-up;
+    medians are reported. ``ratio`` is with / hf, ``intervention_ratio`` with / without.
     """
     from . import evaluate as ev
     from .evaluate.conditions import under
-    from .evaluate.generation import seeded
+    from .evaluate.generation import generate_tokens, seeded
     from .evaluate.steering import steer_item
     from .identify import lape
     from .models import load_model
+    from .sources import local_folder
 
     languages = languages or ["en", "de", "fr", "ru", "zh", "ar", "hi", "ja"]
     bridge = load_model(model, site="act")
+    from transformers import AutoModelForCausalLM
+
+    hf = AutoModelForCausalLM.from_pretrained(local_folder(model)[1], dtype=torch.float32).eval()
     corpus = load_corpus("builtin", languages=languages, split="stats", max_sentences=max_sentences)
     stats = record(bridge, corpus, site="act", batch_size=32, progress=False)
     neurons = lape(stats, top_rate=top_rate)
@@ -112,20 +119,27 @@ def bench_steer(model: str = "builtin", languages: list[str] | None = None, targ
     rows = [encode(bridge.tokenizer, p) for p, _ in prompts for _ in range(n_samples)]
     tokens, mask = left_pad(rows, pad_id(bridge.tokenizer))
     config = ev.GenerationConfig(max_new_tokens=max_new_tokens, stop_at_eos=False)
-    gen = {**config.generate_kwargs(), "return_type": "tokens", "verbose": False, "use_past_kv_cache": False}
 
-    def run(items: list) -> float:
+    def run(items: list | None) -> float:
         t = time.perf_counter()
-        with torch.no_grad(), seeded(bridge, seed), under(bridge, items):
-            bridge.generate(tokens, attention_mask=mask, **gen)
+        with torch.no_grad(), seeded(bridge, seed):
+            if items is None:  # the plain Hugging Face model, its own generate
+                hf.generate(input_ids=tokens, attention_mask=mask, max_new_tokens=max_new_tokens,
+                            min_new_tokens=max_new_tokens, do_sample=True, temperature=config.temperature,
+                            top_k=config.top_k, pad_token_id=pad_id(bridge.tokenizer), use_cache=True)
+            else:
+                with under(bridge, items):
+                    generate_tokens(bridge, tokens, mask, config)
         return time.perf_counter() - t
 
-    run([]), run([iv])  # warm-up: allocator, thread pools, lazy imports
-    without, with_ = [], []
+    runs = {"with": [iv], "without": [], "hf": None}
+    for items in runs.values():  # warm-up: allocator, thread pools, lazy imports
+        run(items)
+    times: dict[str, list[float]] = {k: [] for k in runs}
     for _ in range(repeats):
-        without.append(run([]))
-        with_.append(run([iv]))
-    without_s, with_s = statistics.median(without), statistics.median(with_)
+        for name, items in runs.items():
+            times[name].append(run(items))
+    med = {k: statistics.median(v) for k, v in times.items()}
     return {
         "benchmark": "steer",
         "model": model,
@@ -138,11 +152,14 @@ def bench_steer(model: str = "builtin", languages: list[str] | None = None, targ
         "prompt_tokens": int(tokens.shape[1]),
         "max_new_tokens": max_new_tokens,
         "repeats": repeats,
-        "with_s": round(with_s, 4),
-        "without_s": round(without_s, 4),
-        "ratio": round(with_s / without_s, 4),
-        "with_all_s": [round(x, 4) for x in with_],
-        "without_all_s": [round(x, 4) for x in without],
+        "with_s": round(med["with"], 4),
+        "without_s": round(med["without"], 4),
+        "hf_s": round(med["hf"], 4),
+        "ratio": round(med["with"] / med["hf"], 4),
+        "intervention_ratio": round(med["with"] / med["without"], 4),
+        "with_all_s": [round(x, 4) for x in times["with"]],
+        "without_all_s": [round(x, 4) for x in times["without"]],
+        "hf_all_s": [round(x, 4) for x in times["hf"]],
         "threads": torch.get_num_threads(),
     }
 

@@ -20,49 +20,16 @@ the activation module the model really uses; nothing is inferred from the model'
 
 import hashlib
 from dataclasses import dataclass
-from importlib import resources
-from pathlib import Path
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
+from . import compat
 from .errors import LangNeuronsError, choices
+from .sources import BUILTIN, local_folder
 
 SITES = ("act", "pre", "post")
-BUILTIN_MODELS = ("builtin",)
-
-
-def builtin_model_path(name: str = "builtin") -> Path:
-    """Directory of a built-in model (a standard Hugging Face model directory)."""
-    if name not in BUILTIN_MODELS:
-        raise LangNeuronsError(f"unknown built-in model {name!r}; available: {choices(BUILTIN_MODELS)}")
-    return Path(str(resources.files("tl_langneurons") / "assets" / "models" / name))
-
-
-def list_models() -> dict[str, str]:
-    """The built-in models and their directories."""
-    return {name: str(builtin_model_path(name)) for name in BUILTIN_MODELS}
-
-
-def resolve_source(model: str) -> tuple[str, str]:
-    """``(kind, path_or_id)`` where kind is ``local`` or ``hub``."""
-    if model in BUILTIN_MODELS:
-        return "local", str(builtin_model_path(model))
-    path = Path(model).expanduser()
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise LangNeuronsError(f"model directory {model!r} has no config.json; expected a Hugging Face model directory")
-        return "local", str(path)
-    looks_like_path = model.startswith((".", "/", "~")) or model.count("/") > 1 or path.suffix != "" or "\\" in model
-    if looks_like_path or path.exists():
-        raise LangNeuronsError(
-            f"model directory {model!r} does not exist; expected {choices(BUILTIN_MODELS)}, "
-            "a Hugging Face hub id (org/name) or a local model directory"
-        )
-    return "hub", model
-
-
 def load_model(
     model: str = "builtin",
     device: str = "cpu",
@@ -72,8 +39,9 @@ def load_model(
     """Load ``model`` as a TransformerLens ``TransformerBridge`` (raw mode).
 
     Args:
-        model: ``"builtin"``, a Hugging Face hub id (needs a network, or a warm cache), or a local
-            Hugging Face model directory.
+        model: a built-in model (``"builtin"``, ``"gemma-3-270m"``: see :mod:`.sources`), a local
+            Hugging Face model directory, a ``.gguf`` file (dequantized once into the cache), or a
+            Hugging Face hub id (needs a network, or a warm cache).
         device: torch device.
         dtype: weights and compute dtype (``float32``, ``bfloat16``, ``float16``).
         site: the neuron site to check at load (``act``, ``pre``, ``post``): its hooks must exist,
@@ -83,7 +51,7 @@ def load_model(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch_dtype = _dtype(dtype)
-    kind, where = resolve_source(model)
+    kind, where = local_folder(model)
     try:
         tokenizer = AutoTokenizer.from_pretrained(where)
         hf_model = AutoModelForCausalLM.from_pretrained(where, dtype=torch_dtype)
@@ -91,10 +59,11 @@ def load_model(
         if kind == "hub":
             raise LangNeuronsError(
                 f"could not load model {model!r} from the Hugging Face hub ({str(e).splitlines()[0]}); "
-                f"expected {choices(BUILTIN_MODELS)}, a reachable hub id or a local model directory"
+                f"expected {choices(BUILTIN)}, a reachable hub id, a .gguf file or a local model directory"
             ) from None
         raise LangNeuronsError(f"could not load model directory {model!r}: {str(e).splitlines()[0]}") from None
     hf_model.eval()
+    compat.install()  # KV-cached generation with transformers >= 5.24 (does nothing elsewhere)
     bridge = TransformerBridge.boot_transformers(
         where, hf_model=hf_model, tokenizer=tokenizer, device=device, dtype=torch_dtype
     )

@@ -21,7 +21,8 @@ DEMO_LANGUAGES = ["en", "de", "fr", "es", "ru", "zh", "ja", "ar", "hi", "th"]
 
 def cmd_record(args) -> int:
     from ..corpus import load_corpus
-    from ..models import SITES, load_model, resolve_source
+    from ..models import SITES, load_model
+    from ..sources import resolve_source
     from ..pipeline import recording_summary
     from ..record import dist_info, record
 
@@ -135,14 +136,14 @@ def cmd_plot(args) -> int:
 
 
 def cmd_models(args) -> int:
-    from ..models import list_models
+    from ..sources import list_models
 
     models = list_models()
     if args.json:
         print(json.dumps(models, indent=1))
     else:
-        for name, path in models.items():
-            print(f"{name}\t{path}")
+        for name, m in models.items():
+            print(f"{name}\t{m['licence']}\t{m['path']}" + ("" if m["available"] else f"\t(not installed: {m['install']})"))
     return 0
 
 

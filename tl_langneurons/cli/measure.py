@@ -61,7 +61,7 @@ def cmd_ppl(args) -> int:
     from ..corpus import builtin_languages, load_corpus
     from ..evaluate import perplexity_matrix
     from ..outputs.measurements import write_ppl
-    from ..models import resolve_source
+    from ..sources import resolve_source
     from ..neurons import LanguageNeurons
 
     positive("--max-sentences", args.max_sentences)
@@ -151,7 +151,7 @@ def _generation_run(args, given: dict, generation) -> dict:
 def cmd_steer(args) -> int:
     from ..evaluate import STEER_MODES, steer_sweep
     from ..outputs.measurements import write_steer
-    from ..models import resolve_source
+    from ..sources import resolve_source
 
     mode = _steer_mode(args, STEER_MODES)
     if args.factors is not None and args.factor is not None:
@@ -193,7 +193,8 @@ def cmd_diffmean(args) -> int:
     from ..corpus import load_corpus
     from ..evaluate import diffmean_sweep
     from ..outputs.measurements import write_steer
-    from ..models import resolve_source, load_model
+    from ..models import load_model
+    from ..sources import resolve_source
 
     betas = parse_floats("--betas", args.betas)
     positive("--max-sentences", args.max_sentences)
@@ -229,7 +230,7 @@ def cmd_diffmean(args) -> int:
 def cmd_lss(args) -> int:
     from ..evaluate import STEER_MODES, load_facts, lss
     from ..outputs.measurements import write_lss
-    from ..models import resolve_source
+    from ..sources import resolve_source
 
     mode = _steer_mode(args, STEER_MODES)
     finite("--factor", args.factor)

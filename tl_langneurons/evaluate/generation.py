@@ -127,42 +127,54 @@ def seeded(model, seed: int):
         yield
 
 
+def generate_tokens(model, tokens, attention_mask, generation: GenerationConfig):
+    """``[batch, prompt + new]`` token ids, KV-cached, under whatever hooks are on the model.
+
+    A ``TransformerBridge`` generates through the Hugging Face model it wraps
+    (``model.original_model.generate``): the bridge replaced that model's submodules in place, so
+    every TransformerLens hook fires inside it, and Hugging Face's own loop handles left padding,
+    position ids, sliding-window caches and sampling. A TL 3.x ``HookedTransformer`` has no wrapped
+    model and uses its own cached ``generate``. With transformers ≥ 5.24 the bridge needs
+    :mod:`..compat`'s shim to write its KV cache; it is installed when the model is loaded.
+    """
+    device = model.cfg.device
+    tokens, attention_mask = tokens.to(device), attention_mask.to(device)
+    hf = getattr(model, "original_model", None)
+    if hf is None:
+        return model.generate(tokens, attention_mask=attention_mask, return_type="tokens", verbose=False,
+                              use_past_kv_cache=True, **generation.generate_kwargs())
+    tok = model.tokenizer
+    kw = {"max_new_tokens": generation.max_new_tokens, "repetition_penalty": generation.repetition_penalty,
+          "pad_token_id": pad_id(tok), "use_cache": True}
+    if not generation.stop_at_eos:
+        kw["min_new_tokens"] = generation.max_new_tokens
+    if generation.greedy:
+        kw.update(do_sample=False, temperature=None, top_k=None, top_p=None)
+    else:
+        kw.update(do_sample=True, temperature=generation.temperature, top_k=generation.top_k or 0, top_p=None)
+    return hf.generate(input_ids=tokens, attention_mask=attention_mask, **kw)
+
+
 def generate(model, rows: list[list[int]], items: list, positions, generation: GenerationConfig, batch_size: int,
              seed: int, desc: str = "generate", progress: bool = True) -> list[str]:
     """Continuations (text after the prompt, up to EOS) of every row of prompt tokens, under ``items``.
 
-    The bridge's ``generate`` is given token ids, not strings: for strings it decides BOS by
-    ``cfg.default_prepend_bos`` and returns prompt + continuation decoded together, while here the
-    prompt is tokenized exactly as the recorder does (BOS + text), left-padded with an explicit
-    attention mask (every row's prompt ends at the same column, so ``prompt``/``generated``
-    positions mean the same in every row), and only the new tokens are decoded. Sampling draws
-    from torch's global generator, hence :func:`seeded`.
-
-    Without a KV cache: with transformers 5.24, TransformerLens 4.3's ``TransformerBridge.generate``
-    with ``use_past_kv_cache=True`` gives other tokens than the Hugging Face model it wraps on Llama
-    models (the built-in model's greedy text degenerates into ``"SA....."``; right with
-    transformers 5.23; ``test_generation_matches_hugging_face`` is the oracle), while recomputing
-    the whole sequence at every step gives the Hugging Face model's tokens with either version.
-    Measurements must not depend on which transformers a user has, so this costs several times
-    the generation time of the cached path (6× in one measurement on the built-in model, 64 rows ×
-    32 tokens). ``last`` (the cached meaning: the
-    last prompt token, then each new token as it is produced) becomes the explicit positions
-    ``P−1 … P+max_new_tokens−1``, which is what the cached run intervenes on.
+    The prompt is tokenized exactly as the recorder does (BOS + text) and left-padded with an
+    explicit attention mask, so every row's prompt ends at the same column and ``prompt`` /
+    ``generated`` / ``last`` positions mean the same in every row; only the new tokens are decoded.
+    Generation is KV-cached (:func:`generate_tokens`): ``last`` intervenes on the last prompt token
+    and then on each new token as it is produced (it stays intervened in the cache). Sampling
+    draws from torch's global generator, hence :func:`seeded`; one intervention context per batch,
+    so positions start again at 0 for each batch's sequences.
     """
     eos = model.tokenizer.eos_token_id
     out: list[str] = []
-    n_new = generation.max_new_tokens
-    gen = generation.generate_kwargs()
     with torch.no_grad(), seeded(model, seed):
         for start in tqdm(range(0, len(rows), batch_size), desc=desc, disable=not progress, leave=False):
-            chunk = rows[start:start + batch_size]
-            tokens, mask = left_pad(chunk, pad_id(model.tokenizer))
+            tokens, mask = left_pad(rows[start:start + batch_size], pad_id(model.tokenizer))
             P = tokens.shape[1]
-            pos = tuple(range(P - 1, P + n_new)) if positions == "last" else positions
-            # one context per batch: positions (prompt/generated) start again at 0 for each sequence
-            with under(model, items, pos):
-                seqs = model.generate(tokens.to(model.cfg.device), attention_mask=mask.to(model.cfg.device),
-                                      return_type="tokens", verbose=False, use_past_kv_cache=False, **gen)
+            with under(model, items, positions):
+                seqs = generate_tokens(model, tokens, mask, generation)
             for row in seqs[:, P:].tolist():
                 if eos is not None and eos in row:
                     row = row[:row.index(eos)]
