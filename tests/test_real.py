@@ -72,6 +72,10 @@ def test_nll_equals_hugging_face_and_chunking_changes_nothing(gemma, gemma_hf, m
 
     monkeypatch.setattr(scoring, "CE_CHUNK_ELEMENTS", 262144 * 6 * 2)  # two positions per chunk
     assert torch.equal(token_nll(gemma, b.tokens, b.attention_mask), whole)
+    monkeypatch.setattr(scoring, "LOGITS_BUDGET_BYTES", 1)  # one row per forward pass
+    per_row = token_nll(gemma, b.tokens, b.attention_mask)
+    counted = b.counted[:, 1:]
+    assert torch.allclose(per_row[counted], whole[counted], atol=1e-4)
 
 
 def test_set_at_act_writes_v_times_up_at_post(gemma, gemma_hf):

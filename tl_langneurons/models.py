@@ -19,6 +19,8 @@ the activation module the model really uses; nothing is inferred from the model'
 """
 
 import hashlib
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from collections.abc import Callable
 from typing import Any
@@ -213,30 +215,41 @@ def _weights_key(model: Any) -> tuple:
                  for name, p in model.named_parameters())
 
 
+def _tensor_digest(name: str, p: torch.Tensor) -> bytes:
+    h = hashlib.blake2b(digest_size=32)
+    h.update(name.encode())
+    h.update(f"{tuple(p.shape)} {p.dtype}".encode())
+    flat = p.detach().reshape(-1)
+    if flat.dtype in (torch.bfloat16, torch.float16):  # numpy has no bfloat16: hash the raw bits
+        flat = flat.view(torch.int16)
+    step = max(1, (1 << 26) // max(flat.element_size(), 1))  # 64 MiB at a time from the device
+    for i in range(0, flat.numel(), step):
+        h.update(flat[i:i + step].to("cpu").contiguous().numpy())  # the buffer itself, no copy
+    return h.digest()
+
+
 def weights_hash(model: Any) -> str:
     """A BLAKE2b hash of every weight: each parameter's name, shape, dtype and every byte of it.
 
     Every element counts, so a fine-tune that changed a single row hashes differently from its
     base model. Computed once per model object and cached; the cache is dropped as soon as any
-    parameter is written in place, replaced, added or removed (:func:`_weights_key`). Each tensor is
-    hashed from host memory in chunks of 64 MiB, so a model on a GPU is copied over piece by piece
-    and never twice in memory. ``tl-langneurons bench hash`` measures the speed.
+    parameter is written in place, replaced, added or removed (:func:`_weights_key`). Each tensor
+    gets its own digest (several at once, in threads), read from host memory in chunks of 64 MiB, so
+    a model on a GPU is copied over piece by piece and never twice in memory; the hash is that of
+    the digests in name order. ``tl-langneurons bench hash`` measures the speed.
     """
     key = _weights_key(model)
     cached = getattr(model, "_tl_langneurons_hash", None)
     if cached is not None and cached[0] == key:
         return cached[1]
+    params = sorted(model.named_parameters(), key=lambda kv: kv[0])
+    # one BLAKE2b per tensor, in threads (hashlib releases the GIL on large buffers), then a hash
+    # of those digests in name order: every byte counts, on every core
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        digests = list(pool.map(lambda kv: _tensor_digest(*kv), params))
     h = hashlib.blake2b(digest_size=16)
-    chunk = 1 << 26  # bytes
-    for name, p in sorted(model.named_parameters(), key=lambda kv: kv[0]):
-        h.update(name.encode())
-        h.update(f"{tuple(p.shape)} {p.dtype}".encode())
-        flat = p.detach().reshape(-1)
-        if flat.dtype in (torch.bfloat16, torch.float16):  # numpy has no bfloat16: hash the raw bits
-            flat = flat.view(torch.int16)
-        step = max(1, chunk // max(flat.element_size(), 1))
-        for i in range(0, flat.numel(), step):
-            h.update(flat[i:i + step].to("cpu").contiguous().numpy().tobytes())
+    for d in digests:
+        h.update(d)
     digest = h.hexdigest()
     try:
         object.__setattr__(model, "_tl_langneurons_hash", (key, digest))

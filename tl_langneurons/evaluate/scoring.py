@@ -1,9 +1,10 @@
 """Log-likelihoods of text under the model: each token's NLL, summed per language, and the
 log-probability of a continuation given its context (METHODS §6).
 
-Memory: the model's ``[batch, pos, vocab]`` logits are the one large tensor; cross-entropy is taken
-from them in chunks of positions, so ``log_softmax`` never holds a second copy (on a 262k-token
-vocabulary, 16 × 128 positions of float32 logits are already 2 GB).
+Memory: one forward pass's ``[rows, pos, vocab]`` logits are the one large tensor, and rows are
+grouped so that it stays within :data:`LOGITS_BUDGET_BYTES` (512 MiB; on a 262k-token vocabulary
+16 × 128 positions of float32 logits would be 2 GiB); cross-entropy is taken from them in chunks
+of positions, so ``log_softmax`` never holds a second copy.
 
 Masking: padded and uncounted positions are removed with ``torch.where``, never multiplied by 0 —
 a single inf or NaN at a padded position (low precision, a fully masked row) would otherwise turn
@@ -19,26 +20,45 @@ from tqdm.auto import tqdm
 from ..tokens import Batch, encode, pad_id, right_pad
 from .conditions import under
 
-# Positions × vocabulary entries per cross-entropy chunk (64 MiB of float32): bounds the temporaries.
+# Rows × vocabulary entries per cross-entropy chunk (64 MiB of float32): bounds the temporaries.
 CE_CHUNK_ELEMENTS = 1 << 24
+# The most float32 logits one forward pass may hold (rows are grouped to stay within it).
+LOGITS_BUDGET_BYTES = 1 << 29
 
 
 def token_nll(model, tokens: Int64[Tensor, "batch pos"], attention_mask: Int64[Tensor, "batch pos"]
               ) -> Float[Tensor, "batch pos_minus_1"]:
     """NLL (float32) of each token ``t ≥ 1`` given the tokens ``< t``; padded positions hold
-    whatever the model computed there (mask them with :func:`masked_sum`)."""
+    whatever the model computed there (mask them with :func:`masked_sum`).
+
+    The rows go through the model in groups small enough that one group's ``[rows, pos, vocab]``
+    float32 logits fit in :data:`LOGITS_BUDGET_BYTES`: a batch of 16 × 128 tokens of a
+    262,144-token vocabulary would otherwise hold 2 GiB of logits at once. Each row's NLL does not
+    depend on which rows share its forward pass.
+    """
     device = model.cfg.device
-    tokens = tokens.to(device)
-    logits = model(tokens, attention_mask=attention_mask.to(device), return_type="logits")
-    B, T, V = logits.shape
-    targets = tokens[:, 1:]
-    out = torch.empty((B, T - 1), dtype=torch.float32, device=logits.device)
-    step = max(1, CE_CHUNK_ELEMENTS // max(B * V, 1))
-    for s in range(0, T - 1, step):
-        e = min(s + step, T - 1)
-        out[:, s:e] = F.cross_entropy(logits[:, s:e].reshape(-1, V).float(), targets[:, s:e].reshape(-1),
-                                      reduction="none").reshape(B, e - s)
+    tokens, attention_mask = tokens.to(device), attention_mask.to(device)
+    B, T = tokens.shape
+    V = int(model.cfg.d_vocab)
+    rows = max(1, LOGITS_BUDGET_BYTES // max(T * V * 4, 1))
+    out = torch.empty((B, T - 1), dtype=torch.float32, device=device)
+    for r0 in range(0, B, rows):
+        r1 = min(r0 + rows, B)
+        logits = model(tokens[r0:r1], attention_mask=attention_mask[r0:r1], return_type="logits")
+        _cross_entropy_into(out[r0:r1], logits, tokens[r0:r1, 1:])
+        del logits
     return out
+
+
+def _cross_entropy_into(out: Tensor, logits: Tensor, targets: Tensor) -> None:
+    """``out[:, t] = CE(logits[:, t], targets[:, t])``, a chunk of positions at a time."""
+    b, T1 = targets.shape
+    V = logits.shape[-1]
+    step = max(1, CE_CHUNK_ELEMENTS // max(b * V, 1))
+    for s in range(0, T1, step):
+        e = min(s + step, T1)
+        out[:, s:e] = F.cross_entropy(logits[:, s:e].reshape(-1, V).float(), targets[:, s:e].reshape(-1),
+                                      reduction="none").reshape(b, e - s)
 
 
 def masked_sum(values: Float[Tensor, "*shape"], mask: Bool[Tensor, "*shape"]) -> Float64[Tensor, ""]:
