@@ -126,3 +126,25 @@ def gemma_hf(gemma):
     from tl_langneurons.sources import builtin_model_path
 
     return AutoModelForCausalLM.from_pretrained(builtin_model_path("gemma-3-270m"), dtype=torch.float32).eval()
+
+
+def assert_greedy_is_hugging_face(model, hf, prompts: list[str], max_new_tokens: int) -> None:
+    """Greedy steering generations (with a scale-1 intervention, which must change nothing) equal a
+    fresh Hugging Face model's own ``generate`` on the same BOS + prompt tokens."""
+    from tl_langneurons import Intervention
+    from tl_langneurons import evaluate as ev
+    from tl_langneurons.tokens import encode
+
+    got = ev.steer_with(model, "de", [Intervention({0: [0]}, "scale", factor=1.0)], prompts=prompts,
+                        generation=ev.GenerationConfig(max_new_tokens=max_new_tokens, greedy=True), progress=False)
+    base = list(got[got.condition == "baseline"].generation)
+    assert list(got[got.condition == "intervention"].generation) == base
+    tok = model.tokenizer
+    for prompt, text in zip(prompts, base):
+        ids = torch.tensor([encode(tok, prompt)])
+        with torch.no_grad():
+            ref = hf.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                              max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id)[0, ids.shape[1]:].tolist()
+        if tok.eos_token_id in ref:
+            ref = ref[:ref.index(tok.eos_token_id)]
+        assert text == tok.decode(ref, skip_special_tokens=True).strip(), prompt

@@ -10,7 +10,7 @@ import math
 import pandas as pd
 import pytest
 import torch
-from conftest import SENTENCES
+from conftest import SENTENCES, assert_greedy_is_hugging_face
 
 from tl_langneurons import LangNeuronsError, NeuronStats
 from tl_langneurons.corpus import load_corpus
@@ -343,20 +343,8 @@ def test_generation_matches_hugging_face(builtin_model):
     from tl_langneurons.sources import builtin_model_path
 
     hf = AutoModelForCausalLM.from_pretrained(builtin_model_path(), dtype=torch.float32).eval()
-    prompts = ["", "Die Datei wird", "Выберите ячейки, которые", "选择"]
-    got = ev.steer_with(builtin_model, "de", [Intervention({0: [0]}, "scale", factor=1.0)], prompts=prompts,
-                        baseline=True, generation=ev.GenerationConfig(max_new_tokens=12, greedy=True), progress=False)
-    base = list(got[got.condition == "baseline"].generation)
-    assert list(got[got.condition == "intervention"].generation) == base  # scale 1 changes nothing
-    tok = builtin_model.tokenizer
-    for prompt, text in zip(prompts, base):
-        ids = torch.tensor([[tok.bos_token_id, *tok(prompt, add_special_tokens=False).input_ids]])
-        with torch.no_grad():
-            ref = hf.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=12,
-                              pad_token_id=tok.pad_token_id)[0, ids.shape[1]:].tolist()
-        if tok.eos_token_id in ref:
-            ref = ref[:ref.index(tok.eos_token_id)]
-        assert text == tok.decode(ref, skip_special_tokens=True).strip(), prompt
+    assert_greedy_is_hugging_face(builtin_model, hf, ["", "Die Datei wird", "Выберите ячейки, которые", "选择"],
+                                  max_new_tokens=12)
 
 
 def test_diffmean_sweep(tiny_llama):

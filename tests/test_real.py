@@ -5,7 +5,7 @@ model's own, cached equals uncached. One model is shared by the tier (`pytest -m
 
 import pytest
 import torch
-from conftest import SENTENCES, n_hooks
+from conftest import SENTENCES, assert_greedy_is_hugging_face, n_hooks
 
 from tl_langneurons import Intervention, intervene, record
 from tl_langneurons import evaluate as ev
@@ -98,20 +98,7 @@ PROMPTS = ["", "Die Katze schläft auf der", "東京は日本の"]
 
 
 def test_greedy_generation_is_hugging_face_generate(gemma, gemma_hf):
-    cfg = ev.GenerationConfig(max_new_tokens=10, greedy=True)
-    got = ev.steer_with(gemma, "de", [Intervention({0: [0]}, "scale", factor=1.0)], prompts=PROMPTS,
-                        generation=cfg, progress=False)
-    base = list(got[got.condition == "baseline"].generation)
-    assert list(got[got.condition == "intervention"].generation) == base  # scale 1 changes nothing
-    tok = gemma.tokenizer
-    for prompt, text in zip(PROMPTS, base):
-        ids = torch.tensor([encode(tok, prompt)])
-        with torch.no_grad():
-            ref = gemma_hf.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=10,
-                                    pad_token_id=tok.pad_token_id)[0, ids.shape[1]:].tolist()
-        if tok.eos_token_id in ref:
-            ref = ref[:ref.index(tok.eos_token_id)]
-        assert text == tok.decode(ref, skip_special_tokens=True).strip(), prompt
+    assert_greedy_is_hugging_face(gemma, gemma_hf, PROMPTS, max_new_tokens=10)
 
 
 @pytest.mark.parametrize("positions", ["all", "prompt", "generated", "last"])

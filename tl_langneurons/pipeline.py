@@ -7,7 +7,7 @@ from pathlib import Path
 
 from . import _checks
 from ._io import check_out_dir, write_json
-from .corpus import load_corpus
+from .corpus import builtin_languages, load_corpus
 from .errors import LangNeuronsError
 from .evaluate import DEFAULT_MODE, DEFAULT_STATISTIC, diffmean_sweep, perplexity_matrix, steer_sweep
 from .identify import lape
@@ -55,7 +55,7 @@ def run_demo(out="demo_out", languages=DEMO_LANGUAGES, max_sentences: int = 300,
              n_samples: int = 16) -> dict:
     """Run the pipeline into ``out`` and return its ``summary.json``; see the README for what it writes."""
     out = check_out_dir(out)
-    langs = _checks.languages(list(languages), list(languages), "the demo's languages")
+    langs = _checks.languages(list(languages), builtin_languages("stats"), "the built-in corpus")
     for name, v in (("max_sentences", max_sentences), ("eval_sentences", eval_sentences), ("n_samples", n_samples)):
         _checks.positive_int(name, v)
     factors, betas = _checks.numbers_list("factor", factors), _checks.numbers_list("beta", betas)

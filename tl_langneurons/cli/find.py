@@ -15,8 +15,6 @@ METHOD_OPTIONS = {
     "ap": ("n", "n_positive", "n_negative", "languages"),
     "threshold": ("top_m", "min_probability", "all_sentences"),
 }
-# the demo's languages when --languages is not given (pipeline.DEMO_LANGUAGES)
-DEMO_LANGUAGES = ["en", "de", "fr", "es", "ru", "zh", "ja", "ar", "hi", "th"]
 
 
 def cmd_record(args) -> int:
@@ -178,7 +176,8 @@ def cmd_demo(args) -> int:
     from ..pipeline import run_demo
 
     langs = parse_languages(args.languages)
-    summary = run_demo(args.out, languages=langs or DEMO_LANGUAGES, max_sentences=args.max_sentences,
+    given = {} if langs is None else {"languages": langs}  # else pipeline.DEMO_LANGUAGES
+    summary = run_demo(args.out, **given, max_sentences=args.max_sentences,
                        eval_sentences=args.eval_sentences, factors=parse_floats("--factors", args.factors),
                        diffmean_layer=args.diffmean_layer, betas=parse_floats("--betas", args.betas),
                        n_samples=args.n_samples)

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .. import _checks
+from .. import _checks, compat
 from ..corpus import load_corpus
 from ..errors import LangNeuronsError
 from ..tokens import left_pad, pad_id
@@ -135,8 +135,10 @@ def generate_tokens(model, tokens, attention_mask, generation: GenerationConfig)
     every TransformerLens hook fires inside it, and Hugging Face's own loop handles left padding,
     position ids, sliding-window caches and sampling. A TL 3.x ``HookedTransformer`` has no wrapped
     model and uses its own cached ``generate``. With transformers ≥ 5.24 the bridge needs
-    :mod:`..compat`'s shim to write its KV cache; it is installed when the model is loaded.
+    :mod:`..compat`'s shim to write its KV cache: installed here too (it is idempotent), so a
+    bridge the caller booted without :func:`~tl_langneurons.load_model` is cached correctly.
     """
+    compat.install()
     device = model.cfg.device
     tokens, attention_mask = tokens.to(device), attention_mask.to(device)
     hf = getattr(model, "original_model", None)
