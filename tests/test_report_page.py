@@ -80,7 +80,7 @@ def test_report_sections_from_files(tmp_path):
     assert "most hurt in 1 of 2 rows" in text
     # the sweep table, and the per-target table at the best factor (16: 3 of 4)
     assert "| 16 | 0.750 | 0.000 | 0.250 |" in text and "| 4 | 0.250 | 0.000 | 0.250 |" in text
-    assert "at the best setting (factor 16)" in text
+    assert "at the best setting by target rate (factor 16)" in text
     assert "| de | 4 | 0.75 [" in text
     assert "ppl_change.png" not in text  # figures are linked only when they exist
 

@@ -6,7 +6,8 @@
 * :mod:`.steering` — :func:`steer`, :func:`steer_sweep`, :func:`steer_with`,
   :func:`diffmean_sweep` + :func:`steer_summary`: generate under an intervention, identify the
   continuation's language offline (:mod:`.langid`), against no intervention and a random control,
-  with Wilson intervals (:mod:`.intervals`);
+  with Wilson intervals (:mod:`.intervals`) and the fluency of every generation (:mod:`.fluency`:
+  NLL under the unsteered model, repeated n-grams, a "fluent target-language" rate);
 * :mod:`.lss` — Language Steering Shift (Rahmanisa et al. 2025) on parallel facts;
 * underneath: :mod:`.scoring` (token NLL, continuation log-probabilities), :mod:`.generation`
   (:class:`GenerationConfig`, the one place decoding defaults live; seeded generation; neutral
@@ -18,6 +19,7 @@ and padding never counts. Baseline, intervention and control always see the same
 """
 
 from .conditions import CONDITIONS, CONTROLS
+from .fluency import FluencyCriterion, fluency_criterion, repetition
 from .generation import DEFAULT_GENERATION, GenerationConfig, default_prompts, read_prompts
 from .intervals import wilson
 from .lss import load_facts, load_mlama, lss, lss_summary
@@ -26,7 +28,7 @@ from .scoring import continuation, sequence_logprobs, token_nll
 from .steering import (DEFAULT_FACTOR, DEFAULT_MODE, DEFAULT_STATISTIC, STEER_MODES, diffmean_sweep,
                        random_direction_like, steer, steer_summary, steer_sweep, steer_with)
 
-__all__ = ["CONDITIONS", "CONTROLS", "DEFAULT_FACTOR", "DEFAULT_GENERATION", "DEFAULT_MODE", "DEFAULT_STATISTIC",
+__all__ = ["CONDITIONS", "CONTROLS", "FluencyCriterion", "fluency_criterion", "repetition", "DEFAULT_FACTOR", "DEFAULT_GENERATION", "DEFAULT_MODE", "DEFAULT_STATISTIC",
            "GenerationConfig", "STEER_MODES", "continuation", "default_prompts", "delta_matrix", "diffmean_sweep",
            "load_facts", "load_mlama", "lss", "lss_summary", "nll_per_language", "per_language", "perplexity_matrix",
            "perplexity_summary", "random_direction_like", "read_prompts", "sequence_logprobs", "steer",

@@ -157,20 +157,20 @@ def generate_tokens(model, tokens, attention_mask, generation: GenerationConfig)
     return hf.generate(input_ids=tokens, attention_mask=attention_mask, **kw)
 
 
-def generate(model, rows: list[list[int]], items: list, positions, generation: GenerationConfig, batch_size: int,
-             seed: int, desc: str = "generate", progress: bool = True) -> list[str]:
-    """Continuations (text after the prompt, up to EOS) of every row of prompt tokens, under ``items``.
+def generate_ids(model, rows: list[list[int]], items: list, positions, generation: GenerationConfig,
+                 batch_size: int, seed: int, desc: str = "generate", progress: bool = True) -> list[list[int]]:
+    """The new token ids (up to, not including, EOS) of every row of prompt tokens, under ``items``.
 
     The prompt is tokenized exactly as the recorder does (BOS + text) and left-padded with an
     explicit attention mask, so every row's prompt ends at the same column and ``prompt`` /
-    ``generated`` / ``last`` positions mean the same in every row; only the new tokens are decoded.
-    Generation is KV-cached (:func:`generate_tokens`): ``last`` intervenes on the last prompt token
-    and then on each new token as it is produced (it stays intervened in the cache). Sampling
-    draws from torch's global generator, hence :func:`seeded`; one intervention context per batch,
-    so positions start again at 0 for each batch's sequences.
+    ``generated`` / ``last`` positions mean the same in every row. Generation is KV-cached
+    (:func:`generate_tokens`): ``last`` intervenes on the last prompt token and then on each new
+    token as it is produced (it stays intervened in the cache). Sampling draws from torch's global
+    generator, hence :func:`seeded`; one intervention context per batch, so positions start again
+    at 0 for each batch's sequences.
     """
     eos = model.tokenizer.eos_token_id
-    out: list[str] = []
+    out: list[list[int]] = []
     with torch.no_grad(), seeded(model, seed):
         for start in tqdm(range(0, len(rows), batch_size), desc=desc, disable=not progress, leave=False):
             tokens, mask = left_pad(rows[start:start + batch_size], pad_id(model.tokenizer))
@@ -180,8 +180,19 @@ def generate(model, rows: list[list[int]], items: list, positions, generation: G
             for row in seqs[:, P:].tolist():
                 if eos is not None and eos in row:
                     row = row[:row.index(eos)]
-                out.append(model.tokenizer.decode(row, skip_special_tokens=True).strip())
+                out.append(row)
     return out
+
+
+def decode(model, ids: list[list[int]]) -> list[str]:
+    """The text of each row of new tokens (special tokens dropped, outer whitespace stripped)."""
+    return [model.tokenizer.decode(row, skip_special_tokens=True).strip() for row in ids]
+
+
+def generate(model, rows: list[list[int]], items: list, positions, generation: GenerationConfig, batch_size: int,
+             seed: int, desc: str = "generate", progress: bool = True) -> list[str]:
+    """The continuations (text after the prompt, up to EOS) of :func:`generate_ids`."""
+    return decode(model, generate_ids(model, rows, items, positions, generation, batch_size, seed, desc, progress))
 
 
 def prompt_list(prompts, target, n_prompts, prompt_words, source, seed) -> list[tuple[str, str | None]]:

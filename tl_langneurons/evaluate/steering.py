@@ -14,7 +14,8 @@ from ..identify import random_like
 from ..intervene import DiffMean, Intervention, as_items, check_positions, diffmeans
 from ..tokens import encode
 from .conditions import check_control, check_neurons
-from .generation import GenerationConfig, check_generation, generate, prompt_list
+from .fluency import FluencyCriterion, fluency_columns
+from .generation import GenerationConfig, check_generation, decode, generate_ids, prompt_list
 from .intervals import wilson
 from .langid import detect
 
@@ -57,11 +58,36 @@ def _positions_list(positions) -> list:
     return [check_positions(positions)]  # a list of absolute positions
 
 
+def check_fluency(fluency) -> bool | FluencyCriterion:
+    if isinstance(fluency, bool) or isinstance(fluency, FluencyCriterion):
+        return fluency
+    raise LangNeuronsError(f"fluency must be True, False or a FluencyCriterion, got {fluency!r}")
+
+
+def _generations(model, toks, items, positions, gen, batch_size, seed, desc, progress, fluency) -> dict[str, list]:
+    """Columns of one condition's generations: text, identified language and, unless ``fluency``
+    is False, :func:`~.fluency.fluency_columns` — scored with no intervention on, by the model as
+    it is outside the intervention (the unsteered model)."""
+    ids = generate_ids(model, toks, items, positions if items else "all", gen, batch_size, seed, desc, progress)
+    texts = decode(model, ids)
+    cols = {"generation": texts, "detected": detect(texts)}
+    if fluency is not False:
+        cols.update(fluency_columns(model, toks, ids, batch_size))
+    return cols
+
+
+def _frame(records: list[dict], fluency) -> pd.DataFrame:
+    df = pd.DataFrame(records)
+    if isinstance(fluency, FluencyCriterion):
+        df["fluent"] = fluency.fluent(df)
+    return df
+
+
 def steer_sweep(model, neurons, targets, factors, modes=(DEFAULT_MODE,), prompts=None,
                 stats=None, statistic: str = DEFAULT_STATISTIC, n_samples: int = 4,
                 generation: GenerationConfig | None = None, seed: int = 0, control: str | None = "random",
                 positions="all", *, source=None, n_prompts: int = 16, prompt_words: int = 3,
-                batch_size: int = 64, progress: bool = True) -> pd.DataFrame:
+                batch_size: int = 64, fluency=True, progress: bool = True) -> pd.DataFrame:
     """:func:`steer` over a grid of targets × modes × factors (× positions, if a list of names).
 
     The baseline generations (no intervention) of a target do not depend on the mode or factor,
@@ -79,6 +105,7 @@ def steer_sweep(model, neurons, targets, factors, modes=(DEFAULT_MODE,), prompts
     pos_list = _positions_list(positions)
     n_samples, batch_size = _checks.positive_int("n_samples", n_samples), _checks.positive_int("batch_size", batch_size)
     gen = check_generation(generation)
+    fluency = check_fluency(fluency)
     if gen.greedy:
         n_samples = 1  # greedy decoding gives one continuation per prompt
     ctrl_all = random_like(neurons.select(targets), seed) if control == "random" else None
@@ -94,25 +121,23 @@ def steer_sweep(model, neurons, targets, factors, modes=(DEFAULT_MODE,), prompts
         rows = [(i, s, p, lang) for i, (p, lang) in enumerate(plist) for s in range(n_samples)]
         toks = [encode(model.tokenizer, p) for _, _, p, _ in rows]
         # the same seed for every condition: they differ only by the intervention (common random numbers)
-        base = generate(model, toks, [], "all", gen, batch_size, seed, f"steer {t} baseline", progress)
-        base_det = detect(base)
+        run = lambda items, pos, desc: _generations(model, toks, items, pos, gen, batch_size, seed,  # noqa: E731
+                                                    f"steer {t} {desc}", progress, fluency)
+        base = run([], "all", "baseline")
         for (mode, factor, pos) in cells:
             iv, civ = plan[t][(mode, factor, pos)]
-            outs = {"baseline": (base, base_det)}
-            g = generate(model, toks, [iv], pos, gen, batch_size, seed, f"steer {t} {mode}×{factor:g}", progress)
-            outs["intervention"] = (g, detect(g))
+            outs = {"baseline": base, "intervention": run([iv], pos, f"{mode}×{factor:g}")}
             if civ is not None:
-                g = generate(model, toks, [civ], pos, gen, batch_size, seed, f"steer {t} control", progress)
-                outs["control"] = (g, detect(g))
+                outs["control"] = run([civ], pos, "control")
             pos_label = pos if isinstance(pos, str) else ",".join(map(str, pos))
             records = []
-            for cond, (texts, dets) in outs.items():
-                for (i, s, p, lang), text, d in zip(rows, texts, dets):
+            for cond, cols in outs.items():
+                for k, (i, s, p, lang) in enumerate(rows):
                     records.append({"target": t, "condition": cond, "mode": mode, "factor": factor,
                                     "statistic": statistic if mode != "scale" else None, "positions": pos_label,
                                     "prompt_id": i, "prompt_language": lang, "prompt": p, "sample": s,
-                                    "generation": text, "detected": d})
-            frames.append(pd.DataFrame(records))
+                                    **{c: v[k] for c, v in cols.items()}})
+            frames.append(_frame(records, fluency))
     return pd.concat(frames, ignore_index=True)
 
 
@@ -120,7 +145,7 @@ def steer(model, neurons, target: str, prompts=None, stats=None, mode: str = DEF
           factor=DEFAULT_FACTOR, statistic: str = DEFAULT_STATISTIC, n_samples: int = 4,
           generation: GenerationConfig | None = None, seed: int = 0, control: str | None = "random",
           positions="all", *, source=None, n_prompts: int = 16, prompt_words: int = 3,
-          batch_size: int = 64, progress: bool = True) -> pd.DataFrame:
+          batch_size: int = 64, fluency=True, progress: bool = True) -> pd.DataFrame:
     """Generate under an intervention on ``target``'s neurons and identify the output language.
 
     The same prompts are generated three times — under the intervention, without it
@@ -150,23 +175,27 @@ def steer(model, neurons, target: str, prompts=None, stats=None, mode: str = DEF
         positions: ``all`` (default), ``prompt``, ``generated``, ``last`` or a list of positions;
             absolute positions of the left-padded batch (every row's prompt ends at the same column).
         batch_size: rows (prompt × sample) per ``generate`` call.
+        fluency: ``True`` (default) — also score each generation's fluency (:mod:`.fluency`:
+            ``n_new_tokens``, ``nll`` under the unsteered model, ``rep``); a
+            :class:`~.fluency.FluencyCriterion` — that, and a ``fluent`` column by its thresholds;
+            ``False`` — neither (one forward pass less per batch).
 
     Returns:
         one row per generation: ``target, condition, mode, factor, statistic, positions, prompt_id,
-        prompt_language, prompt, sample, generation, detected``; ``generation`` is the continuation
-        only. Summarise with :func:`steer_summary`.
+        prompt_language, prompt, sample, generation, detected`` (+ the fluency columns);
+        ``generation`` is the continuation only. Summarise with :func:`steer_summary`.
     """
     neurons = check_neurons(neurons)
     check_target(neurons, target)
     return steer_sweep(model, neurons, [target], [factor], [mode], prompts, stats, statistic, n_samples,
                        generation, seed, control, positions, source=source, n_prompts=n_prompts,
-                       prompt_words=prompt_words, batch_size=batch_size, progress=progress)
+                       prompt_words=prompt_words, batch_size=batch_size, fluency=fluency, progress=progress)
 
 
 def steer_with(model, target: str, interventions, control=None, prompts=None, *, baseline: bool = True,
                n_samples: int = 4, generation: GenerationConfig | None = None,
                seed: int = 0, positions="all", source=None, n_prompts: int = 16, prompt_words: int = 3,
-               batch_size: int = 64, progress: bool = True) -> pd.DataFrame:
+               batch_size: int = 64, fluency=True, progress: bool = True) -> pd.DataFrame:
     """:func:`steer` under interventions the caller builds, for steering that is not one mode on
     the target's neurons — e.g. Gurgurov et al.'s (2025) language arithmetic, a list of two::
 
@@ -189,12 +218,12 @@ def steer_with(model, target: str, interventions, control=None, prompts=None, *,
             the baseline of these prompts, e.g. across a factor grid).
         prompts, source, n_prompts, prompt_words: as in :func:`steer` (the default prompts are in
             every language but ``target``, or in ``source``).
-        the rest: decoding and batching, as in :func:`steer`.
+        the rest: decoding, batching and fluency, as in :func:`steer`.
 
     Returns:
         one row per generation: ``target, condition, positions, prompt_id, prompt_language, prompt,
-        sample, generation, detected`` (conditions in the order baseline, intervention, control);
-        summarise with :func:`steer_summary`.
+        sample, generation, detected`` (+ the fluency columns; conditions in the order baseline,
+        intervention, control); summarise with :func:`steer_summary`.
     """
     if not isinstance(target, str) or not target:
         raise LangNeuronsError(f"target must be a language code, got {target!r}")
@@ -208,6 +237,7 @@ def steer_with(model, target: str, interventions, control=None, prompts=None, *,
     pos = check_positions(positions)
     n_samples, batch_size = _checks.positive_int("n_samples", n_samples), _checks.positive_int("batch_size", batch_size)
     gen = check_generation(generation)
+    fluency = check_fluency(fluency)
     if gen.greedy:
         n_samples = 1  # greedy decoding gives one continuation per prompt
     plist = prompt_list(prompts, target, n_prompts, prompt_words, source, seed)
@@ -220,13 +250,11 @@ def steer_with(model, target: str, interventions, control=None, prompts=None, *,
     pos_label = pos if isinstance(pos, str) else ",".join(map(str, pos))
     records = []
     for cond, its in conds.items():
-        texts = generate(model, toks, its, pos if its else "all", gen, batch_size, seed, f"steer {target} {cond}",
-                          progress)
-        for (i, s, p, lang), text, d in zip(rows, texts, detect(texts)):
+        cols = _generations(model, toks, its, pos, gen, batch_size, seed, f"steer {target} {cond}", progress, fluency)
+        for k, (i, s, p, lang) in enumerate(rows):
             records.append({"target": target, "condition": cond, "positions": pos_label, "prompt_id": i,
-                            "prompt_language": lang, "prompt": p, "sample": s, "generation": text, "detected": d})
-    return pd.DataFrame(records, columns=["target", "condition", "positions", "prompt_id", "prompt_language", "prompt",
-                                          "sample", "generation", "detected"])
+                            "prompt_language": lang, "prompt": p, "sample": s, **{c: v[k] for c, v in cols.items()}})
+    return _frame(records, fluency)
 
 
 def random_direction_like(steer: DiffMean, seed: int = 0) -> DiffMean:
@@ -242,7 +270,7 @@ def diffmean_sweep(model, corpus, targets, layer: int, betas, prompts=None, cont
                    *, languages: list[str] | None = None, max_sentences: int | None = None,
                    n_samples: int = 4, generation: GenerationConfig | None = None, seed: int = 0, positions="all",
                    source=None, n_prompts: int = 16, prompt_words: int = 3, batch_size: int = 64,
-                   progress: bool = True) -> pd.DataFrame:
+                   fluency=True, progress: bool = True) -> pd.DataFrame:
     """Residual-stream difference-of-means steering (:func:`~.intervene.diffmean`) over a grid of
     targets × strengths β, measured exactly as :func:`steer_sweep` measures neuron steering.
 
@@ -270,7 +298,7 @@ def diffmean_sweep(model, corpus, targets, layer: int, betas, prompts=None, cont
         ctrl = random_direction_like(d, seed) if control == "random" else None
         kw = dict(prompts=prompts, n_samples=n_samples, generation=generation, seed=seed, positions=positions,
                   source=source, n_prompts=n_prompts, prompt_words=prompt_words, batch_size=batch_size,
-                  progress=progress)
+                  fluency=fluency, progress=progress)
         base = None
         for b in betas:
             df = steer_with(model, t, [d.with_beta(b)], control=[ctrl.with_beta(b)] if ctrl else None,
@@ -293,7 +321,10 @@ def steer_summary(df: pd.DataFrame) -> pd.DataFrame:
     Returns one row per ``target`` (× ``mode``, ``factor``, ``statistic``, ``positions`` where the
     frame has them) with ``n`` and, for each condition present, ``<condition>_rate``,
     ``<condition>_low``, ``<condition>_high`` — the intervention's columns are named
-    ``target_rate``, ``target_low``, ``target_high``.
+    ``target_rate``, ``target_low``, ``target_high``. Where the frame has the fluency columns
+    (:mod:`.fluency`), also ``<condition>_nll`` and ``<condition>_rep``, their means over the
+    generations, and where it has ``fluent``, ``<condition>_fluent_rate`` (``_low``, ``_high``):
+    the share of generations in the target language *and* fluent — the rate to choose factors by.
     """
     missing = {"target", "condition", "detected"} - set(df.columns)
     if missing:
@@ -308,9 +339,17 @@ def steer_summary(df: pd.DataFrame) -> pd.DataFrame:
             sub = g[g["condition"] == cond]
             if len(sub) == 0:
                 continue
-            k = int((sub["detected"] == row["target"]).sum())
-            lo, hi = wilson(k, len(sub))
-            row[f"{name}_rate"], row[f"{name}_low"], row[f"{name}_high"] = k / len(sub), lo, hi
+            hit = sub["detected"] == row["target"]
+            rates = {"rate": hit}
+            if "fluent" in sub.columns:  # read back from a CSV, a bool column may hold strings
+                rates["fluent_rate"] = hit & sub["fluent"].astype(str).str.lower().eq("true")
+            for what, ok in rates.items():
+                k = int(ok.sum())
+                lo, hi = wilson(k, len(sub))
+                base = what.removesuffix("rate")
+                row[f"{name}_{what}"], row[f"{name}_{base}low"], row[f"{name}_{base}high"] = k / len(sub), lo, hi
+            for col in ("nll", "rep"):
+                if col in sub.columns:
+                    row[f"{name}_{col}"] = float(pd.to_numeric(sub[col]).mean())
         out.append(row)
     return pd.DataFrame(out)
-

@@ -118,24 +118,31 @@ def _cell_keys(df: pd.DataFrame) -> list[str]:
 def _target_entry(row) -> dict:
     out = {"n": int(row["n"])}
     for name in _RATES:
-        for part in ("rate", "low", "high"):
+        for part in ("rate", "low", "high", "fluent_rate", "fluent_low", "fluent_high", "nll", "rep"):
             col = f"{name}_{part}"
-            if col in row.index:
+            if col in row.index and not pd.isna(row[col]):
                 out[col] = float(row[col])
     return out
 
 
 def _mean_entry(rows: pd.DataFrame) -> dict:
-    """Mean rate over targets and, for each condition, the Wilson interval of the pooled generations."""
+    """Mean rate over targets and, for each condition, the Wilson interval of the pooled
+    generations; the same for the fluent target-language rate, and the mean NLL and repetition,
+    where the frame has them."""
     out: dict = {"n_targets": int(len(rows))}
     for name in _RATES:
-        col = f"{name}_rate"
-        if col not in rows.columns or rows[col].isna().all():
-            continue
-        r = rows.dropna(subset=[col])
-        k = int(sum(round(p * n) for p, n in zip(r[col], r["n"])))
-        lo, hi = ev.wilson(k, int(r["n"].sum()))
-        out[col], out[f"pooled_{name}_low"], out[f"pooled_{name}_high"] = float(r[col].mean()), lo, hi
+        for rate, pooled in (("rate", name), ("fluent_rate", f"{name}_fluent")):
+            col = f"{name}_{rate}"
+            if col not in rows.columns or rows[col].isna().all():
+                continue
+            r = rows.dropna(subset=[col])
+            k = int(sum(round(p * n) for p, n in zip(r[col], r["n"])))
+            lo, hi = ev.wilson(k, int(r["n"].sum()))
+            out[col], out[f"pooled_{pooled}_low"], out[f"pooled_{pooled}_high"] = float(r[col].mean()), lo, hi
+        for m in ("nll", "rep"):
+            col = f"{name}_{m}"
+            if col in rows.columns and not rows[col].isna().all():
+                out[col] = float(rows[col].mean())
     return out
 
 
@@ -163,8 +170,11 @@ def write_steer(df: pd.DataFrame, out_dir: str | os.PathLike, run: dict | None =
     them the frame has; :func:`~.evaluate.steer_with` frames have only positions) with, per
     target, ``n`` and ``target_rate``, ``baseline_rate``, ``control_rate`` with their Wilson 95%
     intervals (``*_low``, ``*_high``), and their ``mean`` over targets (plus the Wilson interval
-    of the pooled generations); ``settings``, ``targets`` and ``mean`` at the top level are those
-    of the only cell or, for a sweep, of the cell with the highest mean target rate (``best``).
+    of the pooled generations); where the frame has the fluency columns also ``*_nll``, ``*_rep``
+    and, with ``fluent``, ``*_fluent_rate`` (:func:`~.evaluate.steer_summary`). ``settings``,
+    ``targets`` and ``mean`` at the top level are those of the only cell or, for a sweep, of the
+    cell with the highest mean fluent target-language rate (the target rate where the frame has no
+    ``fluent`` column): ``best`` says which.
     """
     _missing(df, STEER_FIRST, "steering")
     d = make_out_dir(out_dir)
@@ -172,14 +182,16 @@ def write_steer(df: pd.DataFrame, out_dir: str | os.PathLike, run: dict | None =
     files = [write_csv(table, d / "steer.csv")]
     cells = steer_cells(df)
     sweep = len(cells) > 1
-    # ties go to the first cell in the frame's order
-    best = cells[max(range(len(cells)), key=lambda i: (cells[i]["mean"].get("target_rate", -1.0), -i))]
+    # chosen by the fluent target-language rate where the frame has it (a degenerate loop in the
+    # target's script must not win), else the target rate; ties go to the first cell in the frame's order
+    by = "target_fluent_rate" if "fluent" in df.columns else "target_rate"
+    best = cells[max(range(len(cells)), key=lambda i: (cells[i]["mean"].get(by, -1.0), -i))]
     summary = {
         "sweep": sweep,
         "settings": {k: best[k] for k in STEER_CELL if k in best},
         "targets": best["targets"],
         "mean": best["mean"],
-        "best": "the cell with the highest mean target rate" if sweep else None,
+        "best": (f"the cell with the highest mean {by.replace('_', ' ')}" if sweep else None),
         "cells": cells,
         "conditions": [c for c in ev.CONDITIONS if c in set(df["condition"])],
         "n_generations": int(len(df)),

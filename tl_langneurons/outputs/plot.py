@@ -115,6 +115,8 @@ def overlap_heatmap(neurons: LanguageNeurons, metric: str = "jaccard", annotate:
 # lists so that a colour in one band is not read as a group of the other.
 _FAMILY_COLOURS = sns.color_palette("tab20")[0::2] + sns.color_palette("tab20")[1::2]
 _SCRIPT_COLOURS = sns.color_palette("Dark2") + sns.color_palette("Set1") + sns.color_palette("Pastel2")
+_BRANCH_COLOURS = sns.color_palette("tab20b")[0::4] + sns.color_palette("tab20c")[0::4] + \
+    sns.color_palette("tab20b")[2::4] + sns.color_palette("tab20c")[2::4]
 
 
 def _palette(values: list[str], colours: list) -> dict[str, tuple]:
@@ -128,16 +130,18 @@ def _palette(values: list[str], colours: list) -> dict[str, tuple]:
 
 
 def overlap_clustermap(neurons: LanguageNeurons, metric: str = "jaccard") -> Figure:
-    """Overlap matrix reordered by average-linkage clustering, with script and family colour bands.
+    """Overlap matrix reordered by average-linkage clustering, with branch, family and script
+    colour bands (branch first: on real models the most informative grouping, see the README).
 
-    Languages without metadata are banded as ``"unknown"``. Legends for both bands sit to the right.
+    Languages without metadata are banded as ``"unknown"``. Legends for the bands sit to the right.
     """
     mat = analysis.overlap_matrix(analysis.overlap(neurons), metric)
     K = len(mat)
     meta = analysis.language_table(list(mat.index), strict=False).set_index("language")
-    palettes = {"script": _palette(list(meta.script), _SCRIPT_COLOURS),
-                "family": _palette(list(meta.family), _FAMILY_COLOURS)}
-    bands = meta[["script", "family"]].apply(lambda col: col.map(palettes[col.name]))
+    palettes = {"branch": _palette(list(meta.branch), _BRANCH_COLOURS),
+                "family": _palette(list(meta.family), _FAMILY_COLOURS),
+                "script": _palette(list(meta.script), _SCRIPT_COLOURS)}
+    bands = meta[list(palettes)].apply(lambda col: col.map(palettes[col.name]))
     link = analysis.overlap_linkage(mat)
     side = max(5.0, 0.26 * K + 2.5)
     g = sns.clustermap(mat, row_linkage=link, col_linkage=link, mask=np.eye(K, dtype=bool), cmap="mako_r", vmin=0,
@@ -162,11 +166,11 @@ def overlap_clustermap(neurons: LanguageNeurons, metric: str = "jaccard") -> Fig
     # legends outside the heatmap on the right, beyond the row labels; save_figure uses a tight
     # bounding box so they are kept in the file
     anchor_y = 1.0
-    for band in ("script", "family"):
+    for band in palettes:
         handles = [Patch(facecolor=c, edgecolor="none", label=k) for k, c in palettes[band].items()]
         leg = g.figure.legend(handles=handles, title=band, loc="upper left", bbox_to_anchor=(1.0, anchor_y),
                               fontsize=7, title_fontsize=8, frameon=False, handlelength=1.0, borderaxespad=0)
-        # stack the second legend under the first, whatever their heights
+        # stack each legend under the one before, whatever their heights
         g.figure.canvas.draw()
         bbox = leg.get_window_extent().transformed(g.figure.transFigure.inverted())
         anchor_y = bbox.y0 - 0.02
@@ -294,7 +298,9 @@ def steer_rate_vs_factor(df: pd.DataFrame) -> Figure:
 
     ``df`` is a steering frame (:func:`~.evaluate.steer_sweep`, one row per generation) or its
     :func:`~.evaluate.steer_summary`. One panel per mode (× statistic × positions, where they vary).
-    Solid lines with Wilson 95% error bars: under the intervention. Dashed black: the random
+    Solid lines with Wilson 95% error bars: under the intervention; where the frame has the
+    ``fluent`` column (:mod:`~.evaluate.fluency`), dashed lines with open markers in the same
+    colour: the fluent target-language rate. Dashed black: the random
     control, mean over targets, its range over targets shaded. Dotted grey: no intervention (it
     does not depend on the factor), mean and range over targets.
     """
@@ -325,6 +331,9 @@ def steer_rate_vs_factor(df: pd.DataFrame) -> Figure:
                 err = np.clip(np.vstack([r["target_rate"] - r["target_low"], r["target_high"] - r["target_rate"]]), 0, None)
             ax.errorbar(r["factor"], r["target_rate"], yerr=err, color=colours[t], marker="o", markersize=3,
                         linewidth=1.2, elinewidth=0.6, capsize=0, alpha=0.9, label=t)
+            if "target_fluent_rate" in r.columns:  # the same, counting fluent generations only
+                ax.plot(r["factor"], r["target_fluent_rate"], color=colours[t], marker="o", markersize=3,
+                        markerfacecolor="white", linewidth=0.9, linestyle=(0, (4, 2)), alpha=0.9)
         for cond, style in (("control", {"color": "black", "linestyle": "--"}),
                             ("baseline", {"color": "0.55", "linestyle": ":"})):
             col = f"{cond}_rate"
@@ -344,6 +353,9 @@ def steer_rate_vs_factor(df: pd.DataFrame) -> Figure:
         sns.despine(ax=ax)
     axes[0].set_ylabel("generations in the target language")
     handles = [Line2D([], [], color=colours[t], marker="o", markersize=3, label=t) for t in targets]
+    if "target_fluent_rate" in summ.columns:
+        handles.append(Line2D([], [], color="0.3", marker="o", markersize=3, markerfacecolor="white",
+                              linestyle=(0, (4, 2)), label="fluent only"))
     handles += [Line2D([], [], color="black", linestyle="--", label="random control\n(mean, range)"),
                 Line2D([], [], color="0.55", linestyle=":", label="no intervention\n(mean, range)")]
     fig.legend(handles=handles, title="target", loc="outside right upper", fontsize=7, title_fontsize=8,

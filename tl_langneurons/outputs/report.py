@@ -113,31 +113,45 @@ def _steer_section(d: Path, sub: str = "steer") -> list[str]:
     title, what, control = _STEERING[sub]
     df = pd.read_csv(csv, keep_default_na=False, na_values=[""])
     s = steer_summary(df)
+    fluent = "target_fluent_rate" in s.columns
+    by = "target_fluent_rate" if fluent else "target_rate"
     if "layer" in df.columns:
         what += f" (block {int(df['layer'].iloc[0])})"
     out = [f"## {title}"]
+    extra = [c for c in ("target_fluent_rate", "target_nll", "target_rep") if c in s.columns]
+    names = {"target_fluent_rate": "fluent target rate", "target_nll": "NLL", "target_rep": "rep-4"}
     cells = [k for k in ("mode", "factor", "statistic", "positions") if k in s.columns and s[k].nunique() > 1]
     if cells:  # a sweep: one line per grid cell, then the per-language table of the best cell
-        g = s.groupby(cells, sort=True)[["target_rate", "baseline_rate", "control_rate"]].mean().reset_index()
-        out.append("Mean target-language rate over the targets, per setting:")
-        out.append(_table(cells + ["target rate", "baseline", "control"],
+        cols = ["target_rate"] + extra + [c for c in ("baseline_rate", "control_rate") if c in s.columns]
+        g = s.groupby(cells, sort=True)[cols].mean().reset_index()
+        out.append("Mean over the targets, per setting" + (" (NLL: mean NLL per token of the generations under the "
+                   "unsteered model; rep-4: share of repeated token 4-grams)" if fluent else "") + ":")
+        out.append(_table(cells + [{"target_rate": "target rate", "baseline_rate": "baseline",
+                                    "control_rate": "control"}.get(c, names.get(c, c)) for c in cols],
                           [[_setting(v) for v in r[:len(cells)]] + list(r[len(cells):])
                            for r in g.itertuples(index=False)]))
-        best = g.loc[g.target_rate.idxmax()]
+        best = g.loc[g[by].idxmax()]
         keep = (s[cells] == best[cells]).all(axis=1)
         s = s[keep]
-        out.append("Per target language at the best setting (" +
+        out.append(f"Per target language at the best setting by {names.get(by, 'target rate')} (" +
                    ", ".join(f"{k} {_setting(best[k])}" for k in cells) + "):")
     setting = {k: s[k].iloc[0] for k in ("mode", "factor", "statistic", "positions") if k in s.columns}
     out.append(f"{what} (" +
                ", ".join(f"{k} {_setting(v)}" for k, v in setting.items() if isinstance(v, str) or not pd.isna(v)) +
                f"), without it (baseline) and {control}; the language of the continuation "
-               "is identified offline; 95% Wilson intervals.")
+               "is identified offline; 95% Wilson intervals." +
+               (" A generation counts as *fluent* when its repeated-4-gram share is at most the limit and its "
+                "NLL under the unsteered model at most the 95th percentile of human text of its language "
+                "(summary.json, `fluency`): the fluent target rate counts generations in the target "
+                "language that are fluent." if fluent else ""))
     iv = lambda r, c: f"{r[c + '_rate']:.2f} [{r[c + '_low']:.2f}, {r[c + '_high']:.2f}]"  # noqa: E731
-    cols = [c for c in ("target", "baseline", "control") if f"{c}_rate" in s.columns]
-    out.append(_table(["target", "n"] + [{"target": "target rate"}.get(c, c) for c in cols],
-                      [[r["target"], int(r["n"])] + [iv(r, c) for c in cols] for _, r in s.iterrows()]))
-    out.append("Mean: " + ", ".join(f"{c} {s[c + '_rate'].mean():.2f}" for c in cols) + ".")
+    cols = [c for c in ("target", "target_fluent", "baseline", "control") if f"{c}_rate" in s.columns]
+    means = [c for c in ("target_nll", "target_rep") if c in s.columns]
+    heads = {"target": "target rate", "target_fluent": "fluent target rate"}
+    out.append(_table(["target", "n"] + [heads.get(c, c) for c in cols] + [names[c] for c in means],
+                      [[r["target"], int(r["n"])] + [iv(r, c) for c in cols] + [f"{r[c]:.2f}" for c in means]
+                       for _, r in s.iterrows()]))
+    out.append("Mean: " + ", ".join(f"{heads.get(c, c)} {s[c + '_rate'].mean():.2f}" for c in cols) + ".")
     fig = _figure(d, f"{sub}/steer_rate_vs_factor.png", "Target-language rate vs factor, per language")
     return out + ([fig] if fig else [])
 
