@@ -175,6 +175,8 @@ def test_analyze_writes_tables_and_summary(lape_json, stats_dir, tmp_path, capsy
                  "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "within_vs_across by family" in printed and "mantel_pearson by script" in printed
+    # branch first: the most informative grouping on a real model (README)
+    assert printed.index("within_vs_across by branch") < printed.index("within_vs_across by family")
     neurons = LanguageNeurons.load(lape_json)
     for name in TABLES + ["activation_probability.csv", "summary.json"]:
         assert (out / name).is_file(), name
@@ -188,7 +190,8 @@ def test_analyze_writes_tables_and_summary(lape_json, stats_dir, tmp_path, capsy
     assert summary["weights_hash"] == MODEL["weights_hash"]
     tests = summary["relatedness"]["tests"]
     for test in ("within_vs_across", "mantel_pearson"):
-        for by in ("family", "script"):
+        assert list(tests[test]) == ["branch", "family", "script"]
+        for by in ("branch", "family", "script"):
             r = tests[test][by]
             assert set(r) >= {"statistic", "p_value"}, (test, by, r)
             assert 0 < r["p_value"] <= 1
@@ -196,7 +199,7 @@ def test_analyze_writes_tables_and_summary(lape_json, stats_dir, tmp_path, capsy
     assert tests["within_vs_across"]["script"]["statistic"] > 0
     assert tests["within_vs_across"]["script"]["p_value"] < 0.05
     rel = pd.read_csv(out / "relatedness.csv")
-    assert len(rel) == 4 and set(rel.by) == {"family", "script"}
+    assert len(rel) == 6 and list(dict.fromkeys(rel.by)) == ["branch", "family", "script"]
     # each set fires far more on its own language than on the others
     for lang, s in summary["selectivity"].items():
         assert s["p_own"] > 0.5 and s["p_own"] > 3 * s["p_other_mean"], (lang, s)
@@ -392,7 +395,7 @@ def test_demo_small(tmp_path, capsys):
         evaluate.perplexity_summary(ppl)["diag_delta_nll"])
     # steering: every language with neurons, both factors, 2 BOS-only generations per condition
     steer = pd.read_csv(out / "steer" / "steer.csv", keep_default_na=False)
-    found = [k for k in langs if len(neurons[k]) > 0]
+    found = [k for k in langs if neurons.counts()[k] > 0]
     assert set(steer["target"]) == set(found) and set(steer["factor"]) == {4.0, 16.0}
     assert (steer["prompt"] == "").all() and len(steer) == len(found) * 2 * 3 * 2
     # the diffmean baseline: beta 0 changes nothing, on the same BOS-only prompts
@@ -402,7 +405,15 @@ def test_demo_small(tmp_path, capsys):
     by = {c: list(g.generation) for c, g in zero.groupby("condition")}
     assert by["intervention"] == by["baseline"] == by["control"]
     assert summary["steer_diffmean"]["layer"] == 1
+    # fluency: every generation scored; thresholds from the held-out text of every language; the
+    # sweep's best cell chosen by the fluent target-language rate
+    for frame in (steer, dm):
+        assert {"n_new_tokens", "nll", "rep", "fluent"} <= set(frame.columns)
+    assert set(summary["fluency"]["max_nll"]) == set(langs) and summary["fluency"]["max_rep"] == 0.2
+    assert "fluent" in summary["steer"]["best"] and "target_fluent_rate" in summary["steer"]["mean"]
+    assert summary["plan"]["max_sentences"] == 12 and summary["model"] == "builtin"
     report = (out / "report.md").read_text()
+    assert "fluent target" in report
     for part in ("## Switching neurons off: perplexity", "## Switching neurons on: steering",
                  "## The baseline: residual-stream difference-of-means steering",
                  "ppl/ppl_change.png", "steer/steer_rate_vs_factor.png", "figures/layer_placement.png"):

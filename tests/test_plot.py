@@ -50,7 +50,7 @@ def test_overlap_clustermap(neurons):
     (ax,) = _labelled(fig)
     assert sorted(_ticks(ax, "y")) == sorted(LANGS)
     titles = {leg.get_title().get_text() for leg in fig.legends}
-    assert titles == {"script", "family"}
+    assert titles == {"branch", "script", "family"}
     family = next(leg for leg in fig.legends if leg.get_title().get_text() == "family")
     assert "unknown" in [t.get_text() for t in family.get_texts()]
 

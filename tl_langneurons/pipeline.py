@@ -1,15 +1,18 @@
-"""The whole pipeline as one function, on the built-in model and corpus (``tl-langneurons demo``):
-record → LAPE → analysis and figures → perplexity matrix → neuron steering → diffmean steering →
-the one-page report."""
+"""The whole pipeline as one function, on a built-in model and the built-in corpus
+(``tl-langneurons demo [--model gemma-3-270m]``): record → LAPE → analysis and figures → perplexity
+matrix → neuron steering → diffmean steering (both with the fluency of every generation) → the
+one-page report."""
 
 import sys
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from . import _checks
 from ._io import check_out_dir, write_json
 from .corpus import builtin_languages, load_corpus
-from .errors import LangNeuronsError
-from .evaluate import DEFAULT_MODE, DEFAULT_STATISTIC, diffmean_sweep, perplexity_matrix, steer_sweep
+from .errors import LangNeuronsError, choices
+from .evaluate import (DEFAULT_GENERATION, DEFAULT_MODE, DEFAULT_STATISTIC, diffmean_sweep, fluency_criterion,
+                       perplexity_matrix, steer_sweep)
 from .identify import lape
 from .models import load_model
 from .outputs.measurements import write_ppl, write_steer
@@ -18,12 +21,40 @@ from .outputs.tables import write_analysis, write_figures
 from .record import record
 
 DEMO_LANGUAGES = ("en", "de", "fr", "es", "ru", "zh", "ja", "ar", "hi", "th")
-# LAPE with 5% instead of Tang's 1%: the built-in model has 6 x 1,792 neurons, and 1% leaves only a
-# handful per language, too few to see where they sit or which languages share them.
-DEMO_TOP_RATE = 0.05
-DEMO_FACTORS = (8.0, 16.0, 32.0)  # the steering factor sweep
-DEMO_DIFFMEAN_LAYER = 1  # after block 1 of 6 (blocks 1-4 all gave 96-99% at beta 2-8)
-DEMO_BETAS = (1.0, 2.0, 4.0)
+
+
+@dataclass(frozen=True)
+class DemoPlan:
+    """The demo's sizes and settings for one model: what ``tl-langneurons demo --model M`` runs
+    when no option overrides them."""
+
+    max_sentences: int  # 'stats' sentences recorded per language
+    eval_sentences: int  # held-out 'eval' sentences per language (perplexity matrix, fluency thresholds)
+    top_rate: float  # LAPE
+    factors: tuple[float, ...]  # neuron steering: set to factor x the mean activation
+    diffmean_layer: int  # the block after which the diffmean direction is added
+    betas: tuple[float, ...]
+    n_samples: int  # generations per language, factor and condition
+    record_batch: int
+    eval_batch: int
+    why: str
+
+
+DEMO_PLANS = {
+    # LAPE with 5% instead of Tang's 1%: the built-in model has 6 x 1,792 neurons, and 1% leaves only
+    # a handful per language, too few to see where they sit or which languages share them. Diffmean
+    # after block 1 of 6 (blocks 1-4 all gave 96-99% at beta 2-8). Eval batches of 8: the built-in
+    # corpus's few long sentences pad a batch of 32 to 2x its tokens, and on a CPU every padded
+    # token costs as much as a real one (8 is 2.5x faster than 32 here).
+    "builtin": DemoPlan(300, 60, 0.05, (8.0, 16.0, 32.0), 1, (1.0, 2.0, 4.0), 16, 32, 8,
+                        "the built-in model is small: 1% gives a handful of neurons per language"),
+    # Tang's 1% on Gemma's 18 x 2,048 neurons; sizes scaled so the whole demo takes about 15
+    # minutes on 2 CPU cores (README "Gemma 3 270M: findings"); factors and diffmean layer from the
+    # sweeps there, chosen by the fluent target-language rate.
+    "gemma-3-270m": DemoPlan(100, 20, 0.01, (2.0, 4.0, 8.0), 6, (2.0, 4.0, 8.0), 8, 16, 8,
+                             "Tang et al.'s 1%: 368 of Gemma's 36,864 neurons per language"),
+}
+DEMO_MODELS = tuple(DEMO_PLANS)
 
 
 def recording_summary(stats) -> dict:
@@ -50,76 +81,96 @@ def _step(i: int, n: int, text: str) -> None:
     print(f"[demo {i}/{n}] {text}", file=sys.stderr)
 
 
-def run_demo(out="demo_out", languages=DEMO_LANGUAGES, max_sentences: int = 300, eval_sentences: int = 60,
-             factors=DEMO_FACTORS, diffmean_layer: int = DEMO_DIFFMEAN_LAYER, betas=DEMO_BETAS,
-             n_samples: int = 16) -> dict:
-    """Run the pipeline into ``out`` and return its ``summary.json``; see the README for what it writes."""
+def demo_plan(model: str = "builtin", **overrides) -> DemoPlan:
+    """The demo's plan for ``model`` (:data:`DEMO_PLANS`), with any of its fields overridden
+    (``None`` keeps the plan's value); every value checked."""
+    if model not in DEMO_PLANS:
+        raise LangNeuronsError(f"the demo runs on a built-in model; got {model!r}, allowed: {choices(DEMO_MODELS)}")
+    unknown = set(overrides) - set(DemoPlan.__dataclass_fields__)
+    if unknown:
+        raise LangNeuronsError(f"unknown demo setting(s) {choices(sorted(unknown))}")
+    plan = replace(DEMO_PLANS[model], **{k: v for k, v in overrides.items() if v is not None})
+    for name in ("max_sentences", "eval_sentences", "n_samples", "record_batch", "eval_batch"):
+        _checks.positive_int(name, getattr(plan, name))
+    _checks.rate("top_rate", plan.top_rate)
+    _checks.integer("diffmean_layer", plan.diffmean_layer)
+    return replace(plan, factors=tuple(_checks.numbers_list("factor", plan.factors)),
+                   betas=tuple(_checks.numbers_list("beta", plan.betas)))
+
+
+def run_demo(out="demo_out", model: str = "builtin", languages=DEMO_LANGUAGES, **overrides) -> dict:
+    """Run the pipeline on a built-in model into ``out`` and return its ``summary.json``; see the
+    README for what it writes. ``overrides``: fields of :class:`DemoPlan` (sizes, factors…)."""
     out = check_out_dir(out)
+    plan = demo_plan(model, **overrides)
     langs = _checks.languages(list(languages), builtin_languages("stats"), "the built-in corpus")
-    for name, v in (("max_sentences", max_sentences), ("eval_sentences", eval_sentences), ("n_samples", n_samples)):
-        _checks.positive_int(name, v)
-    factors, betas = _checks.numbers_list("factor", factors), _checks.numbers_list("beta", betas)
     steps = 6
 
-    _step(1, steps, f"loading the built-in model; recording {len(langs)} languages of the built-in corpus "
-          "('stats' split)")
-    model = load_model("builtin")
-    if not 0 <= diffmean_layer < model.cfg.n_layers:  # checked now, not after minutes of work
-        raise LangNeuronsError(f"diffmean_layer must be in [0, {model.cfg.n_layers}), got {diffmean_layer}")
-    corpus = load_corpus("builtin", languages=langs, split="stats", max_sentences=max_sentences)
-    stats = record(model, corpus, site="act", batch_size=32)
+    _step(1, steps, f"loading {model}; recording {len(langs)} languages x {plan.max_sentences} sentences of the "
+          "built-in corpus ('stats' split)")
+    lm = load_model(model)
+    if not 0 <= plan.diffmean_layer < lm.cfg.n_layers:  # checked now, not after minutes of work
+        raise LangNeuronsError(f"diffmean_layer must be in [0, {lm.cfg.n_layers}), got {plan.diffmean_layer}")
+    corpus = load_corpus("builtin", languages=langs, split="stats", max_sentences=plan.max_sentences)
+    stats = record(lm, corpus, site="act", batch_size=plan.record_batch)
     stats.save(out / "stats")
-    summary = recording_summary(stats)
+    summary = {"model": model, "plan": asdict(plan), **recording_summary(stats)}
     summary["selective_share_per_layer"] = selective_share(stats)
 
-    _step(2, steps, f"LAPE (top_rate {DEMO_TOP_RATE}), analysis and figures")
-    neurons = lape(stats, top_rate=DEMO_TOP_RATE)
+    _step(2, steps, f"LAPE (top_rate {plan.top_rate}), analysis and figures")
+    neurons = lape(stats, top_rate=plan.top_rate)
     neurons_path = neurons.save(out / "neurons.json")
     analysis = write_analysis(neurons, out / "analysis", stats, source=str(neurons_path))
     figures = write_figures(neurons, out / "figures", stats)
-    summary["lape"] = {"top_rate": DEMO_TOP_RATE, "why": "the built-in model is small: 1% gives a handful of "
-                       "neurons per language", "counts": analysis["counts"], "union": analysis["union"],
+    summary["lape"] = {"top_rate": plan.top_rate, "why": plan.why, "counts": analysis["counts"],
+                       "union": analysis["union"],
                        "relatedness": {f"{t}/{by}": {k: r.get(k) for k in ("statistic", "p_value", "skipped") if k in r}
                                        for t, g in analysis["relatedness"]["tests"].items() for by, r in g.items()}}
-    found = [k for k in neurons.languages if len(neurons[k]) > 0]
+    found = [k for k, n in neurons.counts().items() if n > 0]  # steer only languages that have neurons
 
-    # Held-out text: the model was trained on 'train' and the neurons were found on 'stats'.
-    _step(3, steps, "perplexity matrix on the 'eval' split: each language's neurons switched off, and as many "
-          "random neurons per layer (control)")
-    eval_corpus = load_corpus("builtin", languages=langs, split="eval", max_sentences=eval_sentences)
-    # batches of 8: the built-in corpus's few long sentences pad a batch of 32 to 2x its tokens,
-    # and on a CPU every padded token costs as much as a real one (8 is 2.5x faster than 32 here)
-    ppl_df = perplexity_matrix(model, eval_corpus, neurons, languages=langs, control="random", seed=0,
-                               batch_size=8, progress=True)
-    ppl = write_ppl(ppl_df, out / "ppl", run={"model": "builtin", "corpus": "builtin", "split": "eval",
-                                              "max_sentences": eval_sentences, "neurons": str(neurons_path),
+    # Held-out text: the built-in model was trained on 'train', and the neurons were found on 'stats'.
+    _step(3, steps, f"perplexity matrix on {plan.eval_sentences} 'eval' sentences per language: each language's "
+          "neurons switched off, and as many random neurons per layer (control)")
+    eval_corpus = load_corpus("builtin", languages=langs, split="eval", max_sentences=plan.eval_sentences)
+    ppl_df = perplexity_matrix(lm, eval_corpus, neurons, languages=langs, control="random", seed=0,
+                               batch_size=plan.eval_batch, progress=True)
+    ppl = write_ppl(ppl_df, out / "ppl", run={"model": model, "corpus": "builtin", "split": "eval",
+                                              "max_sentences": plan.eval_sentences, "neurons": str(neurons_path),
                                               "control": "random", "seed": 0})
+    # What fluent text looks like to this model: human 'eval' text, cut to the generations' length.
+    fluency = fluency_criterion(lm, eval_corpus, languages=langs, n_tokens=DEFAULT_GENERATION.max_new_tokens,
+                                batch_size=plan.eval_batch)
 
-    _step(4, steps, f"steering every language: {DEFAULT_MODE} its neurons to x{','.join(f'{f:g}' for f in factors)} "
+    _step(4, steps, f"steering every language: {DEFAULT_MODE} its neurons to x{','.join(f'{f:g}' for f in plan.factors)} "
           f"the {DEFAULT_STATISTIC} activation, from BOS only, with and without the intervention and under the "
-          "random control")
-    steer_df = steer_sweep(model, neurons, found, factors, [DEFAULT_MODE], prompts=[""], stats=stats,
-                           n_samples=n_samples, seed=0, progress=True)
-    steer = write_steer(steer_df, out / "steer", run={"model": "builtin", "neurons": str(neurons_path),
+          "random control; each generation's language and fluency")
+    steer_df = steer_sweep(lm, neurons, found, plan.factors, [DEFAULT_MODE], prompts=[""], stats=stats,
+                           n_samples=plan.n_samples, seed=0, fluency=fluency, progress=True)
+    steer = write_steer(steer_df, out / "steer", run={"model": model, "neurons": str(neurons_path),
                                                        "stats": str(out / "stats"), "targets": found,
-                                                       "prompts": "BOS only", "seed": 0})
+                                                       "prompts": "BOS only", "seed": 0,
+                                                       "fluency": fluency.as_dict()})
     # The baseline neuron steering must be compared with: a direction in the residual stream
     # (difference of the target's and the other languages' mean residual), read from the same text.
-    _step(5, steps, f"the baseline: residual difference-of-means steering after block {diffmean_layer}, beta "
-          f"{','.join(f'{b:g}' for b in betas)}, with a random direction of the same norm as control")
-    dm_df = diffmean_sweep(model, corpus, found, diffmean_layer, betas, prompts=[""], n_samples=n_samples,
-                           seed=0, progress=True)
-    dm = write_steer(dm_df, out / "steer_diffmean", run={"model": "builtin", "method": "diffmean",
-                                                         "layer": diffmean_layer, "corpus": "builtin stats",
-                                                         "targets": found, "prompts": "BOS only", "seed": 0})
+    _step(5, steps, f"the baseline: residual difference-of-means steering after block {plan.diffmean_layer}, beta "
+          f"{','.join(f'{b:g}' for b in plan.betas)}, with a random direction of the same norm as control")
+    dm_df = diffmean_sweep(lm, corpus, found, plan.diffmean_layer, plan.betas, prompts=[""],
+                           n_samples=plan.n_samples, seed=0, fluency=fluency, progress=True)
+    dm = write_steer(dm_df, out / "steer_diffmean", run={"model": model, "method": "diffmean",
+                                                         "layer": plan.diffmean_layer, "corpus": "builtin stats",
+                                                         "targets": found, "prompts": "BOS only", "seed": 0,
+                                                         "fluency": fluency.as_dict()})
     summary["ppl"] = {k: ppl[k] for k in ("diag_delta_nll", "offdiag_delta_nll", "control_diag_delta_nll",
                                           "diag_over_offdiag", "diag_over_control", "frac_most_hurt")}
-    summary["steer"] = {"settings": steer.get("settings"), "mean": steer.get("mean")}
-    summary["steer_diffmean"] = {"layer": diffmean_layer, "settings": dm.get("settings"), "mean": dm.get("mean")}
+    summary["fluency"] = fluency.as_dict()
+    summary["steer"] = {"settings": steer.get("settings"), "best": steer.get("best"), "mean": steer.get("mean")}
+    summary["steer_diffmean"] = {"layer": plan.diffmean_layer, "settings": dm.get("settings"),
+                                 "best": dm.get("best"), "mean": dm.get("mean")}
     write_json(out / "summary.json", summary)
 
     _step(6, steps, "report")
-    report = write_report(out, title="Language-specific neurons of the built-in model")
+    title = "the built-in model" if model == "builtin" else model
+    report = write_report(out, title=f"Language-specific neurons of {title}")
     for what, where in (("statistics", out / "stats"), ("neurons", neurons_path),
                         ("tables and summary.json", out / "analysis"),
                         (f"{len(figures) // 2} figures (PNG + PDF)", out / "figures"),

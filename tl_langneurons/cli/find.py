@@ -177,10 +177,11 @@ def cmd_demo(args) -> int:
 
     langs = parse_languages(args.languages)
     given = {} if langs is None else {"languages": langs}  # else pipeline.DEMO_LANGUAGES
-    summary = run_demo(args.out, **given, max_sentences=args.max_sentences,
-                       eval_sentences=args.eval_sentences, factors=parse_floats("--factors", args.factors),
-                       diffmean_layer=args.diffmean_layer, betas=parse_floats("--betas", args.betas),
-                       n_samples=args.n_samples)
+    floats = lambda opt, v: None if v is None else tuple(parse_floats(opt, v))  # noqa: E731
+    summary = run_demo(args.out, model=args.model, **given, max_sentences=args.max_sentences,
+                       eval_sentences=args.eval_sentences, top_rate=args.top_rate,
+                       factors=floats("--factors", args.factors), diffmean_layer=args.diffmean_layer,
+                       betas=floats("--betas", args.betas), n_samples=args.n_samples)
     print(json.dumps(jsonable(summary), indent=1))
     return 0
 

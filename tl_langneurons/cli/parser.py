@@ -6,13 +6,6 @@ from ..errors import LangNeuronsError
 from .find import METHOD_OPTIONS, cmd_analyze, cmd_bench, cmd_demo, cmd_identify, cmd_models, cmd_plot, cmd_record
 from .measure import cmd_diffmean, cmd_lss, cmd_ppl, cmd_steer
 
-# the demo's defaults (pipeline.DEMO_*) as the command line spells them; written out here so that
-# parsing arguments imports no torch
-DEMO_FACTORS = "8,16,32"
-DEMO_DIFFMEAN_LAYER = 1
-DEMO_BETAS = "1,2,4"
-
-
 class _Parser(argparse.ArgumentParser):
     """argparse whose usage errors are one line, like every other error: raised, printed by
     :func:`main`, exit status 2 (argparse would print the whole usage block first)."""
@@ -208,18 +201,22 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--target", default="de", help="steer only")
     b.set_defaults(func=cmd_bench)
 
-    d = sub.add_parser("demo", help="run the pipeline on the built-in model and corpus")
+    d = sub.add_parser("demo", help="run the pipeline on a built-in model and the built-in corpus",
+                       description="Record, LAPE, analysis, figures, perplexity matrix, neuron and diffmean steering "
+                                   "with fluency, and a one-page report. Sizes and settings default to the model's "
+                                   "plan (pipeline.DEMO_PLANS: builtin about 5 minutes, gemma-3-270m about 15 "
+                                   "on 2 CPU cores); each option below overrides one.")
+    d.add_argument("--model", default="builtin", help="builtin (default) or gemma-3-270m")
     d.add_argument("--out", default="demo_out")
     d.add_argument("--languages", default=None)
-    d.add_argument("--max-sentences", type=int, default=300, help="sentences per language to record (300)")
-    d.add_argument("--eval-sentences", type=int, default=60,
-                   help="held-out sentences per language for the perplexity matrix (60)")
-    d.add_argument("--factors", default=DEMO_FACTORS, help=f"steering factors, comma-separated ({DEMO_FACTORS})")
-    d.add_argument("--diffmean-layer", type=int, default=DEMO_DIFFMEAN_LAYER,
-                   help=f"block after which the diffmean direction is added ({DEMO_DIFFMEAN_LAYER})")
-    d.add_argument("--betas", default=DEMO_BETAS, help=f"diffmean strengths, comma-separated ({DEMO_BETAS})")
-    d.add_argument("--n-samples", type=int, default=16,
-                   help="steering: generations per language, factor and condition (16)")
+    d.add_argument("--max-sentences", type=int, default=None, help="sentences per language to record")
+    d.add_argument("--eval-sentences", type=int, default=None,
+                   help="held-out sentences per language for the perplexity matrix and the fluency thresholds")
+    d.add_argument("--top-rate", type=float, default=None, help="LAPE top rate")
+    d.add_argument("--factors", default=None, help="steering factors, comma-separated")
+    d.add_argument("--diffmean-layer", type=int, default=None, help="block after which the diffmean direction is added")
+    d.add_argument("--betas", default=None, help="diffmean strengths, comma-separated")
+    d.add_argument("--n-samples", type=int, default=None, help="steering: generations per language, factor and condition")
     d.set_defaults(func=cmd_demo)
     return p
 
