@@ -134,11 +134,6 @@ def check_map_covers(device_map: dict, where: str) -> None:
                                    "holds it (or '' for the whole model)")
 
 
-def is_dispatched(model: Any) -> bool:
-    """Whether the Hugging Face model inside ``model`` was placed by accelerate (``hf_device_map``)."""
-    return bool(getattr(getattr(model, "original_model", None), "hf_device_map", None))
-
-
 def _hooks(module: Any) -> list:
     hook = getattr(module, "_hf_hook", None)
     if hook is None:
