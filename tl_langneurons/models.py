@@ -21,7 +21,7 @@ the activation module the model really uses; nothing is inferred from the model'
 import hashlib
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from collections.abc import Callable
 from typing import Any
 
@@ -29,14 +29,19 @@ import torch
 
 from . import compat
 from .errors import LangNeuronsError, choices
+from .placement import check_map_covers, check_placement, execution_device, offloaded_values, tied_placeholders
 from .sources import BUILTIN, local_folder
 
 SITES = ("act", "pre", "post")
 def load_model(
     model: str = "builtin",
-    device: str = "cpu",
+    device: str | None = None,
     dtype: str | torch.dtype | None = "float32",
     site: str = "act",
+    *,
+    device_map: str | dict | None = None,
+    max_memory: dict | None = None,
+    offload_folder: str | None = None,
 ) -> Any:
     """Load ``model`` as a TransformerLens ``TransformerBridge`` (raw mode).
 
@@ -44,19 +49,33 @@ def load_model(
         model: a built-in model (``"builtin"``, ``"gemma-3-270m"``: see :mod:`.sources`), a local
             Hugging Face model directory, a ``.gguf`` file (dequantized once into the cache), or a
             Hugging Face hub id (needs a network, or a warm cache).
-        device: torch device.
+        device: torch device for the whole model (default ``cpu``). Excludes ``device_map``.
         dtype: weights and compute dtype (``float32``, ``bfloat16``, ``float16``).
         site: the neuron site to check at load (``act``, ``pre``, ``post``): its hooks must exist,
             fire, and have width ``d_mlp``.
+        device_map: dispatch one copy of a model too large for one device over several, through
+            Hugging Face/accelerate: ``"auto"`` (or ``"balanced"``, ``"balanced_low_0"``,
+            ``"sequential"``) or a ``{module name: GPU index | device | "disk"}`` dict. The bridge
+            then reads ``hf_device_map``: ``model.cfg.device`` is the device of the input embedding
+            (where tokens go), each layer computes where the map put it.
+        max_memory: with ``device_map``, the most each device may hold, e.g. ``{0: "70GiB", 1: "70GiB"}``.
+        offload_folder: with ``device_map``, where weights mapped to ``"disk"`` are written
+            (not needed where they can be read from the model's own safetensors files).
     """
     from transformer_lens.model_bridge import TransformerBridge  # heavy import
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch_dtype = _dtype(dtype)
+    placed = check_placement(device, device_map, max_memory, offload_folder)
+    # TL 4.3's boot_transformers refuses device_map together with hf_model=: the map goes to
+    # from_pretrained, and the bridge reads the realized hf_device_map (and does not move the model)
+    hf_kwargs = {k: v for k, v in placed.items() if k != "device"}
     kind, where = local_folder(model)
+    if isinstance(placed.get("device_map"), dict):
+        check_map_covers(placed["device_map"], where)
     try:
         tokenizer = AutoTokenizer.from_pretrained(where)
-        hf_model = AutoModelForCausalLM.from_pretrained(where, dtype=torch_dtype)
+        hf_model = AutoModelForCausalLM.from_pretrained(where, dtype=torch_dtype, **hf_kwargs)
     except OSError as e:
         if kind == "hub":
             raise LangNeuronsError(
@@ -64,11 +83,29 @@ def load_model(
                 f"expected {choices(BUILTIN)}, a reachable hub id, a .gguf file or a local model directory"
             ) from None
         raise LangNeuronsError(f"could not load model directory {model!r}: {str(e).splitlines()[0]}") from None
+    except (ValueError, KeyError) as e:
+        if not hf_kwargs:
+            raise
+        # a map naming modules the model lacks, or leaving some out, is the user's to fix
+        raise LangNeuronsError(f"could not dispatch {model!r} with device_map={device_map!r}: "
+                               f"{str(e).splitlines()[0]}") from None
     hf_model.eval()
     compat.install()  # KV-cached generation with transformers >= 5.24 (does nothing elsewhere)
-    bridge = TransformerBridge.boot_transformers(
-        where, hf_model=hf_model, tokenizer=tokenizer, device=device, dtype=torch_dtype
-    )
+    try:
+        bridge = TransformerBridge.boot_transformers(
+            where, hf_model=hf_model, tokenizer=tokenizer, device=placed.get("device"), dtype=torch_dtype
+        )
+    except ValueError as e:
+        if not hf_kwargs:
+            raise
+        # e.g. an "auto" map that came out mixing GPUs with CPU/disk offload, which TL refuses
+        raise LangNeuronsError(f"TransformerLens refused {model!r} as dispatched by device_map={device_map!r}: "
+                               f"{str(e).splitlines()[0]}") from None
+    if hf_kwargs and torch.device(bridge.cfg.device).type == "meta":
+        # TL takes the input device from the embedding's parameter, a meta placeholder when the
+        # embedding is offloaded; tokens go where accelerate computes it
+        where_embed = execution_device(hf_model.get_input_embeddings())
+        bridge.cfg.device = str(where_embed if where_embed is not None else "cpu")
     bridge.eval()
     # Remember what the user asked for: the fingerprint and the artifacts name the model by it.
     bridge._tl_langneurons_name = model
@@ -97,7 +134,9 @@ class Site:
     """Where a model's neurons are read, resolved for one model.
 
     ``hook_names[l]`` is the TransformerLens hook whose output, passed through ``transform``, is the
-    ``[batch, pos, d_mlp]`` site activation of layer ``l``.
+    ``[batch, pos, d_mlp]`` site activation of layer ``l``. ``devices[l]`` is the device that
+    activation was seen on by :func:`check_site` (``None`` from :func:`resolve_site`, which runs
+    nothing): on a model dispatched over several devices each layer's is its own.
     """
 
     name: str
@@ -106,6 +145,7 @@ class Site:
     d_mlp: int
     hook_names: tuple[str, ...]
     transform: Callable[[torch.Tensor], torch.Tensor] | None  # None = identity
+    devices: tuple[str, ...] | None = None
 
     def read(self, hook_output: torch.Tensor) -> torch.Tensor:
         return hook_output if self.transform is None else self.transform(hook_output)
@@ -152,13 +192,16 @@ def resolve_site(model: Any, site: str) -> Site:
 
 
 def check_site(model: Any, site: str) -> Site:
-    """Resolve ``site`` and check on a two-token input that every layer's hook fires with width d_mlp."""
+    """Resolve ``site`` and check on a two-token input that every layer's hook fires with width
+    d_mlp; the returned site records the device of each layer's activation."""
     resolved = resolve_site(model, site)
     seen: dict[int, tuple] = {}
+    devices: dict[int, str] = {}
 
     def make(layer: int):
         def hook(act, hook):
             seen[layer] = tuple(act.shape)
+            devices[layer] = str(act.device)
         return hook
 
     tok = torch.tensor([[_first_token(model), _first_token(model)]], device=model.cfg.device)
@@ -171,7 +214,7 @@ def check_site(model: Any, site: str) -> Site:
             raise LangNeuronsError(
                 f"site {site!r}: hook {resolved.hook_names[layer]!r} has width {seen[layer][-1]}, expected d_mlp={resolved.d_mlp}"
             )
-    return resolved
+    return replace(resolved, devices=tuple(devices[l] for l in range(resolved.n_layers)))
 
 
 def _first_token(model: Any) -> int:
@@ -237,16 +280,33 @@ def weights_hash(model: Any) -> str:
     gets its own digest (several at once, in threads), read from host memory in chunks of 64 MiB, so
     a model on a GPU is copied over piece by piece and never twice in memory; the hash is that of
     the digests in name order. ``tl-langneurons bench hash`` measures the speed.
+
+    A parameter accelerate offloaded (``device_map`` with ``cpu``/``disk`` offload) is a ``meta``
+    placeholder in its module; its real values are read from the offload, one tensor at a time,
+    so a dispatched model hashes as the same model loaded whole (a tie the offload split into two
+    placeholders counts once, as ``named_parameters`` lists it). A ``meta`` parameter with no
+    offloaded values is refused: a placeholder has no bytes to hash.
     """
     key = _weights_key(model)
     cached = getattr(model, "_tl_langneurons_hash", None)
     if cached is not None and cached[0] == key:
         return cached[1]
     params = sorted(model.named_parameters(), key=lambda kv: kv[0])
+    if any(p.device.type == "meta" for _, p in params):
+        offload = offloaded_values(model)
+        missing = [name for name, p in params if p.device.type == "meta" and id(p) not in offload]
+        if missing:
+            raise LangNeuronsError(f"cannot hash the weights: parameter {missing[0]!r} (and {len(missing) - 1} more) is "
+                                   "on the meta device with no offloaded values behind it; load the model with its "
+                                   "weights (device_map may offload to 'cpu' or 'disk', not 'meta')")
+        drop = tied_placeholders(model, params)
+        params = [(name, _Offloaded(offload[id(p)], p)) if p.device.type == "meta" else (name, p)
+                  for name, p in params if name not in drop]
     # one BLAKE2b per tensor, in threads (hashlib releases the GIL on large buffers), then a hash
     # of those digests in name order: every byte counts, on every core
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        digests = list(pool.map(lambda kv: _tensor_digest(*kv), params))
+        digests = list(pool.map(lambda kv: _tensor_digest(kv[0], kv[1].load() if isinstance(kv[1], _Offloaded)
+                                                          else kv[1]), params))
     h = hashlib.blake2b(digest_size=16)
     for d in digests:
         h.update(d)
@@ -256,6 +316,20 @@ def weights_hash(model: Any) -> str:
     except (AttributeError, TypeError):  # an object that takes no attributes: no cache
         pass
     return digest
+
+
+class _Offloaded:
+    """An offloaded parameter's values, read when its digest is taken (then dropped)."""
+
+    def __init__(self, read: Callable[[], torch.Tensor], placeholder: torch.Tensor):
+        self.read, self.placeholder = read, placeholder
+
+    def load(self) -> torch.Tensor:
+        value = self.read()
+        if tuple(value.shape) != tuple(self.placeholder.shape):
+            raise LangNeuronsError(f"an offloaded weight has shape {tuple(value.shape)}, its placeholder "
+                                   f"{tuple(self.placeholder.shape)}; the offload does not belong to this model")
+        return value
 
 
 def identity(model: Any) -> dict:

@@ -10,9 +10,10 @@ Rules (METHODS §1–2; :mod:`.tokens` has the BOS and padding policy): BOS and 
 Per-batch sums are taken in float32 and added into float64 accumulators in a fixed order, so a
 resumed run is bit-identical to an uninterrupted one.
 
-On a GPU the accumulators live on the model's device and are added to in place: no hook moves
-anything to the host, so nothing forces a device→host synchronisation inside the forward pass.
-They come to the host once at the end and at each checkpoint.
+On a GPU the accumulators live on the device of the activations they sum (each layer's own, on a
+model dispatched over several devices) and are added to in place: no hook moves anything to the
+host or to another device, so nothing forces a synchronisation inside the forward pass. They come
+to the host once at the end and at each checkpoint.
 """
 
 import json
@@ -42,77 +43,106 @@ def default_histogram_edges() -> Float64[Tensor, " edge"]:
 
 
 class Accumulator:
-    """The running sums of a recording, on the model's device, and the hooks that add to them.
+    """The running sums of a recording, each layer's on the device of that layer's activations,
+    and the hooks that add to them.
 
     A running statistic in the sense of baukit's ``runningstats``: :meth:`state_dict` /
     :meth:`load_state_dict` checkpoint it, and two accumulators of disjoint text add up.
+
+    ``devices`` is one device for every layer, or one per layer (``site.devices`` from
+    :func:`~.models.check_site`): on a model dispatched over several GPUs, layer ``l``'s sums
+    live where layer ``l`` computes, so no hook copies an activation to another device.
     """
 
     def __init__(self, n_langs: int, site: Site, n_sentences: int, sentence_means: bool, edges: Tensor | None,
                  device: Any = "cpu"):
         L, I = site.n_layers, site.d_mlp
-        self.site, self.device = site, torch.device(device)
-        f64 = dict(dtype=torch.float64, device=self.device)
+        per_layer = [device] * L if isinstance(device, (str, torch.device)) else list(device)
+        if len(per_layer) != L:
+            raise LangNeuronsError(f"the accumulator needs one device per layer ({L}), got {len(per_layer)}")
+        self.site, self.devices = site, [torch.device(d) for d in per_layer]
         self.n_tokens = torch.zeros(n_langs, dtype=torch.float64)  # counted on the host, from the batch masks
-        self.count_pos = torch.zeros(n_langs, L, I, **f64)
-        self.sum = torch.zeros(n_langs, L, I, **f64)
-        self.sum_sq = torch.zeros(n_langs, L, I, **f64)
+
+        def zeros(*shape):
+            return [torch.zeros(n_langs, *shape, dtype=torch.float64, device=d) for d in self.devices]
+
+        self.count_pos, self.sum, self.sum_sq = zeros(I), zeros(I), zeros(I)
         # per-sentence means are as large as the corpus: they stay on the host, written once per batch
         self.sentence_means = torch.zeros(n_sentences, L, I, dtype=torch.float32) if sentence_means else None
-        self.edges = None if edges is None else edges.to(self.device)
-        self.hist = None if edges is None else torch.zeros(n_langs, L, I, len(edges) + 1, **f64)
+        self.edges = None if edges is None else {d: edges.to(d) for d in set(self.devices)}
+        self.hist = None if edges is None else zeros(I, len(edges) + 1)
         self._batch: Batch | None = None
-        self._rows: Tensor | None = None  # flat indices of the counted tokens, on the device
-        self._row_means: Tensor | None = None  # [batch, layer, d_mlp] of the current batch (sentence means)
+        self._rows: dict = {}  # device → flat indices of the counted tokens there
+        self._counted: dict = {}  # device → [batch, pos] mask (sentence means)
+        self._row_tokens: dict = {}  # device → counted tokens per row (sentence means)
+        self._row_means: list = [None] * L  # layer → [batch, d_mlp] of the current batch (sentence means)
 
     def state_dict(self) -> dict[str, Tensor]:
-        """The sums, on the host."""
+        """The sums, on the host, as ``[lang, layer, ...]`` tensors."""
         return {k: v.detach().to("cpu").contiguous() for k, v in self._tensors().items()}
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
         for name, tensor in self._tensors().items():
             if name not in state or state[name].shape != tensor.shape:
                 raise LangNeuronsError(f"the checkpoint's {name!r} does not fit this recording")
-            tensor.copy_(state[name])
+            target = getattr(self, name)
+            if isinstance(target, list):  # per-layer tensors: layer l is [:, l]
+                for layer, t in enumerate(target):
+                    t.copy_(state[name][:, layer])
+            else:
+                target.copy_(state[name])
 
     def _tensors(self) -> dict[str, Tensor]:
-        out = {"n_tokens": self.n_tokens, "count_pos": self.count_pos, "sum": self.sum, "sum_sq": self.sum_sq}
+        """Every statistic as one tensor (the per-layer ones stacked on the host)."""
+        def stacked(per_layer):
+            return torch.stack([t.to("cpu") for t in per_layer], 1)
+
+        out = {"n_tokens": self.n_tokens, "count_pos": stacked(self.count_pos), "sum": stacked(self.sum),
+               "sum_sq": stacked(self.sum_sq)}
         if self.sentence_means is not None:
             out["sentence_means"] = self.sentence_means
         if self.hist is not None:
-            out["hist"] = self.hist
+            out["hist"] = stacked(self.hist)
         return out
 
     def start_batch(self, batch: Batch) -> None:
+        """The batch's masks, moved once to each device a layer computes on."""
         self._batch = batch
-        self._rows = batch.counted.reshape(-1).nonzero().squeeze(1).to(self.device, non_blocking=True)
+        rows = batch.counted.reshape(-1).nonzero().squeeze(1)
+        self._rows = {d: rows.to(d, non_blocking=True) for d in set(self.devices)}
         self.n_tokens[batch.language] += float(batch.counted.sum())
         if self.sentence_means is not None:
-            B = batch.tokens.shape[0]
-            self._row_means = torch.zeros(B, self.site.n_layers, self.site.d_mlp, device=self.device)
-            self._row_tokens = batch.counted.sum(1).clamp_min(1).to(self.device, torch.float32)
-            self._counted = batch.counted.to(self.device)
+            per_row = batch.counted.sum(1).clamp_min(1).to(torch.float32)
+            self._row_tokens = {d: per_row.to(d) for d in set(self.devices)}
+            self._counted = {d: batch.counted.to(d) for d in set(self.devices)}
+            self._row_means = [None] * self.site.n_layers
 
     def end_batch(self) -> None:
-        if self.sentence_means is not None:  # one copy per batch, after the forward pass
-            self.sentence_means[self._batch.sentence_ids] = self._row_means.cpu()
+        if self.sentence_means is not None:  # one copy per layer and batch, after the forward pass
+            self.sentence_means[self._batch.sentence_ids] = torch.stack([m.cpu() for m in self._row_means], 1)
 
     def hook(self, layer: int, last: bool):
+        dev = self.devices[layer]
+
         def fn(act: Tensor, hook: Any = None) -> None:
+            if act.device != dev:  # the device check_site saw; anything else would be a silent copy
+                raise LangNeuronsError(f"layer {layer}'s activation is on {act.device}, its sums on {dev}: the "
+                                       "model moved after the recording started")
             a = self.site.read(act).to(torch.float32)  # [B, T, I]
             k = self._batch.language
-            x = a.reshape(-1, a.shape[-1])[self._rows]  # the counted tokens only (a gather)
-            self.count_pos[k, layer] += (x > 0).sum(0, dtype=torch.float32)
-            self.sum[k, layer] += x.sum(0)
-            self.sum_sq[k, layer] += (x * x).sum(0)
+            x = a.reshape(-1, a.shape[-1])[self._rows[dev]]  # the counted tokens only (a gather)
+            self.count_pos[layer][k] += (x > 0).sum(0, dtype=torch.float32)
+            self.sum[layer][k] += x.sum(0)
+            self.sum_sq[layer][k] += (x * x).sum(0)
             if self.sentence_means is not None:
-                masked = torch.where(self._counted[..., None], a, torch.zeros((), device=a.device))
-                self._row_means[:, layer] = masked.sum(1) / self._row_tokens[:, None]
+                masked = torch.where(self._counted[dev][..., None], a, torch.zeros((), device=a.device))
+                self._row_means[layer] = masked.sum(1) / self._row_tokens[dev][:, None]
             if self.hist is not None:
-                nb = len(self.edges) + 1
-                b = torch.bucketize(x.double(), self.edges, right=True)  # 0 below edges[0], len(edges) from edges[-1] up
+                edges = self.edges[dev]
+                nb = len(edges) + 1
+                b = torch.bucketize(x.double(), edges, right=True)  # 0 below edges[0], len(edges) from edges[-1] up
                 flat = b + torch.arange(x.shape[1], device=x.device) * nb
-                self.hist[k, layer] += torch.bincount(flat.reshape(-1), minlength=x.shape[1] * nb).reshape(-1, nb)
+                self.hist[layer][k] += torch.bincount(flat.reshape(-1), minlength=x.shape[1] * nb).reshape(-1, nb)
             if last:
                 raise StopForward
         return fn
@@ -240,7 +270,7 @@ def record(
     batches, n_sent, truncated, bos_prepended = prepare_batches(
         tokenizer, texts, batch_size, max_len, max_sentences, pack, rank, world)
     edges = _histogram_edges(histogram_edges)
-    acc = Accumulator(len(languages), resolved, sum(n_sent.values()), sentence_means, edges, device)
+    acc = Accumulator(len(languages), resolved, sum(n_sent.values()), sentence_means, edges, resolved.devices)
 
     fp = fingerprint(model)
     options = {"batch_size": batch_size, "max_sentences": max_sentences, "pack": pack,

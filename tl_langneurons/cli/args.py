@@ -1,6 +1,7 @@
 """Arguments as the command line spells them: comma-separated lists, flags, positions. Each check
 raises :class:`~tl_langneurons.LangNeuronsError` naming the flag, before anything is loaded."""
 
+import json
 import math
 
 from ..errors import LangNeuronsError
@@ -68,6 +69,38 @@ def positions_arg(value: str | None):
     return pos
 
 
+
+
+def _json_object(name: str, value: str, example: str) -> dict:
+    """A JSON object given inline or as the path of a file holding one."""
+    from pathlib import Path
+
+    text = Path(value).read_text(encoding="utf-8") if Path(value).is_file() else value
+    try:
+        out = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise LangNeuronsError(f"{name} {value!r} is neither a JSON object nor a file holding one ({e.msg}); "
+                               f"e.g. {example}") from None
+    if not isinstance(out, dict):
+        raise LangNeuronsError(f"{name} must be a JSON object, e.g. {example}; got {value!r}")
+    return out
+
+
+def placement(args) -> dict:
+    """``load_model``'s placement keywords from ``--device`` or ``--device-map`` / ``--max-memory`` /
+    ``--offload-folder``, checked at once (:func:`~tl_langneurons.placement.check_placement`)."""
+    from ..placement import STRATEGIES, check_placement
+
+    dm = getattr(args, "device_map", None)
+    if dm is not None and dm not in STRATEGIES:
+        dm = _json_object("--device-map", dm, '{"model.embed_tokens": 0, "model.layers.0": 0, ...}')
+    mm = getattr(args, "max_memory", None)
+    if mm is not None:
+        # JSON object keys are text: a GPU index is written "0"
+        mm = {int(k) if k.isdigit() else k: v
+              for k, v in _json_object("--max-memory", mm, '{"0": "70GiB", "1": "70GiB"}').items()}
+    # the messages name the Python arguments (device_map=, max_memory=), the flags' own spelling
+    return check_placement(args.device, dm, mm, getattr(args, "offload_folder", None))
 
 
 def flag(name: str) -> str:

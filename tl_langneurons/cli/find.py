@@ -7,7 +7,7 @@ from pathlib import Path
 
 from .._io import jsonable
 from ..errors import LangNeuronsError
-from .args import flag, parse_floats, parse_languages, positive
+from .args import flag, parse_floats, parse_languages, placement, positive
 
 # Method options of `identify`, each owned by one method (its defaults are the function's).
 METHOD_OPTIONS = {
@@ -30,10 +30,11 @@ def cmd_record(args) -> int:
     if args.site not in SITES:
         raise LangNeuronsError(f"unknown --site {args.site!r}; allowed: {', '.join(SITES)}")
     resolve_source(args.model)
-    _maybe_init_distributed(args)
+    placed = placement(args)
+    _maybe_init_distributed(args, placed)
     corpus = load_corpus(args.corpus, languages=parse_languages(args.languages), split=args.split,
                          max_sentences=args.max_sentences)
-    model = load_model(args.model, device=args.device, dtype=args.dtype, site=args.site)
+    model = load_model(args.model, dtype=args.dtype, site=args.site, **placed)
     out = Path(args.out)
     stats = record(model, corpus, site=args.site, batch_size=args.batch_size,
                    sentence_means=args.sentence_means, histogram_edges=True if args.histograms else None,
@@ -46,19 +47,24 @@ def cmd_record(args) -> int:
     return 0
 
 
-def _maybe_init_distributed(args) -> None:
-    """Under torchrun (WORLD_SIZE > 1) join the process group: gloo on CPU, NCCL on GPU."""
+def _maybe_init_distributed(args, placed: dict) -> None:
+    """Under torchrun (WORLD_SIZE > 1) join the process group: gloo on CPU, NCCL on GPU; each
+    process takes the GPU of its local rank (``placed["device"]`` is set to it)."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return
+    if "device_map" in placed:
+        # every process would dispatch its own copy over the same GPUs
+        raise LangNeuronsError("--device-map dispatches one copy of the model over the GPUs; it cannot be combined "
+                               "with torchrun's one copy per process: run one process")
     import torch
     import torch.distributed as dist
 
     if not dist.is_initialized():
-        backend = "nccl" if args.device.startswith("cuda") else "gloo"
-        dist.init_process_group(backend)
-        if args.device.startswith("cuda"):
+        on_gpu = str(placed["device"]).startswith("cuda")
+        dist.init_process_group("nccl" if on_gpu else "gloo")
+        if on_gpu:
             local = int(os.environ.get("LOCAL_RANK", "0"))
-            args.device = f"cuda:{local}"
+            placed["device"] = f"cuda:{local}"
             torch.cuda.set_device(local)
 
 

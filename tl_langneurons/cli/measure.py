@@ -5,7 +5,7 @@ import sys
 
 from .._io import check_out_dir
 from ..errors import LangNeuronsError
-from .args import control, finite, parse_floats, parse_languages, positions_arg, positive
+from .args import control, finite, parse_floats, parse_languages, placement, positions_arg, positive
 
 
 def _steer_mode(args, modes) -> str:
@@ -52,7 +52,7 @@ def _load_for(args, neurons):
     """The model at the neuron set's site; refused if the set was identified on other weights."""
     from ..models import compatible, load_model
 
-    model = load_model(args.model, device=args.device, dtype=args.dtype, site=neurons.site)
+    model = load_model(args.model, dtype=args.dtype, site=neurons.site, **placement(args))
     compatible(neurons.model, model, f"the neuron set {str(args.neurons)!r}", f"--model {args.model!r}")
     return model
 
@@ -209,7 +209,7 @@ def cmd_diffmean(args) -> int:
     for t in targets:
         if t not in corpus.languages:
             raise LangNeuronsError(f"unknown --target {t!r}; the corpus has: {', '.join(corpus.languages)}")
-    model = load_model(args.model, device=args.device, dtype=args.dtype)
+    model = load_model(args.model, dtype=args.dtype, **placement(args))
     if not 0 <= args.layer < model.cfg.n_layers:
         raise LangNeuronsError(f"--layer must be in [0, {model.cfg.n_layers}), got {args.layer}")
     given = _given_sampling(args)

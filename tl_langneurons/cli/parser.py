@@ -15,6 +15,17 @@ class _Parser(argparse.ArgumentParser):
 
 
 
+def placement_options(c) -> None:
+    c.add_argument("--device", default=None, help="the device of the whole model (default cpu)")
+    c.add_argument("--device-map", default=None,
+                   help="instead of --device, dispatch one copy of the model over several devices (a model too large "
+                        "for one): auto, balanced, balanced_low_0, sequential, or a JSON object {module: device} "
+                        "inline or in a file")
+    c.add_argument("--max-memory", default=None, help='with --device-map: a JSON object of the most each device may '
+                   'hold, e.g. {"0": "70GiB", "1": "70GiB"}')
+    c.add_argument("--offload-folder", default=None, help="with --device-map: where weights mapped to disk are written")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="tl-langneurons", description="Language-specific neurons in multilingual LMs.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -27,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--site", default="act", help="act (default), pre or post")
     r.add_argument("--max-sentences", type=int, default=None)
     r.add_argument("--batch-size", type=int, default=32)
-    r.add_argument("--device", default="cpu")
+    placement_options(r)
     r.add_argument("--dtype", default="float32")
     r.add_argument("--sentence-means", action="store_true", help="keep each sentence's mean activation")
     r.add_argument("--histograms", action="store_true", help="keep per-neuron histograms (quantiles)")
@@ -80,8 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
         a.set_defaults(func=func)
 
     def run_options(c, control: str, seed: str) -> None:
-        for flag_, default in (("--device", "cpu"), ("--dtype", "float32")):
-            c.add_argument(flag_, default=default)
+        placement_options(c)
+        c.add_argument("--dtype", default="float32")
         c.add_argument("--control", default="random", choices=["random", "none"], help=control)
         c.add_argument("--seed", type=int, default=0, help=seed)
 

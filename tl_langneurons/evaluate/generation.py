@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 from .. import _checks, compat
 from ..corpus import load_corpus
 from ..errors import LangNeuronsError
+from ..placement import compute_devices
 from ..tokens import left_pad, pad_id
 from .conditions import under
 
@@ -119,9 +120,10 @@ def default_prompts(target: str | None = None, n_prompts: int = 16, words: int =
 
 @contextmanager
 def seeded(model, seed: int):
-    """Seed torch's generator(s) for a block and restore the caller's random state afterwards."""
-    device = torch.device(model.cfg.device)
-    devices = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    """Seed torch's generator(s) for a block and restore the caller's random state afterwards:
+    those of every GPU the model computes on (a dispatched model samples where its logits are)."""
+    cuda = [d for d in compute_devices(model) if d.type == "cuda"]
+    devices = sorted({d.index if d.index is not None else torch.cuda.current_device() for d in cuda})
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         yield

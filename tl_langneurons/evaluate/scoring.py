@@ -36,18 +36,22 @@ def token_nll(model, tokens: Int64[Tensor, "batch pos"], attention_mask: Int64[T
     262,144-token vocabulary would otherwise hold 2 GiB of logits at once. Which rows share a
     forward pass changes a row's NLL only by float rounding (``tests/test_real.py`` checks 1e-4).
     """
-    device = model.cfg.device
+    device = model.cfg.device  # the input embedding's device
     tokens, attention_mask = tokens.to(device), attention_mask.to(device)
     B, T = tokens.shape
     V = int(model.cfg.d_vocab)
     rows = max(1, LOGITS_BUDGET_BYTES // max(T * V * 4, 1))
-    out = torch.empty((B, T - 1), dtype=torch.float32, device=device)
+    out = None
     for r0 in range(0, B, rows):
         r1 = min(r0 + rows, B)
         logits = model(tokens[r0:r1], attention_mask=attention_mask[r0:r1], return_type="logits")
-        _cross_entropy_into(out[r0:r1], logits, tokens[r0:r1, 1:])
+        # the NLL is taken where the logits are (on a dispatched model, the unembedding's device,
+        # which need not be the embedding's): only the targets move, never the logits
+        if out is None:
+            out = torch.empty((B, T - 1), dtype=torch.float32, device=logits.device)
+        _cross_entropy_into(out[r0:r1], logits, tokens[r0:r1, 1:].to(logits.device))
         del logits
-    return out
+    return out if out is not None else torch.empty((B, T - 1), dtype=torch.float32, device=device)
 
 
 def _cross_entropy_into(out: Tensor, logits: Tensor, targets: Tensor) -> None:

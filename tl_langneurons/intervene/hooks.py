@@ -98,7 +98,12 @@ def _ix(sel, idx: Tensor) -> tuple:
 
 
 class _Op:
-    """One intervention at one layer, applied inside a hook point's combined hook."""
+    """One intervention at one layer, applied inside a hook point's combined hook.
+
+    Its tensors (indices, values, a patch source) are moved to the device and dtype of the
+    activation they act on the first time they meet it, and kept there: on a model dispatched
+    over several devices each layer's live where that layer computes, copied once per context.
+    """
 
     def __init__(self, iv: "Intervention", layer: int, positions, times_up: bool):
         self.iv, self.layer, self.positions, self.times_up = iv, layer, positions, times_up
@@ -132,7 +137,8 @@ class _Op:
                 if up is None:
                     raise LangNeuronsError(f"layer {self.layer}: hook_pre_linear did not fire before hook_post; "
                                            "cannot write φ(gate)")
-                v = v * up[ix]
+                # up comes from the same MLP, so the same device (a no-op) unless a device_map split it
+                v = v * up.to(x.device)[ix]
             x[ix] = x[ix] + v if mode == "add" else v
 
     def _source(self, sel, x: Tensor, handle: InterventionHandle) -> Tensor:
@@ -146,7 +152,10 @@ class _Op:
         if src.shape[0] not in (1, B):
             raise LangNeuronsError(f"the patch source has batch size {src.shape[0]}, the input {B}")
         idx, _ = self.tensors(x.device, x.dtype)
-        src = src.to(x.device, x.dtype)
+        key = ("source", str(x.device), x.dtype)
+        if key not in self._dev:  # the whole source layer, once per device (not once per call)
+            self._dev[key] = src.to(x.device, x.dtype)
+        src = self._dev[key]
         pos = (local + off).to(x.device)
         return src[:, pos[:, None], idx[None, :]].expand(B, -1, -1)
 
