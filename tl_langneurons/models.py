@@ -1,8 +1,9 @@
 """Load a model as a TransformerLens model, and say where its "neurons" are read: the site.
 
 A model is a TransformerLens ``TransformerBridge`` (TL ≥ 4.3, raw weights — compatibility mode
-is never turned on, it rewrites weights and doubles memory). A TL 2.x/3.x ``HookedTransformer``
-object works too: it has the same hook names and the same ``model.hooks(...)`` context manager.
+is never turned on, it rewrites weights and doubles memory), or with TL 3.x installed a
+``HookedTransformer`` built offline from the same weights, raw (:mod:`.hooked`): it has the same
+hook names and the same ``model.hooks(...)`` context manager.
 
 Sites (METHODS §1):
 
@@ -38,7 +39,9 @@ def load_model(
     dtype: str | torch.dtype | None = "float32",
     site: str = "act",
 ) -> Any:
-    """Load ``model`` as a TransformerLens ``TransformerBridge`` (raw mode).
+    """Load ``model`` as a TransformerLens ``TransformerBridge`` (raw mode), or, where
+    TransformerLens 3.x is installed (no bridge), as a ``HookedTransformer`` built from the same
+    Hugging Face weights, raw (:mod:`.hooked`; Llama and Gemma 3 only).
 
     Args:
         model: a built-in model (``"builtin"``, ``"gemma-3-270m"``: see :mod:`.sources`), a local
@@ -49,7 +52,6 @@ def load_model(
         site: the neuron site to check at load (``act``, ``pre``, ``post``): its hooks must exist,
             fire, and have width ``d_mlp``.
     """
-    from transformer_lens.model_bridge import TransformerBridge  # heavy import
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch_dtype = _dtype(dtype)
@@ -65,15 +67,36 @@ def load_model(
             ) from None
         raise LangNeuronsError(f"could not load model directory {model!r}: {str(e).splitlines()[0]}") from None
     hf_model.eval()
-    compat.install()  # KV-cached generation with transformers >= 5.24 (does nothing elsewhere)
-    bridge = TransformerBridge.boot_transformers(
-        where, hf_model=hf_model, tokenizer=tokenizer, device=device, dtype=torch_dtype
-    )
-    bridge.eval()
+    if backend() == "bridge":
+        from transformer_lens.model_bridge import TransformerBridge  # heavy import
+
+        compat.install()  # KV-cached generation with transformers >= 5.24 (does nothing elsewhere)
+        tl_model = TransformerBridge.boot_transformers(
+            where, hf_model=hf_model, tokenizer=tokenizer, device=device, dtype=torch_dtype
+        )
+    else:  # TransformerLens 3.x
+        from .hooked import build
+
+        tl_model = build(hf_model, tokenizer, model, device, torch_dtype)
+        del hf_model
+    tl_model.eval()
     # Remember what the user asked for: the fingerprint and the artifacts name the model by it.
-    bridge._tl_langneurons_name = model
-    check_site(bridge, site)
-    return bridge
+    tl_model._tl_langneurons_name = model
+    check_site(tl_model, site)
+    return tl_model
+
+
+def backend() -> str:
+    """``"hooked"`` where the installed TransformerLens still has ``HookedTransformer`` (3.x), else
+    ``"bridge"`` (4.x). TL 3.9 ships an early ``TransformerBridge`` too; it is not used (untested)."""
+    import importlib.util
+
+    return "hooked" if importlib.util.find_spec("transformer_lens.HookedTransformer") is not None else "bridge"
+
+
+def is_hooked(model: Any) -> bool:
+    """Is ``model`` a ``HookedTransformer`` (no wrapped Hugging Face model), not a bridge?"""
+    return getattr(model, "original_model", None) is None
 
 
 def _dtype(dtype: str | torch.dtype | None) -> torch.dtype:
