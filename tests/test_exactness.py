@@ -89,7 +89,7 @@ def test_weights_hash_sees_one_changed_element_and_follows_in_place_edits(builti
     model = copy.deepcopy(builtin_model)  # tensors large enough that a strided sample skips elements
     before = weights_hash(model)
     assert weights_hash(model) == before == weights_hash(builtin_model)  # cached, and equal for equal weights
-    name, p = next((n, p) for n, p in model.named_parameters() if "down_proj" in n)
+    name, p = next((n, p) for n, p in model.named_parameters() if "down_proj" in n or n.endswith("mlp.W_out"))
     with torch.no_grad():
         p.view(-1)[p.numel() // 2 + 1] += 1.0  # one element, off any stride a sampled hash would read
     after = weights_hash(model)

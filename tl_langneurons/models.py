@@ -1,8 +1,9 @@
 """Load a model as a TransformerLens model, and say where its "neurons" are read: the site.
 
 A model is a TransformerLens ``TransformerBridge`` (TL ≥ 4.3, raw weights — compatibility mode
-is never turned on, it rewrites weights and doubles memory). A TL 2.x/3.x ``HookedTransformer``
-object works too: it has the same hook names and the same ``model.hooks(...)`` context manager.
+is never turned on, it rewrites weights and doubles memory), or with TL 3.x installed a
+``HookedTransformer`` built offline from the same weights, raw (:mod:`.hooked`): it has the same
+hook names and the same ``model.hooks(...)`` context manager.
 
 Sites (METHODS §1):
 
@@ -43,7 +44,9 @@ def load_model(
     max_memory: dict | None = None,
     offload_folder: str | None = None,
 ) -> Any:
-    """Load ``model`` as a TransformerLens ``TransformerBridge`` (raw mode).
+    """Load ``model`` as a TransformerLens ``TransformerBridge`` (raw mode), or, where
+    TransformerLens 3.x is installed (no bridge), as a ``HookedTransformer`` built from the same
+    Hugging Face weights, raw (:mod:`.hooked`; Llama and Gemma 3 only).
 
     Args:
         model: a built-in model (``"builtin"``, ``"gemma-3-270m"``: see :mod:`.sources`), a local
@@ -62,7 +65,6 @@ def load_model(
         offload_folder: with ``device_map``, where weights mapped to ``"disk"`` are written
             (not needed where they can be read from the model's own safetensors files).
     """
-    from transformer_lens.model_bridge import TransformerBridge  # heavy import
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch_dtype = _dtype(dtype)
@@ -70,6 +72,9 @@ def load_model(
     # TL 4.3's boot_transformers refuses device_map together with hf_model=: the map goes to
     # from_pretrained, and the bridge reads the realized hf_device_map (and does not move the model)
     hf_kwargs = {k: v for k, v in placed.items() if k != "device"}
+    if hf_kwargs and backend() != "bridge":
+        raise LangNeuronsError(f"device_map={device_map!r} needs TransformerLens >= 4.3 (TransformerBridge); a TL 3.x "
+                               "HookedTransformer is loaded onto one device only")
     kind, where = local_folder(model)
     if isinstance(placed.get("device_map"), dict):
         check_map_covers(placed["device_map"], where)
@@ -90,6 +95,23 @@ def load_model(
         raise LangNeuronsError(f"could not dispatch {model!r} with device_map={device_map!r}: "
                                f"{str(e).splitlines()[0]}") from None
     hf_model.eval()
+    if backend() == "bridge":
+        tl_model = _boot_bridge(model, where, hf_model, tokenizer, torch_dtype, placed, hf_kwargs, device_map)
+    else:  # TransformerLens 3.x
+        from .hooked import build
+
+        tl_model = build(hf_model, tokenizer, model, placed.get("device") or "cpu", torch_dtype)
+        del hf_model
+    tl_model.eval()
+    # Remember what the user asked for: the fingerprint and the artifacts name the model by it.
+    tl_model._tl_langneurons_name = model
+    check_site(tl_model, site)
+    return tl_model
+
+
+def _boot_bridge(model, where, hf_model, tokenizer, torch_dtype, placed: dict, hf_kwargs: dict, device_map):
+    from transformer_lens.model_bridge import TransformerBridge  # heavy import
+
     compat.install()  # KV-cached generation with transformers >= 5.24 (does nothing elsewhere)
     try:
         bridge = TransformerBridge.boot_transformers(
@@ -106,11 +128,20 @@ def load_model(
         # embedding is offloaded; tokens go where accelerate computes it
         where_embed = execution_device(hf_model.get_input_embeddings())
         bridge.cfg.device = str(where_embed if where_embed is not None else "cpu")
-    bridge.eval()
-    # Remember what the user asked for: the fingerprint and the artifacts name the model by it.
-    bridge._tl_langneurons_name = model
-    check_site(bridge, site)
     return bridge
+
+
+def backend() -> str:
+    """``"hooked"`` where the installed TransformerLens still has ``HookedTransformer`` (3.x), else
+    ``"bridge"`` (4.x). TL 3.9 ships an early ``TransformerBridge`` too; it is not used (untested)."""
+    import importlib.util
+
+    return "hooked" if importlib.util.find_spec("transformer_lens.HookedTransformer") is not None else "bridge"
+
+
+def is_hooked(model: Any) -> bool:
+    """Is ``model`` a ``HookedTransformer`` (no wrapped Hugging Face model), not a bridge?"""
+    return getattr(model, "original_model", None) is None
 
 
 def _dtype(dtype: str | torch.dtype | None) -> torch.dtype:

@@ -40,7 +40,7 @@ from torch import Tensor
 
 from .. import _checks
 from ..errors import LangNeuronsError, choices
-from ..models import compatible, identity, is_gated, resolve_site
+from ..models import compatible, identity, is_gated, is_hooked, resolve_site
 from ..neurons import LanguageNeurons
 from .specs import MODES, DiffMean, Intervention, as_items, check_positions
 
@@ -81,7 +81,8 @@ class InterventionHandle:
         if positions == "last":
             return slice(T - 1, T)
         if self.calls == 0 or T != self.length:
-            raise LangNeuronsError("cannot track positions: the forward pass did not go through 'hook_embed'; "
+            raise LangNeuronsError("cannot track positions: the forward pass did not go through the hook that "
+                                   "tracks them ('hook_embed', or 'blocks.0.hook_resid_pre' on a HookedTransformer); "
                                    "use positions='all' or 'last'")
         off = self.offset
         if positions in ("prompt", "generated"):
@@ -249,7 +250,10 @@ def make_hooks(model: Any, interventions, positions="all", prompt_length=None
     stash: dict[int, Tensor] = {}
     hooks: list[tuple[str, Callable]] = []
     if tracked:
-        start = next((n for n in ("hook_embed", "blocks.0.hook_resid_pre") if n in model.hook_dict), None)
+        # a HookedTransformer's generate embeds outside forward, without hook_embed: it is tracked
+        # where every forward call starts, the first block's input
+        order = ("blocks.0.hook_resid_pre",) if is_hooked(model) else ("hook_embed", "blocks.0.hook_resid_pre")
+        start = next((n for n in order if n in model.hook_dict), None)
         if start is None:
             raise LangNeuronsError("this model has no 'hook_embed' to track positions; use positions='all' or 'last'")
         hooks.append((start, handle._start_call))
