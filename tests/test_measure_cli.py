@@ -24,8 +24,10 @@ from tl_langneurons.outputs.measurements import PPL_COLUMNS, STEER_FIRST
 from tl_langneurons.record import record
 
 LANGS = ["en", "de", "ru"]
-STEER_COLUMNS = STEER_FIRST + ["mode", "factor", "statistic", "positions", "prompt_id", "prompt_language", "sample"]
-RATES = {f"{c}_{p}" for c in ("target", "baseline", "control") for p in ("rate", "low", "high")} | {"n"}
+STEER_COLUMNS = STEER_FIRST + ["mode", "factor", "statistic", "positions", "prompt_id", "prompt_language", "sample",
+                               "n_new_tokens", "nll", "rep", "fluent"]  # the fluency of every generation
+RATES = {f"{c}_{p}" for c in ("target", "baseline", "control")
+         for p in ("rate", "low", "high", "fluent_rate", "fluent_low", "fluent_high", "nll", "rep")} | {"n"}
 
 
 @pytest.fixture(scope="module")
@@ -181,7 +183,10 @@ def test_steer_sweep_over_all_targets(inputs, loads, builtin_model, tmp_path, ca
         assert cell["mean"]["target_rate"] == pytest.approx(
             sum(t["target_rate"] for t in cell["targets"].values()) / 3)
         assert cell["mean"]["pooled_target_low"] <= cell["mean"]["target_rate"] <= cell["mean"]["pooled_target_high"]
-    best = max(summary["cells"], key=lambda c: c["mean"]["target_rate"])
+    # the best cell by the fluent target-language rate (ties: the first)
+    cells = summary["cells"]
+    best = cells[max(range(len(cells)), key=lambda i: (cells[i]["mean"]["target_fluent_rate"], -i))]
+    assert "fluent" in summary["best"] and summary["run"]["fluency"]["max_rep"] == 0.2
     assert summary["settings"]["factor"] == best["factor"] and summary["targets"] == best["targets"]
     _figure(out, "steer_rate_vs_factor")
 

@@ -100,7 +100,8 @@ def _pct(x) -> str:
 
 
 def _rates(mean: dict, control: str = "random control") -> str:
-    return (f"{_pct(mean.get('target_rate'))} (no intervention {_pct(mean.get('baseline_rate'))}, {control} "
+    fluent = f", fluent {_pct(mean['target_fluent_rate'])}" if "target_fluent_rate" in mean else ""
+    return (f"{_pct(mean.get('target_rate'))}{fluent} (no intervention {_pct(mean.get('baseline_rate'))}, {control} "
             f"{_pct(mean.get('control_rate'))})")
 
 
@@ -131,6 +132,34 @@ def _generation_args(args):
     generation = GenerationConfig(greedy=args.greedy, **given)
     prompts = read_prompts(args.prompts) if args.prompts is not None else ([""] if args.bos_only else None)
     return prompts, generation
+
+
+def _fluency(args, model, languages: list[str], generation):
+    """The fluency criterion of steer/diffmean: thresholds from ``--fluency-sentences`` held-out
+    built-in ``eval`` sentences of each of ``languages`` the built-in corpus has (a generation in
+    another language is never counted fluent); ``True`` (NLL and repetition only) with 0."""
+    from ..corpus import builtin_languages, load_corpus
+    from ..evaluate import fluency_criterion
+
+    n = _check_fluency_sentences(args)
+    if n == 0:
+        return True
+    langs = [k for k in languages if k in builtin_languages("eval")]
+    if not langs:
+        return True
+    corpus = load_corpus("builtin", languages=langs, split="eval", max_sentences=n)
+    return fluency_criterion(model, corpus, langs, n_tokens=generation.max_new_tokens, max_sentences=n)
+
+
+def _check_fluency_sentences(args) -> int:
+    n = args.fluency_sentences
+    if n < 0:
+        raise LangNeuronsError(f"--fluency-sentences must be 0 (no fluency thresholds) or a positive integer, got {n}")
+    return n
+
+
+def _fluency_run(fluency) -> dict:
+    return {"fluency": fluency.as_dict() if not isinstance(fluency, bool) else None}
 
 
 def _given_sampling(args) -> dict:
@@ -173,18 +202,22 @@ def cmd_steer(args) -> int:
         given["statistic"] = args.statistic
     if positions is not None:
         given["positions"] = positions
+    _check_fluency_sentences(args)
     model = _load_for(args, neurons)
+    fluency = _fluency(args, model, list(neurons.languages), generation)
     df = steer_sweep(model, neurons, targets, factors, [mode], prompts, stats, generation=generation, seed=args.seed,
-                     control=control(args.control), progress=True, **given)
+                     control=control(args.control), fluency=fluency, progress=True, **given)
     run = {"model": args.model, "neurons": str(args.neurons), "stats": args.stats, "site": neurons.site,
-           "method": neurons.method, "targets": targets, **_generation_run(args, given, generation)}
+           "method": neurons.method, "targets": targets, **_generation_run(args, given, generation),
+           **_fluency_run(fluency)}
     summary = write_steer(df, out, run=run)
     lines = [f"{c['mode']} x{c['factor']:g}: mean target-language rate {_rates(c['mean'])} over "
              f"{c['mean']['n_targets']} target(s)" for c in summary["cells"]]
     if summary["sweep"]:
         lines.append(f"best: {summary['settings']['mode']} x{summary['settings']['factor']:g}")
-    lines += [f"  {t}: {_pct(r['target_rate'])} [{_pct(r['target_low'])}, {_pct(r['target_high'])}] of {r['n']}; "
-              f"no intervention {_pct(r.get('baseline_rate'))}, control {_pct(r.get('control_rate'))}"
+    lines += [f"  {t}: {_pct(r['target_rate'])} [{_pct(r['target_low'])}, {_pct(r['target_high'])}] of {r['n']}"
+              + (f", fluent {_pct(r['target_fluent_rate'])}" if "target_fluent_rate" in r else "")
+              + f"; no intervention {_pct(r.get('baseline_rate'))}, control {_pct(r.get('control_rate'))}"
               for t, r in summary["targets"].items()]
     return _done(lines, summary, out)
 
@@ -209,17 +242,19 @@ def cmd_diffmean(args) -> int:
     for t in targets:
         if t not in corpus.languages:
             raise LangNeuronsError(f"unknown --target {t!r}; the corpus has: {', '.join(corpus.languages)}")
+    _check_fluency_sentences(args)
     model = load_model(args.model, dtype=args.dtype, **placement(args))
     if not 0 <= args.layer < model.cfg.n_layers:
         raise LangNeuronsError(f"--layer must be in [0, {model.cfg.n_layers}), got {args.layer}")
     given = _given_sampling(args)
     if positions is not None:
         given["positions"] = positions
+    fluency = _fluency(args, model, list(corpus.languages), generation)
     df = diffmean_sweep(model, corpus, targets, args.layer, betas, prompts, control=control(args.control),
-                        generation=generation, seed=args.seed, progress=True, **given)
+                        generation=generation, seed=args.seed, fluency=fluency, progress=True, **given)
     run = {"model": args.model, "method": "diffmean", "layer": args.layer, "corpus": args.corpus, "split": split,
            "max_sentences": args.max_sentences, "languages": list(corpus.languages), "targets": targets,
-           **_generation_run(args, given, generation)}
+           **_generation_run(args, given, generation), **_fluency_run(fluency)}
     summary = write_steer(df, out, run=run)
     lines = [f"diffmean beta {c['factor']:g} after block {args.layer}: mean target-language rate "
              f"{_rates(c['mean'], control='random direction')} over {c['mean']['n_targets']} target(s)"

@@ -129,6 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
         c.add_argument("--top-k", type=int, default=None)
         c.add_argument("--repetition-penalty", type=float, default=None)
         c.add_argument("--batch-size", type=int, default=None, help="generations per generate call")
+        c.add_argument("--fluency-sentences", type=int, default=60,
+                       help="held-out built-in 'eval' sentences per language that set the fluency thresholds "
+                            "(the fluent target-language rate); 0 = no thresholds, only each generation's NLL and "
+                            "repetition (default 60)")
 
     def measurement(name: str, func, **texts) -> argparse.ArgumentParser:
         """A measurement command: it writes into --out."""

@@ -15,11 +15,10 @@ Positions (``positions=``), in absolute positions of the sequence being processe
   positions); during KV-cached generation, the last prompt token and then each generated token as
   it is produced (it stays intervened in the cache). Without a KV cache every step recomputes the
   whole sequence and only its newest token is intervened, so the two differ: to get the cached
-  meaning without a cache, name the positions ``P−1 … P+n−1`` (as :mod:`.evaluate` does). Beware
-  that with transformers 5.24, TransformerLens 4.3's ``TransformerBridge.generate(use_past_kv_cache=True)``
-  (its default) gives wrong tokens on Llama models, with or without an intervention (the package
-  requires transformers < 5.24 for this reason); :mod:`.evaluate` generates with
-  ``use_past_kv_cache=False`` whatever the version, and a test compares its text with Hugging Face's;
+  meaning without a cache, name the positions ``P−1 … P+n−1``. :mod:`.evaluate` generates with
+  the KV cache (through the wrapped Hugging Face model's ``generate``; with transformers ≥ 5.24
+  :mod:`..compat` makes TransformerLens 4.3's attention bridge write that cache), and tests check
+  cached equals uncached and equals Hugging Face's own ``generate``;
 * a list of absolute positions (ints ≥ 0).
 
 How absolute positions are tracked: the first forward call inside the context (or after
