@@ -64,6 +64,15 @@ def check_fluency(fluency) -> bool | FluencyCriterion:
     raise LangNeuronsError(f"fluency must be True, False or a FluencyCriterion, got {fluency!r}")
 
 
+def _decoding(n_samples, batch_size, generation, fluency) -> tuple[int, int, GenerationConfig, bool | FluencyCriterion]:
+    """The checked sampling, batching, decoding and fluency arguments of every steering function."""
+    n_samples, batch_size = _checks.positive_int("n_samples", n_samples), _checks.positive_int("batch_size", batch_size)
+    gen = check_generation(generation)
+    if gen.greedy:
+        n_samples = 1  # greedy decoding gives one continuation per prompt
+    return n_samples, batch_size, gen, check_fluency(fluency)
+
+
 def _generations(model, toks, items, positions, gen, batch_size, seed, desc, progress, fluency) -> dict[str, list]:
     """Columns of one condition's generations: text, identified language and, unless ``fluency``
     is False, :func:`~.fluency.fluency_columns` — scored with no intervention on, by the model as
@@ -103,11 +112,7 @@ def steer_sweep(model, neurons, targets, factors, modes=(DEFAULT_MODE,), prompts
         raise LangNeuronsError("targets and modes must each hold at least one value")
     factors = _checks.numbers_list("factor", factors)
     pos_list = _positions_list(positions)
-    n_samples, batch_size = _checks.positive_int("n_samples", n_samples), _checks.positive_int("batch_size", batch_size)
-    gen = check_generation(generation)
-    fluency = check_fluency(fluency)
-    if gen.greedy:
-        n_samples = 1  # greedy decoding gives one continuation per prompt
+    n_samples, batch_size, gen, fluency = _decoding(n_samples, batch_size, generation, fluency)
     ctrl_all = random_like(neurons.select(targets), seed) if control == "random" else None
     # build every intervention before generating anything: a bad argument fails fast
     cells = [(m, f, p) for m in modes for f in factors for p in pos_list]
@@ -235,11 +240,7 @@ def steer_with(model, target: str, interventions, control=None, prompts=None, *,
         raise LangNeuronsError("control must hold at least one intervention, or be None")
     _checks.boolean("baseline", baseline)
     pos = check_positions(positions)
-    n_samples, batch_size = _checks.positive_int("n_samples", n_samples), _checks.positive_int("batch_size", batch_size)
-    gen = check_generation(generation)
-    fluency = check_fluency(fluency)
-    if gen.greedy:
-        n_samples = 1  # greedy decoding gives one continuation per prompt
+    n_samples, batch_size, gen, fluency = _decoding(n_samples, batch_size, generation, fluency)
     plist = prompt_list(prompts, target, n_prompts, prompt_words, source, seed)
     rows = [(i, s, p, lang) for i, (p, lang) in enumerate(plist) for s in range(n_samples)]
     toks = [encode(model.tokenizer, p) for _, _, p, _ in rows]
