@@ -54,8 +54,9 @@ DEMO_PLANS = {
     # quarter of an hour on 2 CPU cores (every forward pass unembeds onto 262,144 tokens): 100
     # sentences recorded and 10 held-out ones per language for the perplexity matrix, steering on
     # five targets of five scripts. Factors and diffmean layer from sweeps on de, ja, ru, zh (8
-    # generations each, chosen by the fluent target-language rate): set x 2 was best and x 8-16
-    # mostly loops ("Фу Фу Фу ..."); diffmean after block 4 at beta 1-2 (blocks 9 and 13 were no better).
+    # generations each, scored by the fluent target-language rate; README "Gemma 3 270M: findings"):
+    # of set x 2, 4, 8, 16, x 2 was best and x 8-16 mostly loops ("Фу Фу Фу ..."), so the demo sweeps
+    # x 1, 2, 4; diffmean after block 4 at beta 1-2 (blocks 9 and 13 were no better).
     "gemma-3-270m": DemoPlan(100, 10, 0.01, (1.0, 2.0, 4.0), 4, (1.0, 2.0), 8, 16, 8,
                              "Tang et al.'s 1% (369 of Gemma's 36,864 neurons)", fluency_sentences=30,
                              steer_targets=("de", "ru", "zh", "ja", "ar")),

@@ -141,7 +141,7 @@ def _fluency(args, model, languages: list[str], generation):
     from ..corpus import builtin_languages, load_corpus
     from ..evaluate import fluency_criterion
 
-    n = _check_fluency_sentences(args)
+    n = args.fluency_sentences  # checked before the model was loaded
     if n == 0:
         return True
     langs = [k for k in languages if k in builtin_languages("eval")]
