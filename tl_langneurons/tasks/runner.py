@@ -1,0 +1,243 @@
+"""lm-eval tasks under interventions: baseline, intervention and control on the same documents.
+
+Every condition is one ``lm_eval.simple_evaluate`` run of the same task specifications with the
+same seeds and ``limit``, so lm-eval selects the same documents and builds the same requests; the
+runner checks this (each sample's ``doc_hash``) rather than assuming it. lm-eval's request cache
+is never used: a cache would hand the baseline's answers to the intervention.
+
+The intervention is on at every position of every request (``positions="all"``): the context, the
+continuation being scored and, for generation tasks, every generated token. That is what
+Rahmanisa et al. 2025 do (their hook amplifies every position), and it is the only choice that
+means the same for a multiple-choice request (one forward pass over context + continuation) and a
+generated answer.
+"""
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from .. import _checks
+from ..errors import LangNeuronsError, choices
+from ..evaluate.conditions import check_control, check_neurons, under
+from ..identify import random_like
+from ..intervene import DiffMean, Intervention
+from ..intervene.specs import MODES, as_items
+from ..neurons import LanguageNeurons
+from .lm import task_lm
+from .naming import task_language
+from .registry import task_manager, task_specs
+
+COLUMNS = ["task", "language", "condition", "intervened", "metric", "filter", "value", "stderr", "n"]
+
+
+@dataclass
+class TaskRun:
+    """What :func:`evaluate_tasks` returns.
+
+    Attributes:
+        frame: the tidy table — one row per task × condition × intervened language × metric:
+            ``task, language`` (the language the task measures, from its name; ``None`` when the
+            name does not say), ``condition`` (``baseline``/``intervention``/``control``),
+            ``intervened`` (whose neurons; ``None`` for the baseline), ``metric``, ``filter``
+            (lm-eval's filter name), ``value``, ``stderr`` (lm-eval's; NaN where it gives none),
+            ``n`` (documents scored). Groups (e.g. INCLUDE's per-language groups) have rows too.
+        samples: lm-eval's per-sample log, ``{(condition, intervened): {task: [sample, ...]}}``.
+        configs: lm-eval's resolved task configurations, by task.
+        versions: lm-eval's task versions, by task.
+    """
+
+    frame: pd.DataFrame
+    samples: dict = field(repr=False)
+    configs: dict = field(repr=False)
+    versions: dict = field(repr=False)
+
+
+def _control_of(item, seed: int):
+    """The random control of one intervention: the same operation on :func:`random_like` neurons
+    (same count per layer; ``set``/``add`` keep the language's statistics), or, for a
+    :class:`DiffMean`, a random direction of the same norm."""
+    if isinstance(item, DiffMean):
+        from ..evaluate.steering import random_direction_like
+
+        return random_direction_like(item, seed)
+    if isinstance(item, Intervention) and isinstance(item.neurons, LanguageNeurons):
+        lang = item.language or item.neurons.languages[0]
+        return replace(item, neurons=random_like(item.neurons.select([lang]), seed), language=lang)
+    raise LangNeuronsError("control='random' needs Interventions on a LanguageNeurons set or DiffMeans; "
+                           "for other interventions pass controls= yourself")
+
+
+def _plan(neurons, targets, mode, value, factor, stats, statistic, interventions, controls, control, seed
+          ) -> tuple[dict[str, list], dict[str, list]]:
+    """``({intervened: items}, {intervened: control items})``, every item built (and so checked)."""
+    check_control(control)
+    if interventions is not None:
+        if neurons is not None or targets is not None:
+            raise LangNeuronsError("give either neurons= with targets= or interventions=, not both")
+        if not isinstance(interventions, dict) or not interventions:
+            raise LangNeuronsError("interventions must map a label (the intervened language) to an Intervention, "
+                                   f"a DiffMean or a list of them; got {type(interventions).__name__}")
+        plan = {str(k): as_items(v) for k, v in interventions.items()}
+        if controls is not None:
+            if set(controls) != set(plan):
+                raise LangNeuronsError(f"controls must have the same labels as interventions: {choices(plan)}")
+            ctrl = {str(k): as_items(v) for k, v in controls.items()}
+        elif control == "random":
+            ctrl = {k: [_control_of(i, seed) for i in items] for k, items in plan.items()}
+        else:
+            ctrl = {}
+        return plan, ctrl
+    if controls is not None:
+        raise LangNeuronsError("controls= goes with interventions=; with neurons= use control='random' or None")
+    if neurons is None:
+        return {}, {}  # baseline only
+    neurons = check_neurons(neurons)
+    if targets is None:
+        raise LangNeuronsError(f"targets= names whose neurons to intervene on; the set has {choices(neurons.languages)}")
+    targets = [targets] if isinstance(targets, str) else list(targets)
+    missing = [t for t in targets if t not in neurons]
+    if missing or not targets:
+        raise LangNeuronsError(f"unknown target language {(missing or [None])[0]!r}; the neuron set has: "
+                               f"{choices(neurons.languages)}")
+    if mode not in MODES or mode == "patch":
+        raise LangNeuronsError(f"unknown mode {mode!r}; allowed: {choices([m for m in MODES if m != 'patch'])}")
+    plan = {t: [Intervention(neurons, mode, value=value, factor=factor, stats=stats, statistic=statistic,
+                             language=t)] for t in targets}
+    ctrl_set = random_like(neurons.select(targets), seed) if control == "random" else None
+    ctrl = {t: [Intervention(ctrl_set, mode, value=value, factor=factor, stats=stats, statistic=statistic,
+                             language=t)] for t in targets} if ctrl_set is not None else {}
+    return plan, ctrl
+
+
+def _rows(results: dict, condition: str, intervened: str | None) -> list[dict]:
+    rows = []
+    n_samples = results.get("n-samples", {})
+    for task, metrics in results["results"].items():
+        n = n_samples.get(task, {}).get("effective")
+        if n is None:  # a group: the documents of its members
+            members = results.get("group_subtasks", {}).get(task, [])
+            n = sum(n_samples.get(m, {}).get("effective", 0) for m in members) or None
+        for key, value in metrics.items():
+            if "," not in key or "_stderr," in key:
+                continue
+            metric, filt = key.split(",", 1)
+            stderr = metrics.get(f"{metric}_stderr,{filt}")
+            rows.append({"task": task, "language": task_language(task), "condition": condition,
+                         "intervened": intervened, "metric": metric, "filter": filt,
+                         "value": float(value) if value is not None else float("nan"),
+                         "stderr": float(stderr) if isinstance(stderr, (int, float)) else float("nan"), "n": n})
+    return rows
+
+
+def _doc_hashes(samples: dict) -> dict[str, list]:
+    return {task: [(s["doc_id"], s["doc_hash"]) for s in rows] for task, rows in samples.items()}
+
+
+def evaluate_tasks(model: Any, tasks, neurons=None, targets=None, mode: str = "zero", *, value=None, factor=None,
+                   stats=None, statistic: str = "mean", interventions: dict | None = None,
+                   controls: dict | None = None, control: str | None = "random", seed: int = 0,
+                   limit: int | None = None, batch_size: int = 8, num_fewshot: int | None = None,
+                   sources: dict | None = None, include_path=None, bootstrap_iters: int = 1000,
+                   progress: bool = True) -> TaskRun:
+    """Score lm-eval tasks without intervention, under each intervention, and under its control.
+
+    Args:
+        model: a ``TransformerBridge`` or TL 3.x ``HookedTransformer`` (:func:`~.load_model`).
+        tasks: lm-eval task or group names (``"xcopa_it"``, ``"include_base_44_german"``) and the
+            package's own (``"tlln_cloze_de"``, ``"tlln_translate_en_de"``; see :mod:`.registry`).
+        neurons, targets, mode, value, factor, stats, statistic: the neuron interventions, one per
+            target language: ``targets``' neurons of ``neurons`` (a :class:`LanguageNeurons`) under
+            ``mode`` (``zero``, ``set``, ``scale``, ``add``) with ``value``/``factor``/``stats``
+            as in :class:`~.Intervention`. Without ``neurons`` only the baseline runs.
+        interventions: instead of the above, ``{label: Intervention | DiffMean | [items]}`` for any
+            intervention the package can build (e.g. language arithmetic, a diffmean direction).
+        controls: with ``interventions``, their controls by the same labels; by default
+            (``control="random"``) each item's random counterpart — the same operation on random
+            neurons with the same count per layer, or a random direction of the same norm.
+        control: ``"random"`` (default) or ``None`` (no control runs).
+        seed: the random control's seed; lm-eval's own seeds are its defaults, in every condition.
+        limit: score the first ``limit`` documents of each task (lm-eval's ``limit``).
+        batch_size: lm-eval's batch size.
+        num_fewshot: few-shot examples (lm-eval's default for the task when ``None``).
+        sources: ``{task: {split: local file}}`` — read that task's data from local files, its
+            definition unchanged (:func:`.registry.task_specs`).
+        include_path: further folders of lm-eval task YAML files.
+        bootstrap_iters: lm-eval's bootstrap resamples for the stderr of non-mean metrics.
+
+    Returns:
+        a :class:`TaskRun` (``.frame`` is the tidy table).
+    """
+    if isinstance(tasks, str):
+        tasks = [t for t in tasks.split(",") if t]
+    if not isinstance(tasks, (list, tuple)) or not tasks or not all(isinstance(t, str) for t in tasks):
+        raise LangNeuronsError(f"tasks must be a non-empty list of lm-eval task names, got {tasks!r}")
+    tasks = list(dict.fromkeys(tasks))
+    limit = _checks.positive_int("limit", limit, allow_none=True)
+    batch_size = _checks.positive_int("batch_size", batch_size)
+    num_fewshot = _checks.integer("num_fewshot", num_fewshot, 0, allow_none=True)
+    bootstrap_iters = _checks.integer("bootstrap_iters", bootstrap_iters, 0)
+    plan, ctrl = _plan(neurons, targets, mode, value, factor, stats, statistic, interventions, controls,
+                       control, seed)
+    manager = task_manager(tasks, include_path)
+    specs = task_specs(tasks, manager, sources)
+    lm = task_lm(model, batch_size)
+    runs = [("baseline", None, [])]
+    for label, items in plan.items():
+        runs.append(("intervention", label, items))
+        if label in ctrl:
+            runs.append(("control", label, ctrl[label]))
+
+    from lm_eval import simple_evaluate
+
+    rows, samples, configs, versions, hashes = [], {}, {}, {}, None
+    for condition, label, items in tqdm(runs, desc="tasks", disable=not progress or len(runs) == 1):
+        with under(model, items, "all"):
+            out = simple_evaluate(model=lm, tasks=list(specs), num_fewshot=num_fewshot, limit=limit,
+                                  task_manager=manager, log_samples=True, cache_requests=False,
+                                  bootstrap_iters=bootstrap_iters)
+        if out is None:
+            raise RuntimeError("lm-eval returned no results (a non-zero rank of a distributed run?)")
+        seen = _doc_hashes(out["samples"])
+        if hashes is None:
+            hashes = seen
+        elif seen != hashes:
+            bad = next(t for t in hashes if seen.get(t) != hashes[t])
+            raise RuntimeError(f"lm-eval scored different documents of {bad!r} under {condition} {label}")
+        rows += _rows(out, condition, label)
+        samples[(condition, label)] = out["samples"]
+        configs.update(out.get("configs", {}))
+        versions.update(out.get("versions", {}))
+    frame = pd.DataFrame(rows, columns=COLUMNS)
+    return TaskRun(frame=frame, samples=samples, configs=configs, versions=versions)
+
+
+def change_from_baseline(frame: pd.DataFrame) -> pd.DataFrame:
+    """The intervention and control rows of a :attr:`TaskRun.frame` with ``baseline`` (the
+    baseline's value of the same task and metric) and ``delta`` = value − baseline."""
+    base = frame[frame.condition == "baseline"][["task", "metric", "filter", "value"]]
+    base = base.rename(columns={"value": "baseline"})
+    out = frame[frame.condition != "baseline"].merge(base, on=["task", "metric", "filter"], how="left")
+    out["delta"] = out["value"] - out["baseline"]
+    return out
+
+
+def write_samples(run: TaskRun, folder: str | Path) -> list[Path]:
+    """lm-eval's per-sample log, one JSON-lines file per condition × intervened language × task
+    (``samples/<condition>[_<intervened>]/<task>.jsonl``); returns the files written."""
+    import json
+
+    folder = Path(folder)
+    written = []
+    for (condition, label), by_task in run.samples.items():
+        sub = folder / (condition if label is None else f"{condition}_{label}")
+        sub.mkdir(parents=True, exist_ok=True)
+        for task, rows in by_task.items():
+            path = sub / f"{task}.jsonl"
+            with path.open("w", encoding="utf-8") as f:
+                for r in rows:
+                    f.write(json.dumps(r, ensure_ascii=False, default=str) + "\n")
+            written.append(path)
+    return written
