@@ -71,7 +71,7 @@ def positions_arg(value: str | None):
 
 
 
-def _json_object(name: str, value: str, example: str) -> dict:
+def json_object(name: str, value: str, example: str) -> dict:
     """A JSON object given inline or as the path of a file holding one."""
     from pathlib import Path
 
@@ -93,12 +93,12 @@ def placement(args) -> dict:
 
     dm = getattr(args, "device_map", None)
     if dm is not None and dm not in STRATEGIES:
-        dm = _json_object("--device-map", dm, '{"model.embed_tokens": 0, "model.layers.0": 0, ...}')
+        dm = json_object("--device-map", dm, '{"model.embed_tokens": 0, "model.layers.0": 0, ...}')
     mm = getattr(args, "max_memory", None)
     if mm is not None:
         # JSON object keys are text: a GPU index is written "0"
         mm = {int(k) if k.isdigit() else k: v
-              for k, v in _json_object("--max-memory", mm, '{"0": "70GiB", "1": "70GiB"}').items()}
+              for k, v in json_object("--max-memory", mm, '{"0": "70GiB", "1": "70GiB"}').items()}
     # the messages name the Python arguments (device_map=, max_memory=), the flags' own spelling
     return check_placement(args.device, dm, mm, getattr(args, "offload_folder", None))
 

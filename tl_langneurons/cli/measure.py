@@ -1,11 +1,11 @@
-"""The commands that measure interventions: ppl, steer, diffmean, lss (METHODS §6)."""
+"""The commands that measure interventions: ppl, steer, diffmean, lss, tasks (METHODS §6)."""
 
 import json
 import sys
 
 from .._io import check_out_dir
 from ..errors import LangNeuronsError
-from .args import control, finite, parse_floats, parse_languages, placement, positions_arg, positive
+from .args import control, finite, json_object, parse_floats, parse_languages, placement, positions_arg, positive
 
 
 def _steer_mode(args, modes) -> str:
@@ -293,3 +293,60 @@ def cmd_lss(args) -> int:
              for p in summary["pairs"] for cond in ("intervention", "control") if cond in p]
     return _done(lines, summary, out)
 
+
+
+TASK_MODES = ("zero", "set", "scale", "add")
+
+
+def _task_list(value: str) -> list[str]:
+    tasks = [t.strip() for t in value.split(",") if t.strip()]
+    if not tasks:
+        raise LangNeuronsError(f"--tasks needs at least one lm-eval task name, got {value!r}")
+    return tasks
+
+
+def cmd_tasks(args) -> int:
+    """lm-eval tasks without intervention, under each target's intervention and its control."""
+    from ..models import load_model
+    from ..outputs.measurements import write_tasks
+    from ..sources import resolve_source
+    from ..tasks import evaluate_tasks
+
+    tasks = _task_list(args.tasks)
+    positive("--limit", args.limit)
+    positive("--batch-size", args.batch_size)
+    sources = json_object("--sources", args.sources, '{"xcopa_it": {"test": "xcopa_it.jsonl"}}') \
+        if args.sources else None
+    out = check_out_dir(args.out)
+    resolve_source(args.model)
+    neurons = stats = targets = None
+    if args.neurons is not None:
+        if args.target is None:
+            raise LangNeuronsError("--neurons needs --target (whose neurons to intervene on; a list or 'all')")
+        if args.mode not in TASK_MODES:
+            raise LangNeuronsError(f"unknown --mode {args.mode!r}; allowed: {', '.join(TASK_MODES)}")
+        if args.mode == "scale" and args.factor is None:
+            raise LangNeuronsError("--mode scale needs --factor")
+        if args.mode in ("set", "add") and args.stats is None:
+            raise LangNeuronsError(f"--mode {args.mode} needs --stats (the recorded statistics whose "
+                                   f"{args.statistic} activation is set or added)")
+        neurons, stats, targets = _measure_inputs(args, args.mode, [t.strip() for t in args.target.split(",")])
+        model = _load_for(args, neurons)
+    elif args.target is not None:
+        raise LangNeuronsError("--target needs --neurons (the neuron set whose target neurons are intervened on)")
+    else:
+        model = load_model(args.model, dtype=args.dtype, **placement(args))
+    run = evaluate_tasks(model, tasks, neurons, targets, args.mode, factor=args.factor, stats=stats,
+                         statistic=args.statistic, control=control(args.control), seed=args.seed, limit=args.limit,
+                         batch_size=args.batch_size, num_fewshot=args.num_fewshot, sources=sources,
+                         include_path=args.include_path)
+    info = {"model": args.model, "tasks": tasks, "neurons": args.neurons, "targets": targets, "mode": args.mode,
+            "factor": args.factor, "statistic": args.statistic, "control": control(args.control), "seed": args.seed,
+            "limit": args.limit, "num_fewshot": args.num_fewshot, "positions": "all"}
+    summary = write_tasks(run, out, run=info, metric=args.metric)
+    lines = [f"{t}: {b['metric']} {b['value']:.3f} ± {b['stderr']:.3f} (n={b['n']})" for t, b in summary["baseline"].items()]
+    if summary.get("own_delta") is not None:
+        ctrl = summary.get("control_own_delta")
+        lines.append(f"own-language change {summary['own_delta']:+.3f} (other tasks {summary['other_delta']:+.3f}"
+                     + (f", random control {ctrl:+.3f})" if ctrl is not None else ")"))
+    return _done(lines, summary, out)

@@ -4,7 +4,7 @@ import argparse
 
 from ..errors import LangNeuronsError
 from .find import METHOD_OPTIONS, cmd_analyze, cmd_bench, cmd_demo, cmd_identify, cmd_models, cmd_plot, cmd_record
-from .measure import cmd_diffmean, cmd_lss, cmd_ppl, cmd_steer
+from .measure import cmd_diffmean, cmd_lss, cmd_ppl, cmd_steer, cmd_tasks
 
 class _Parser(argparse.ArgumentParser):
     """argparse whose usage errors are one line, like every other error: raised, printed by
@@ -196,6 +196,33 @@ def build_parser() -> argparse.ArgumentParser:
                    "default: the bundled fixture (en, de, fr, es, ru)")
     steer_options(c)
     c.add_argument("--batch-size", type=int, default=None)
+
+    c = measurement("tasks", cmd_tasks, help="lm-eval tasks under interventions (XCOPA, XNLI, ..., the built-in tlln_*)",
+                    description="Score lm-eval tasks without intervention, with each --target language's neurons "
+                                "intervened on (at every position of every request), and under the random control, "
+                                "on the same documents. Writes tasks.csv, summary.json, lm-eval's per-sample log "
+                                "(samples/) and the tasks_change figure. Needs the [tasks] extra.")
+    c.add_argument("--model", default="builtin", help="'builtin', a hub id or a local model directory")
+    c.add_argument("--tasks", required=True, help="comma-separated lm-eval task or group names, e.g. "
+                   "xcopa_it,xnli_de or the built-in tlln_cloze_de,tlln_translate_en_de")
+    c.add_argument("--neurons", default=None, help="neurons.json written by 'identify' (without it: baseline only)")
+    c.add_argument("--target", default=None, help="whose neurons to intervene on: a language, a comma-separated "
+                   "list or 'all'")
+    c.add_argument("--mode", default="zero", help="zero (default), set (a := factor x statistic), scale "
+                   "(a := factor x a) or add (a := a + factor x statistic)")
+    c.add_argument("--factor", type=float, default=None, help="the factor of set/scale/add")
+    c.add_argument("--stats", default=None, help="statistics at the neurons' site; needed by --mode set and add")
+    c.add_argument("--statistic", default="mean", help="which statistic set/add write (default mean)")
+    c.add_argument("--limit", type=int, default=None, help="the first N documents of each task")
+    c.add_argument("--num-fewshot", type=int, default=None, help="few-shot examples (default: the task's)")
+    c.add_argument("--batch-size", type=int, default=8)
+    c.add_argument("--sources", default=None, help='local data for tasks, a JSON object inline or in a file: '
+                   '{"xcopa_it": {"test": "xcopa_it.jsonl"}} (the task definition stays lm-eval\'s)')
+    c.add_argument("--include-path", default=None, help="a folder of further lm-eval task YAML files")
+    c.add_argument("--metric", default=None, help="the metric of the summary and figure (default: each task's "
+                   "headline metric: acc, chrf, exact_match, ...)")
+    run_options(c, "random (default): the same intervention on random neurons of the same layer profile",
+                "seeds the random control")
 
     m = sub.add_parser("models", help="list the built-in models")
     m.add_argument("--json", action="store_true")

@@ -12,7 +12,10 @@ own writers in :mod:`.report`):
   detected``, then the rest of :func:`~.evaluate.steer`'s columns), ``summary.json`` (rates with
   Wilson intervals per target, per grid cell of a sweep, and their mean over targets), figure
   ``steer_rate_vs_factor`` for a factor sweep;
-* :func:`write_lss` — ``lss.csv`` (one row per item × condition) and ``summary.json``.
+* :func:`write_lss` — ``lss.csv`` (one row per item × condition) and ``summary.json``;
+* :func:`write_tasks` — ``tasks.csv`` (:attr:`~.tasks.TaskRun.frame`), ``summary.json``
+  (:func:`~.tasks.summary.tasks_summary`), lm-eval's per-sample log under ``samples/``, figure
+  ``tasks_change`` (change from baseline, task × intervened language, the control beside it).
 
 Each returns the summary it wrote (strict JSON: NaN and infinities are ``null``). ``run`` is an
 optional dict of the settings that produced the frame (model, corpus, decoding…), stored as is.
@@ -231,4 +234,31 @@ def write_lss(df: pd.DataFrame, out_dir: str | os.PathLike, run: dict | None = N
     summary = {"pairs": pairs, "n_items": int(df["item"].nunique()),
                "conditions": [c for c in ev.CONDITIONS if c in set(df["condition"])], "run": run}
     summary["files"] = [p.name for p in files] + ["summary.json"]
+    return _write_summary(d, summary)
+
+
+# ---------------------------------------------------------------------------------------------
+# Downstream tasks
+
+
+def write_tasks(task_run, out_dir: str | os.PathLike, run: dict | None = None, metric: str | None = None) -> dict:
+    """Write a :class:`~.tasks.TaskRun`: ``tasks.csv``, ``summary.json`` (with lm-eval's task
+    versions and, for translation tasks, the sacreBLEU signatures), ``samples/…jsonl`` and, when
+    an intervention ran, the ``tasks_change`` figure; return the summary."""
+    from ..tasks import write_samples
+    from ..tasks.summary import tasks_summary
+
+    _missing(task_run.frame, ["task", "condition", "metric", "value"], "tasks")
+    d = make_out_dir(out_dir)
+    files = [write_csv(task_run.frame, d / "tasks.csv")]
+    summary = tasks_summary(task_run.frame, metric)
+    summary["versions"] = task_run.versions
+    summary["signatures"] = getattr(task_run, "signatures", None) or {}
+    summary["run"] = run
+    files += write_samples(task_run, d / "samples")
+    if (task_run.frame.condition == "intervention").any():
+        from . import plot
+
+        files += plot.save_figure(plot.task_change_heatmap(task_run.frame, metric), d, "tasks_change")
+    summary["files"] = [os.path.relpath(p, d) for p in files] + ["summary.json"]
     return _write_summary(d, summary)

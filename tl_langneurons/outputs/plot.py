@@ -281,6 +281,51 @@ def ppl_change_heatmap(df: pd.DataFrame, annotate: bool | None = None) -> Figure
     return fig
 
 
+def task_change_heatmap(frame: pd.DataFrame, metric: str | None = None, annotate: bool | None = None) -> Figure:
+    """Rahmanisa et al.'s layout: the change of each task's score from its baseline (task rows,
+    labelled with the language they measure) × the language whose neurons were intervened on
+    (columns), from :func:`~.tasks.evaluate_tasks`; the random control's change beside it on the
+    same symmetric diverging scale (blue: the score rose). Each task is shown at its headline
+    metric (:func:`~.tasks.summary.headline_metric`) unless ``metric`` is given; cells where the
+    task measures the intervened language are outlined."""
+    from ..tasks.summary import change_matrix, headline_metric
+
+    panels = {"intervention": change_matrix(frame, "intervention", metric)}
+    if (frame.condition == "control").any():
+        panels["random control"] = change_matrix(frame, "control", metric)
+    first = panels["intervention"]
+    lang = {t: frame.loc[frame.task == t, "language"].iloc[0] for t in first.index}
+    metrics = sorted({headline_metric(frame, t, metric) for t in first.index})
+    R, C = first.shape
+    annotate = max(R, C) <= 12 if annotate is None else annotate
+    values = np.concatenate([m.to_numpy(dtype=float).ravel() for m in panels.values()])
+    finite = values[np.isfinite(values)]
+    vmax = float(np.abs(finite).max()) if finite.size else 1.0
+    vmax = vmax if vmax > 0 else 1.0
+    cell = 0.42 if annotate else 0.3
+    fig = _figure(len(panels) * (cell * C + 1.6) + 1.0, cell * R + 1.5)
+    gs = fig.add_gridspec(1, len(panels) + 1, width_ratios=[1] * len(panels) + [0.05])
+    cax = fig.add_subplot(gs[0, -1])
+    for k, (title, m) in enumerate(panels.items()):
+        ax = fig.add_subplot(gs[0, k])
+        sns.heatmap(m.astype(float), ax=ax, cmap="vlag_r", vmin=-vmax, vmax=vmax, square=True, xticklabels=True,
+                    yticklabels=True, annot=annotate, fmt=".2f", annot_kws={"fontsize": 5}, cbar=k == 0,
+                    cbar_ax=cax if k == 0 else None,
+                    cbar_kws={"label": f"change from baseline ({', '.join(metrics)})"})
+        for i, t in enumerate(m.index):  # the task in the intervened language's own language
+            if lang[t] in m.columns:
+                ax.add_patch(Rectangle((list(m.columns).index(lang[t]), i), 1, 1, fill=False, edgecolor="0.1",
+                                       linewidth=0.8))
+        ax.set_title(title, fontsize=8)
+        ax.set_xlabel("neurons intervened on")
+        ax.set_ylabel("task" if k == 0 else "")
+        ax.tick_params(labelsize=TICK_FONT)
+        ax.tick_params(axis="x", rotation=90)
+        ax.tick_params(axis="y", rotation=0)
+    cax.tick_params(labelsize=TICK_FONT)
+    return fig
+
+
 def _factor_axis(ax, factors: list[float]) -> None:
     """Log x axis over the factors (symlog when one is ≤ 0, e.g. α = 0), ticks at the factors."""
     positive = [f for f in factors if f > 0]

@@ -55,8 +55,6 @@ def _loader(files: dict[str, str]) -> str:
     kinds = set()
     for split, f in files.items():
         p = Path(f)
-        if not p.is_file():
-            raise LangNeuronsError(f"the local data file {str(f)!r} (split {split!r}) does not exist")
         suffix = p.suffix if p.suffix != ".gz" else Path(p.stem).suffix
         if suffix not in _LOADERS:
             raise LangNeuronsError(f"cannot read {str(f)!r}: allowed file types {choices(sorted(_LOADERS))}")
@@ -70,6 +68,9 @@ def _check_files(name: str, files) -> dict[str, str]:
     if not isinstance(files, dict) or not files or not all(isinstance(k, str) for k in files):
         raise LangNeuronsError(f"sources[{name!r}] must map split names to files, e.g. {{'test': 'x.jsonl'}}; "
                                f"got {files!r}")
+    for split, f in files.items():
+        if not Path(f).is_file():
+            raise LangNeuronsError(f"the local data file {str(f)!r} (sources[{name!r}][{split!r}]) does not exist")
     return {k: str(Path(v).resolve()) for k, v in files.items()}
 
 
