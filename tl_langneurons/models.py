@@ -131,6 +131,23 @@ def _boot_bridge(model, where, hf_model, tokenizer, torch_dtype, placed: dict, h
     return bridge
 
 
+def boot_hf(hf_model: Any, tokenizer: Any, name: str, site: str = "act") -> Any:
+    """A TransformerBridge on a Hugging Face model already in memory (e.g. one with an unmerged
+    peft adapter or parametrized weights in its modules: the bridge wraps them and their forward
+    runs). ``name`` is what artifacts made on it record. TransformerLens >= 4.3 only."""
+    if backend() != "bridge":
+        raise LangNeuronsError("an in-memory model (an unmerged adapter) needs TransformerLens >= 4.3; with TL 3.x "
+                               "use the merged model folder")
+    inner = getattr(getattr(hf_model, "base_model", None), "model", None)
+    hf = inner if inner is not None and hasattr(hf_model, "peft_config") else hf_model
+    dtype = next(hf.parameters()).dtype
+    bridge = _boot_bridge(name, hf.name_or_path or name, hf.eval(), tokenizer, dtype, {"device": None}, {}, None)
+    bridge.eval()
+    bridge._tl_langneurons_name = name
+    check_site(bridge, site)
+    return bridge
+
+
 def backend() -> str:
     """``"hooked"`` where the installed TransformerLens still has ``HookedTransformer`` (3.x), else
     ``"bridge"`` (4.x). TL 3.9 ships an early ``TransformerBridge`` too; it is not used (untested)."""
