@@ -25,7 +25,7 @@ import math
 import os
 import warnings
 from collections.abc import Sequence
-from functools import lru_cache
+from functools import cache, lru_cache
 
 from ..errors import LangNeuronsError, choices
 
@@ -46,7 +46,7 @@ def _spm_model_path() -> str:
     return os.path.join(tokenizer_spm.SACREBLEU_DIR, "models", os.path.basename(url))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _spbleu_available(model_path: str) -> bool:
     """sacreBLEU's spBLEU metric, or ``None`` (after one warning) when its SentencePiece model is
     neither cached at ``model_path`` nor downloadable. Cached per model path, so the download is
@@ -148,7 +148,7 @@ def signatures(metrics: Sequence[str] = METRICS) -> dict[str, str | None]:
     return {m: _signature(m) for m in metrics}
 
 
-@lru_cache(maxsize=None)
+@cache
 def _sources() -> dict[str, str]:
     return {inspect.getsource(fn): name for name, fn in AGGREGATIONS.items()}
 

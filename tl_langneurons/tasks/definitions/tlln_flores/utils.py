@@ -15,7 +15,12 @@ Each file's ``iso_639_3``/``iso_15924`` must be its language's, so that swapped 
 import datasets
 
 from tl_langneurons.errors import LangNeuronsError
-from tl_langneurons.tasks.pairs import files_by_language, join, process_results, read_table  # noqa: F401
+from tl_langneurons.tasks.pairs import (  # noqa: F401
+    files_by_language,
+    join,
+    process_results,
+    read_table,
+)
 from tl_langneurons.tasks.translation import corpus_bleu, corpus_chrfpp, corpus_spbleu  # noqa: F401
 
 DATASET = "openlanguagedata/flores_plus"

@@ -7,7 +7,12 @@ from pathlib import Path
 
 import datasets
 
-from tl_langneurons.tasks.pairs import files_by_language, join, process_results, read_table  # noqa: F401
+from tl_langneurons.tasks.pairs import (  # noqa: F401
+    files_by_language,
+    join,
+    process_results,
+    read_table,
+)
 from tl_langneurons.tasks.translation import corpus_bleu, corpus_chrfpp, corpus_spbleu  # noqa: F401
 
 DATA = Path(__file__).parent / "data"
