@@ -6,6 +6,9 @@
   per-sample log;
 * :mod:`.registry` — the package's task definitions (:data:`TASKS_DIR`, for lm-eval's
   ``include_path``) and redirecting a task's data to local files;
+* :mod:`.translation` — corpus-level BLEU, spBLEU and chrF++ (sacreBLEU) as lm-eval aggregations,
+  and their sacreBLEU signatures (recorded in :attr:`TaskRun.signatures`); :mod:`.pairs` — the
+  translation tasks' documents;
 * :mod:`.lm` — the model as lm-eval's ``HFLM`` (bridge or HookedTransformer);
 * :mod:`.naming` — which language a task measures.
 """

@@ -29,6 +29,7 @@ from ..neurons import LanguageNeurons
 from .lm import task_lm
 from .naming import task_language
 from .registry import task_manager, task_specs
+from .translation import task_signatures
 
 COLUMNS = ["task", "language", "condition", "intervened", "metric", "filter", "value", "stderr", "n"]
 
@@ -47,12 +48,17 @@ class TaskRun:
         samples: lm-eval's per-sample log, ``{(condition, intervened): {task: [sample, ...]}}``.
         configs: lm-eval's resolved task configurations, by task.
         versions: lm-eval's task versions, by task.
+        signatures: sacreBLEU's signature of each corpus-level translation metric, by task and
+            metric (``{"tlln_flores_en_de": {"chrf++": "nrefs:1|…|nw:2|…"}}``; ``None`` for an
+            spBLEU that could not be computed), for the tasks scored with
+            :mod:`.translation`'s aggregations; a score is only comparable with its signature.
     """
 
     frame: pd.DataFrame
     samples: dict = field(repr=False)
     configs: dict = field(repr=False)
     versions: dict = field(repr=False)
+    signatures: dict = field(default_factory=dict, repr=False)
 
 
 def _control_of(item, seed: int):
@@ -211,7 +217,8 @@ def evaluate_tasks(model: Any, tasks, neurons=None, targets=None, mode: str = "z
         configs.update(out.get("configs", {}))
         versions.update(out.get("versions", {}))
     frame = pd.DataFrame(rows, columns=COLUMNS)
-    return TaskRun(frame=frame, samples=samples, configs=configs, versions=versions)
+    signatures = {task: sig for task, cfg in configs.items() if (sig := task_signatures(cfg))}
+    return TaskRun(frame=frame, samples=samples, configs=configs, versions=versions, signatures=signatures)
 
 
 def change_from_baseline(frame: pd.DataFrame) -> pd.DataFrame:
