@@ -41,7 +41,8 @@ def test_cloze_files_are_what_the_build_script_writes(tmp_path):
     shipped = TASKS_DIR / "tlln_cloze"
     assert len(counts) == 27
     for lang in counts:
-        assert (tmp_path / "data" / f"{lang}.jsonl").read_text() == (shipped / "data" / f"{lang}.jsonl").read_text()
+        for name in (f"{lang}.jsonl", f"{lang}.train.jsonl"):
+            assert (tmp_path / "data" / name).read_text() == (shipped / "data" / name).read_text()
         assert (tmp_path / f"tlln_cloze_{lang}.yaml").read_text() == (shipped / f"tlln_cloze_{lang}.yaml").read_text()
 
 
@@ -57,6 +58,9 @@ def test_cloze_items_are_true_halves_against_other_sentences():
         others = [e for i, e in enumerate(item["endings"]) if i != item["label"]]
         halves = {build.cut(x, "de")[1] for j, x in enumerate(sents) if j != item["id"] and build.cut(x, "de")}
         assert all(e in halves for e in others)  # distractors are second halves of other sentences
+    train = {json.loads(x)["context"] for x in (TASKS_DIR / "tlln_cloze" / "data" / "de.train.jsonl").open()}
+    test = {json.loads(x)["context"] for x in (TASKS_DIR / "tlln_cloze" / "data" / "de.jsonl").open()}
+    assert len(train) > 150 and not train & test  # the train split is other text
     assert build.cut("一二三四五六七八九十一二三", "zh") == ("一二三四五六", "七八九十一二三")
     assert build.cut("too short", "en") is None
 

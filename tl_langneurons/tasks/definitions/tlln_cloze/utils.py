@@ -1,5 +1,6 @@
-"""Data loader of the tlln_cloze tasks (lm-eval's ``custom_dataset``): the shipped JSON-lines file
-of the task's language, or the files a caller redirects it to (``data_files=``)."""
+"""Data loader of the tlln_cloze tasks (lm-eval's ``custom_dataset``): the shipped JSON-lines files
+of the task's language (``test`` from the corpus's eval split, ``train`` from its train split), or
+the files a caller redirects it to (``data_files=``)."""
 
 from pathlib import Path
 
@@ -12,5 +13,5 @@ def load_cloze(language: str | None = None, data_files: dict | None = None, **_m
     if data_files is None:
         if language is None:
             raise ValueError("a tlln_cloze task names its language in dataset_kwargs")
-        data_files = {"test": str(DATA / f"{language}.jsonl")}
+        data_files = {"test": str(DATA / f"{language}.jsonl"), "train": str(DATA / f"{language}.train.jsonl")}
     return datasets.load_dataset("json", data_files=data_files)
