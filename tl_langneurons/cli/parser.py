@@ -5,6 +5,7 @@ import argparse
 from ..errors import LangNeuronsError
 from .find import METHOD_OPTIONS, cmd_analyze, cmd_bench, cmd_demo, cmd_identify, cmd_models, cmd_plot, cmd_record
 from .measure import cmd_diffmean, cmd_lss, cmd_ppl, cmd_steer, cmd_tasks
+from .tune import cmd_finetune
 
 class _Parser(argparse.ArgumentParser):
     """argparse whose usage errors are one line, like every other error: raised, printed by
@@ -223,6 +224,49 @@ def build_parser() -> argparse.ArgumentParser:
                    "headline metric: acc, chrf, exact_match, ...)")
     run_options(c, "random (default): the same intervention on random neurons of the same layer profile",
                 "seeds the random control")
+
+    c = measurement("finetune", cmd_finetune, help="neuron-restricted fine-tuning with its controls, and transfer",
+                    description="Train LoRA restricted to a language's neurons (masked-lora, Mondal et al. 2025) or "
+                                "those neurons' rows/columns (selected-rows, Gurgurov et al. 2025), with the controls "
+                                "(the same method on random neurons with the same count per layer, attention-only "
+                                "LoRA, unmasked LoRA) on by default. Writes each run's adapter (adapter.safetensors, "
+                                "adapter.json, peft/) into DIR/<run>/ and the loss figure; with --merged a Hugging "
+                                "Face model folder DIR/<run>/merged/; with --eval-tasks the transfer table "
+                                "(transfer.csv, summary.json, the transfer figure): every task scored on each "
+                                "fine-tuned model against the base model on the same documents.")
+    c.add_argument("--model", default="builtin", help="'builtin', gemma-3-270m, a hub id or a local model directory "
+                   "(the one the neurons were found on)")
+    c.add_argument("--neurons", required=True, help="neurons.json written by 'identify'")
+    c.add_argument("--language", required=True, help="whose neurons the update is restricted to (a comma-separated "
+                   "list: their union)")
+    c.add_argument("--method", default="masked-lora", help="masked-lora (default), selected-rows, attention-only "
+                   "or full-lora")
+    c.add_argument("--random-control", action="store_true", help="train --method on random neurons (same count "
+                   "per layer) instead of the language's")
+    c.add_argument("--controls", default="random,attention-only,full-lora", help="the control runs, comma-separated "
+                   "(default all: random, attention-only, full-lora), or none")
+    c.add_argument("--train", required=True, help="training data: an lm-eval task name (its train split, e.g. "
+                   "tlln_cloze_en) or text:<lang> (the built-in corpus's train sentences, causal LM)")
+    c.add_argument("--train-limit", type=int, default=None, help="the first N training examples")
+    c.add_argument("--matrices", default=None, help="MLP projections updated, comma-separated (default: gate_proj "
+                   "for the LoRA methods, gate_proj,up_proj,down_proj for selected-rows)")
+    c.add_argument("--no-attention", action="store_true", help="masked-lora/full-lora without the attention LoRA")
+    c.add_argument("--r", type=int, default=8, help="LoRA rank (8)")
+    c.add_argument("--alpha", type=float, default=16.0, help="LoRA alpha (16)")
+    c.add_argument("--lr", type=float, default=1e-4, help="learning rate (1e-4)")
+    c.add_argument("--epochs", type=int, default=1)
+    c.add_argument("--batch-size", type=int, default=8, help="training batch size")
+    c.add_argument("--max-length", type=int, default=128, help="tokens per training example")
+    c.add_argument("--merged", action="store_true", help="also write each run's merged model folder")
+    c.add_argument("--eval-tasks", default=None, help="lm-eval tasks scored on the base and every fine-tuned model "
+                   "(e.g. tlln_cloze_en,tlln_cloze_de,...): the transfer table")
+    c.add_argument("--eval-limit", type=int, default=None, help="documents per evaluation task")
+    c.add_argument("--eval-batch-size", type=int, default=8)
+    c.add_argument("--metric", default="acc", help="metric of the transfer summary and figure (default acc)")
+    c.add_argument("--dtype", default="float32")
+    c.add_argument("--seed", type=int, default=0, help="seeds LoRA's initialisation, the example order and the "
+                   "random mask")
+    placement_options(c)
 
     m = sub.add_parser("models", help="list the built-in models")
     m.add_argument("--json", action="store_true")

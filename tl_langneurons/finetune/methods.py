@@ -35,11 +35,12 @@ COLUMNS_ARE_NEURONS = ("down_proj",)  # its input is the neuron; the others' out
 class FinetuneConfig:
     """What to train and how. Defaults: Mondal's masked LoRA (``gate_proj``, r 8, α 16, attention
     LoRA on) at Gurgurov's learning rate 1e-4 (Mondal's 1e-5 barely moves a small model in one
-    epoch of a few hundred examples); ``selected-rows`` uses ``matrices=MLP`` (gate and up rows,
-    down columns) unless given."""
+    epoch of a few hundred examples). ``matrices`` (the MLP projections updated) default to
+    Mondal's ``("gate_proj",)`` for the LoRA methods and Gurgurov's ``MLP`` (gate and up rows,
+    down columns) for ``selected-rows``."""
 
     method: str = "masked-lora"
-    matrices: tuple = ("gate_proj",)
+    matrices: tuple | None = None
     attention: bool = True
     r: int = 8
     alpha: float = 16.0
@@ -53,6 +54,9 @@ class FinetuneConfig:
     def __post_init__(self):
         if self.method not in METHODS:
             raise LangNeuronsError(f"unknown fine-tuning method {self.method!r}; allowed: {choices(METHODS)}")
+        if self.matrices is None:
+            object.__setattr__(self, "matrices", MLP if self.method == "selected-rows" else ("gate_proj",))
+        object.__setattr__(self, "matrices", tuple(self.matrices))
         bad = [m for m in self.matrices if m not in MLP]
         if bad or not self.matrices or len(set(self.matrices)) != len(self.matrices):
             raise LangNeuronsError(f"matrices must be distinct names of {choices(MLP)}, got {self.matrices!r}")

@@ -262,3 +262,27 @@ def write_tasks(task_run, out_dir: str | os.PathLike, run: dict | None = None, m
         files += plot.save_figure(plot.task_change_heatmap(task_run.frame, metric), d, "tasks_change")
     summary["files"] = [os.path.relpath(p, d) for p in files] + ["summary.json"]
     return _write_summary(d, summary)
+
+
+# ---------------------------------------------------------------------------------------------
+# Fine-tuning and transfer
+
+
+def write_transfer(table: pd.DataFrame, losses: dict, out_dir: str | os.PathLike, run: dict | None = None,
+                   source: str | None = None, metric: str = "acc") -> dict:
+    """Write a fine-tuning transfer table: ``transfer.csv``, ``summary.json``
+    (:func:`~.finetune.transfer.transfer_summary` and the final training losses) and the figures
+    ``loss`` and ``transfer`` (change from the base model per evaluation language); return the summary."""
+    from ..finetune.transfer import transfer_summary
+    from . import plot
+
+    _missing(table, ["method", "condition", "task", "metric", "delta"], "transfer")
+    d = make_out_dir(out_dir)
+    files = [write_csv(table, d / "transfer.csv")]
+    summary = {"by_run": transfer_summary(table, source, metric), "metric": metric, "source": source,
+               "final_loss": {k: v[-1] for k, v in losses.items() if v},
+               "first_loss": {k: v[0] for k, v in losses.items() if v}, "run": run}
+    files += plot.save_figure(plot.loss_curves(losses), d, "loss")
+    files += plot.save_figure(plot.transfer_deltas(table, metric), d, "transfer")
+    summary["files"] = [os.path.relpath(p, d) for p in files] + ["summary.json"]
+    return _write_summary(d, summary)

@@ -326,6 +326,46 @@ def task_change_heatmap(frame: pd.DataFrame, metric: str | None = None, annotate
     return fig
 
 
+def loss_curves(losses: dict[str, list[float]]) -> Figure:
+    """Training loss per step of each fine-tuning run (``{run name: [loss, ...]}``)."""
+    if not losses or not any(losses.values()):
+        raise LangNeuronsError("no losses to draw")
+    fig = _figure(5.0, 3.2)
+    ax = fig.add_subplot(1, 1, 1)
+    for name, ys in losses.items():
+        ax.plot(range(1, len(ys) + 1), ys, label=name, linewidth=1.2)
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss (nats per target token)")
+    ax.legend(fontsize=7, frameon=False)
+    return fig
+
+
+def transfer_deltas(table: pd.DataFrame, metric: str = "acc") -> Figure:
+    """The change from the base model of each evaluation task (x: its language) for every
+    fine-tuning method × condition, with ±1 paired standard error, at ``metric``."""
+    t = table[table.metric == metric]
+    if t.empty:
+        raise LangNeuronsError(f"the transfer table has no metric {metric!r}")
+    runs = list(dict.fromkeys(zip(t.method, t.condition)))
+    tasks = list(dict.fromkeys(t.task))
+    labels = [str(t.loc[t.task == k, "language"].iloc[0] or k) for k in tasks]
+    fig = _figure(max(4.5, 0.45 * len(tasks) + 2.5), 3.4)
+    ax = fig.add_subplot(1, 1, 1)
+    width = 0.8 / len(runs)
+    for j, (method, condition) in enumerate(runs):
+        g = t[(t.method == method) & (t.condition == condition)].set_index("task").reindex(tasks)
+        x = np.arange(len(tasks)) - 0.4 + width * (j + 0.5)
+        ax.errorbar(x, g.delta, yerr=g.delta_stderr.fillna(0), fmt="o", markersize=3, capsize=2, linewidth=0.8,
+                    label=method if condition == "none" else f"{method} ({condition})")
+    ax.axhline(0, color="0.3", linewidth=0.6)
+    ax.set_xticks(range(len(tasks)), labels)
+    ax.set_xlabel("evaluation language")
+    ax.set_ylabel(f"change from base model ({metric})")
+    ax.tick_params(labelsize=TICK_FONT)
+    ax.legend(fontsize=6, frameon=False)
+    return fig
+
+
 def _factor_axis(ax, factors: list[float]) -> None:
     """Log x axis over the factors (symlog when one is ≤ 0, e.g. α = 0), ticks at the factors."""
     positive = [f for f in factors if f > 0]

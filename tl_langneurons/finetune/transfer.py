@@ -1,0 +1,164 @@
+"""Cross-lingual transfer of a fine-tuning (Mondal et al. 2025): train on a source language with
+each method and control, score every evaluation language with :mod:`..tasks`, and compare with the
+base model on the same documents."""
+
+import gc
+import math
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from .. import _checks
+from ..errors import LangNeuronsError, choices
+from .adapter import merged_folder
+from .data import Example, task_examples, text_examples
+from .masks import NeuronMask, neuron_mask, random_mask
+from .methods import METHODS, FinetuneConfig
+from .train import finetune
+
+COLUMNS = ["method", "condition", "task", "language", "metric", "value", "stderr", "n", "base_value", "delta",
+           "delta_stderr"]
+PER_DOC = ("acc", "acc_norm", "exact_match", "f1")  # metrics lm-eval logs per document
+
+
+def training_examples(tokenizer, spec: str, limit: int | None = None, max_length: int = 128) -> list[Example]:
+    """Examples from ``spec``: ``text:<lang>`` — sentences of the built-in corpus's ``train`` split
+    (causal LM); anything else — an lm-eval task name, trained on its ``train`` split (prompt → answer)."""
+    if not isinstance(spec, str) or not spec:
+        raise LangNeuronsError(f"the training data must be 'text:<lang>' or an lm-eval task name, got {spec!r}")
+    if spec.startswith("text:"):
+        from ..corpus import load_corpus
+
+        lang = spec[len("text:"):]
+        texts = load_corpus("builtin", languages=[lang], split="train", max_sentences=limit)[lang]
+        return text_examples(tokenizer, texts, max_length)
+    return task_examples(tokenizer, spec, "train", limit, max_length)
+
+
+@dataclass
+class TransferRun:
+    """What :func:`transfer` returns: ``table`` (one row per method × condition × task × metric,
+    with the base model's value, the change ``delta`` and its paired stderr), the
+    :class:`Adapter` of each run by ``(method, condition)``, and the base model's scores."""
+
+    table: pd.DataFrame
+    adapters: dict = field(repr=False)
+    base: pd.DataFrame = field(repr=False)
+
+
+def _paired_stderr(samples_a: list, samples_b: list, metric: str) -> float:
+    """The standard error of the mean per-document difference (same documents in both lists)."""
+    if metric not in PER_DOC or not samples_a or metric not in samples_a[0]:
+        return math.nan
+    a = {s["doc_hash"]: float(s[metric]) for s in samples_a}
+    d = [float(s[metric]) - a[s["doc_hash"]] for s in samples_b if s["doc_hash"] in a]
+    if len(d) < 2:
+        return math.nan
+    mean = sum(d) / len(d)
+    return math.sqrt(sum((x - mean) ** 2 for x in d) / (len(d) - 1) / len(d))
+
+
+def compare_with_base(tuned: Any, tasks, base, method: str, condition: str, limit: int | None = None,
+                      batch_size: int = 8) -> list[dict]:
+    """Rows of the transfer table for one fine-tuned model: ``tasks`` scored on ``tuned`` (the
+    same documents as ``base``, a :class:`~.tasks.TaskRun` of the base model), with the base
+    value, the change and its paired stderr."""
+    from ..tasks import evaluate_tasks
+
+    run = evaluate_tasks(tuned, tasks, limit=limit, batch_size=batch_size, progress=False)
+    bs, ts = base.samples[("baseline", None)], run.samples[("baseline", None)]
+    merged = run.frame.merge(base.frame[["task", "metric", "filter", "value"]].rename(columns={"value": "base_value"}),
+                             on=["task", "metric", "filter"])
+    return [{"method": method, "condition": condition, "task": r.task, "language": r.language, "metric": r.metric,
+             "value": r.value, "stderr": r.stderr, "n": r.n, "base_value": r.base_value,
+             "delta": r.value - r.base_value,
+             "delta_stderr": _paired_stderr(bs.get(r.task, []), ts.get(r.task, []), r.metric)}
+            for r in merged.itertuples()]
+
+
+def _runs(methods, random_control: bool) -> list[tuple[str, str]]:
+    out = []
+    for m in methods:
+        if m in ("masked-lora", "selected-rows"):
+            out.append((m, "neurons"))
+            if random_control:
+                out.append((m, "random"))
+        else:
+            out.append((m, "none"))
+    return out
+
+
+def transfer(model: Any, neurons, language, train: list[Example], tasks, methods=METHODS, *,
+             random_control: bool = True, config: FinetuneConfig | None = None, matrices=None,
+             limit: int | None = None,
+             batch_size: int = 8, out=None, progress: bool = True) -> TransferRun:
+    """Fine-tune ``model`` on ``train`` with every method (and the random-mask control of the
+    masked ones), and score ``tasks`` on each fine-tuned model and on the base model.
+
+    Args:
+        model: a model :func:`~.load_model` loaded (the base; it is scored, never changed).
+        neurons, language: the mask is ``language``'s neurons (a language or a list: their union).
+        train: training examples (:func:`training_examples`).
+        tasks: lm-eval task names scored on every model (:func:`~.tasks.evaluate_tasks`).
+        methods: of :data:`~.methods.METHODS`.
+        random_control: also train the masked methods on :func:`.random_mask` (same count per layer).
+        config: the shared settings (:class:`FinetuneConfig`; ``method`` and ``matrices`` are set per run).
+        matrices: the MLP projections updated (default: each method's own, see :class:`FinetuneConfig`).
+        limit, batch_size: of the task runs.
+        out: a folder for each run's adapter and merged model (``<method>[-random]/``); default a
+            temporary folder, removed afterwards.
+    """
+    import tempfile
+
+    from ..models import load_model
+    from ..tasks import evaluate_tasks
+
+    methods = [methods] if isinstance(methods, str) else list(methods)
+    bad = [m for m in methods if m not in METHODS]
+    if bad or not methods:
+        raise LangNeuronsError(f"unknown method {(bad or [None])[0]!r}; allowed: {choices(METHODS)}")
+    _checks.boolean("random_control", random_control)
+    config = config or FinetuneConfig()
+    mask = neuron_mask(neurons, language)
+    control = random_mask(mask, config.seed)
+    tmp = tempfile.TemporaryDirectory() if out is None else None
+    root = Path(tmp.name if tmp is not None else out)
+    base = evaluate_tasks(model, tasks, limit=limit, batch_size=batch_size, progress=False)
+    rows, adapters = [], {}
+    try:
+        for method, condition in _runs(methods, random_control):
+            cfg = replace(config, method=method, matrices=matrices)
+            the_mask: NeuronMask | None = {"neurons": mask, "random": control}.get(condition)
+            adapter = finetune(model, train, cfg, the_mask, progress=progress,
+                               train_info={"language_neurons": list(mask.languages)})
+            folder = root / (method if condition != "random" else f"{method}-random")
+            adapter.save(folder)
+            tuned = load_model(str(merged_folder(adapter, folder / "merged")), site="act")
+            rows += compare_with_base(tuned, tasks, base, method, condition, limit, batch_size)
+            del tuned
+            gc.collect()
+            adapters[(method, condition)] = adapter
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+    return TransferRun(pd.DataFrame(rows, columns=COLUMNS), adapters, base.frame)
+
+
+def transfer_summary(table: pd.DataFrame, source: str | None = None, metric: str = "acc") -> dict:
+    """Per method × condition: the mean change over the evaluation languages (and over those
+    other than ``source``, the transfer), at ``metric``."""
+    t = table[table.metric == metric]
+    if t.empty:
+        raise LangNeuronsError(f"the transfer table has no metric {metric!r}; it has "
+                               f"{choices(sorted(set(table.metric)))}")
+    out = {}
+    for (method, condition), g in t.groupby(["method", "condition"], sort=False):
+        other = g[g.language != source] if source is not None else g
+        out[f"{method}/{condition}"] = {"mean_delta": float(g.delta.mean()),
+                                         "transfer_delta": float(other.delta.mean()) if len(other) else None,
+                                         "source_delta": float(g[g.language == source].delta.mean())
+                                         if source is not None and (g.language == source).any() else None,
+                                         "n_tasks": int(len(g))}
+    return out
