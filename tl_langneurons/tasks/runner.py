@@ -28,7 +28,8 @@ from ..intervene.specs import MODES, as_items
 from ..neurons import LanguageNeurons
 from .lm import task_lm
 from .naming import task_language
-from .registry import task_manager, task_specs
+from .compat import install_squad_metrics
+from .registry import load_specs, task_manager, task_specs
 
 COLUMNS = ["task", "language", "condition", "intervened", "metric", "filter", "value", "stderr", "n"]
 
@@ -182,7 +183,8 @@ def evaluate_tasks(model: Any, tasks, neurons=None, targets=None, mode: str = "z
     plan, ctrl = _plan(neurons, targets, mode, value, factor, stats, statistic, interventions, controls,
                        control, seed)
     manager = task_manager(tasks, include_path)
-    specs = task_specs(tasks, manager, sources)
+    install_squad_metrics()  # XQuAD's scoring code imports it; transformers 5 dropped it (.compat)
+    specs = task_specs(tasks, manager, sources, num_fewshot)
     lm = task_lm(model, batch_size)
     runs = [("baseline", None, [])]
     for label, items in plan.items():
@@ -195,7 +197,7 @@ def evaluate_tasks(model: Any, tasks, neurons=None, targets=None, mode: str = "z
     rows, samples, configs, versions, hashes = [], {}, {}, {}, None
     for condition, label, items in tqdm(runs, desc="tasks", disable=not progress or len(runs) == 1):
         with under(model, items, "all"):
-            out = simple_evaluate(model=lm, tasks=list(specs), num_fewshot=num_fewshot, limit=limit,
+            out = simple_evaluate(model=lm, tasks=load_specs(specs, manager), num_fewshot=num_fewshot, limit=limit,
                                   task_manager=manager, log_samples=True, cache_requests=False,
                                   bootstrap_iters=bootstrap_iters)
         if out is None:
