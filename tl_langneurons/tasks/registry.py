@@ -148,9 +148,15 @@ def load_specs(specs: list, manager) -> list:
     return out
 
 
-def task_specs(tasks: list[str], manager, sources: dict | None = None, num_fewshot: int | None = None) -> list:
+def task_specs(tasks: list[str], manager, sources: dict | None = None, num_fewshot: int | None = None,
+               task_config: dict | None = None) -> list:
     """What to hand to lm-eval for ``tasks``: a task's name, or — where ``sources`` names local
-    data for it — its full config with the data redirected (see the module docstring)."""
+    data for it — its full config with the data redirected (see the module docstring).
+
+    ``task_config`` (``{task: {key: value}}``) replaces keys of a task's YAML config (e.g.
+    ``{"xquad_de": {"generation_kwargs": {"until": ["\\n"], "max_gen_toks": 16}}}``); a value
+    replaces the YAML's whole value. For a group the keys reach every member. The data keys are
+    ``sources``' business and are refused here."""
     from lm_eval.tasks._index import Kind
     from lm_eval.tasks._yaml_loader import load_yaml
 
@@ -164,23 +170,44 @@ def task_specs(tasks: list[str], manager, sources: dict | None = None, num_fewsh
     stray = [k for k in sources if k not in tasks]
     if stray:
         raise LangNeuronsError(f"sources names {stray[0]!r}, which is not among the tasks run: {choices(tasks)}")
+    extra = _check_task_config(task_config, tasks)
     specs: list = []
     for name in tasks:
-        if name not in sources:
+        if name not in sources and name not in extra:
             specs.append(name)
             continue
-        files = _check_files(name, sources[name])
+        files = _check_files(name, sources[name]) if name in sources else None
         entry = manager.task_index[name]
         if entry.yaml_path is None:
-            raise LangNeuronsError(f"task {name!r} has no YAML definition whose data could be redirected")
+            raise LangNeuronsError(f"task {name!r} has no YAML definition whose data or keys could be replaced")
         cfg = load_yaml(entry.yaml_path, resolve_func=True)
         if entry.kind == Kind.GROUP:
-            specs.append(GroupRedirect(name, _group_overrides(name, cfg, files, manager, num_fewshot)))
+            data = _group_overrides(name, cfg, files, manager, num_fewshot) if files is not None else {}
+            specs.append(GroupRedirect(name, {**data, **extra.get(name, {})}))
         elif entry.kind == Kind.TASK:
-            specs.append(redirected({**cfg, "task": name}, files, name, num_fewshot))
+            cfg = {**cfg, "task": name}
+            cfg = redirected(cfg, files, name, num_fewshot) if files is not None else cfg
+            specs.append({**cfg, **extra.get(name, {})})
         else:
             raise LangNeuronsError(f"{name!r} is an lm-eval tag (a set of tasks); redirect its tasks one by one")
     return specs
+
+
+def _check_task_config(task_config, tasks: list[str]) -> dict:
+    if task_config is None:
+        return {}
+    if not isinstance(task_config, dict) or not all(isinstance(v, dict) for v in task_config.values()):
+        raise LangNeuronsError(f"task_config must map task names to {{key: value}} dicts, got {task_config!r}")
+    stray = [k for k in task_config if k not in tasks]
+    if stray:
+        raise LangNeuronsError(f"task_config names {stray[0]!r}, which is not among the tasks run: {choices(tasks)}")
+    for name, keys in task_config.items():
+        data = [k for k in keys if k in ("dataset_path", "dataset_name", "dataset_kwargs", "custom_dataset", "task",
+                                         "group")]
+        if data:
+            raise LangNeuronsError(f"task_config[{name!r}] sets {data[0]!r}; local data goes through sources=, "
+                                   "and a task's name cannot be changed")
+    return task_config
 
 
 def _group_overrides(name: str, cfg: dict, files: dict[str, str], manager, num_fewshot) -> dict:
