@@ -37,7 +37,7 @@ def compute_exact(a_gold: str, a_pred: str) -> int:
     return int(normalize_answer(a_gold) == normalize_answer(a_pred))
 
 
-def compute_f1(a_gold: str, a_pred: str) -> float:
+def compute_f1(a_gold: str, a_pred: str) -> float | int:  # int where transformers 4 returns one
     gold, pred = get_tokens(a_gold), get_tokens(a_pred)
     if not gold or not pred:  # an empty answer scores 1 against an empty gold, else 0
         return int(gold == pred)
