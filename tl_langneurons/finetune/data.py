@@ -57,11 +57,11 @@ def task_examples(tokenizer, task: str, split: str = "train", limit: int | None 
     """The (prompt, gold answer) pairs of an lm-eval task's ``split`` (``train``, ``validation``
     or ``test``), scored on the answer: a multiple-choice task's correct choice, a generation
     task's target, each after the task's ``target_delimiter``."""
-    from ..tasks.registry import task_manager, task_specs
+    from ..tasks.registry import load_specs, task_manager, task_specs
 
     limit = _checks.positive_int("limit", limit, allow_none=True)
     manager = task_manager([task], include_path)
-    loaded = manager.load(task_specs([task], manager))["tasks"]
+    loaded = manager.load(load_specs(task_specs([task], manager), manager))["tasks"]
     if task not in loaded:
         raise LangNeuronsError(f"{task!r} is a group; train on one of its tasks: {choices(loaded)}")
     t = loaded[task]

@@ -51,15 +51,27 @@ class HookedCausalLM(torch.nn.Module):
         return SimpleNamespace(logits=self.ht(input_ids, return_type="logits"))
 
     def generate(self, input_ids: torch.Tensor, max_length: int, stopping_criteria=None, pad_token_id=None,
-                 use_cache: bool = True, do_sample: bool = False, **kw: Any) -> torch.Tensor:
+                 use_cache: bool = True, do_sample: bool = False, attention_mask: torch.Tensor | None = None,
+                 **kw: Any) -> torch.Tensor:
         unknown = set(kw) - {"temperature", "top_p", "top_k"}
         if unknown:
             raise LangNeuronsError(f"a HookedTransformer cannot generate with {sorted(unknown)[0]}=; "
                                    "it supports do_sample, temperature, top_p and top_k")
+        opts = dict(max_new_tokens=max(max_length - input_ids.shape[1], 1), do_sample=do_sample, stop_at_eos=True,
+                    use_past_kv_cache=use_cache, return_type="tokens", padding_side="left", verbose=False, **kw)
         with torch.no_grad():
-            return self.ht.generate(input_ids, max_new_tokens=max(max_length - input_ids.shape[1], 1),
-                                    do_sample=do_sample, stop_at_eos=True, use_past_kv_cache=use_cache,
-                                    return_type="tokens", padding_side="left", verbose=False, **kw)
+            if attention_mask is None or bool(attention_mask.all()):
+                return self.ht.generate(input_ids, **opts)
+            # HFLM left-pads a batch and passes its attention mask: each row is generated on its
+            # own, without its pads (so none is attended to), and put back behind them; rows are
+            # filled up with EOS, as the HookedTransformer fills a finished row (lm-eval stops at EOS)
+            rows = []
+            for ids, mask in zip(input_ids, attention_mask.bool()):
+                out = self.ht.generate(ids[mask][None], **opts)[0]
+                rows.append(torch.cat([ids, out[int(mask.sum()):]]))
+            width = max(len(r) for r in rows)
+            eos = self.ht.tokenizer.eos_token_id
+            return torch.stack([torch.nn.functional.pad(r, (0, width - len(r)), value=eos) for r in rows])
 
 
 def task_lm(model: Any, batch_size: int = 8, max_length: int | None = None):

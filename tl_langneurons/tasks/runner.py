@@ -28,7 +28,8 @@ from ..intervene.specs import MODES, as_items
 from ..neurons import LanguageNeurons
 from .lm import task_lm
 from .naming import task_language
-from .registry import task_manager, task_specs
+from .compat import install_squad_metrics
+from .registry import load_specs, task_manager, task_specs
 from .translation import task_signatures
 
 COLUMNS = ["task", "language", "condition", "intervened", "metric", "filter", "value", "stderr", "n"]
@@ -146,7 +147,8 @@ def evaluate_tasks(model: Any, tasks, neurons=None, targets=None, mode: str = "z
                    stats=None, statistic: str = "mean", interventions: dict | None = None,
                    controls: dict | None = None, control: str | None = "random", seed: int = 0,
                    limit: int | None = None, batch_size: int = 8, num_fewshot: int | None = None,
-                   sources: dict | None = None, include_path=None, bootstrap_iters: int = 1000,
+                   sources: dict | None = None, task_config: dict | None = None, include_path=None,
+                   bootstrap_iters: int = 1000,
                    progress: bool = True) -> TaskRun:
     """Score lm-eval tasks without intervention, under each intervention, and under its control.
 
@@ -170,6 +172,9 @@ def evaluate_tasks(model: Any, tasks, neurons=None, targets=None, mode: str = "z
         num_fewshot: few-shot examples (lm-eval's default for the task when ``None``).
         sources: ``{task: {split: local file}}`` — read that task's data from local files, its
             definition unchanged (:func:`.registry.task_specs`).
+        task_config: ``{task: {key: value}}`` — replace keys of a task's YAML config, e.g. a small
+            ``generation_kwargs`` ``max_gen_toks`` for a quick generation run (the same in every
+            condition; :func:`.registry.task_specs`).
         include_path: further folders of lm-eval task YAML files.
         bootstrap_iters: lm-eval's bootstrap resamples for the stderr of non-mean metrics.
 
@@ -188,7 +193,8 @@ def evaluate_tasks(model: Any, tasks, neurons=None, targets=None, mode: str = "z
     plan, ctrl = _plan(neurons, targets, mode, value, factor, stats, statistic, interventions, controls,
                        control, seed)
     manager = task_manager(tasks, include_path)
-    specs = task_specs(tasks, manager, sources)
+    install_squad_metrics()  # XQuAD's scoring code imports it; transformers 5 dropped it (.compat)
+    specs = task_specs(tasks, manager, sources, num_fewshot, task_config)
     lm = task_lm(model, batch_size)
     runs = [("baseline", None, [])]
     for label, items in plan.items():
@@ -201,7 +207,7 @@ def evaluate_tasks(model: Any, tasks, neurons=None, targets=None, mode: str = "z
     rows, samples, configs, versions, hashes = [], {}, {}, {}, None
     for condition, label, items in tqdm(runs, desc="tasks", disable=not progress or len(runs) == 1):
         with under(model, items, "all"):
-            out = simple_evaluate(model=lm, tasks=list(specs), num_fewshot=num_fewshot, limit=limit,
+            out = simple_evaluate(model=lm, tasks=load_specs(specs, manager), num_fewshot=num_fewshot, limit=limit,
                                   task_manager=manager, log_samples=True, cache_requests=False,
                                   bootstrap_iters=bootstrap_iters)
         if out is None:
