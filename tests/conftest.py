@@ -102,6 +102,18 @@ def builtin_model():
     return load_model("builtin")
 
 
+def analysis_script(name: str):
+    """``analyses/<name>.py`` loaded as a module (the scripts are not a package)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "analyses" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def n_hooks(model) -> int:
     """Hooks currently registered on any hook point of the model."""
     total = 0

@@ -1,23 +1,18 @@
 """The paper reproductions in analyses/ run end to end on the built-in model (small settings)."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import analysis_script
 
 from tl_langneurons import LangNeuronsError, LanguageNeurons
 
 ANALYSES = Path(__file__).resolve().parents[1] / "analyses"
 
 
-def _script(name: str):
-    spec = importlib.util.spec_from_file_location(name, ANALYSES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _outputs(out: Path, n_figures: int) -> None:
@@ -29,7 +24,7 @@ def _outputs(out: Path, n_figures: int) -> None:
 @pytest.mark.slow
 def test_tang2024_lape(tmp_path, capsys):
     out = tmp_path / "tang"
-    assert _script("tang2024_lape").main(["--max-sentences", "24", "--permutations", "200", "--out", str(out)]) == 0
+    assert analysis_script("tang2024_lape").main(["--max-sentences", "24", "--permutations", "200", "--out", str(out)]) == 0
     _outputs(out, 5)
     result = json.loads((out / "tang2024.json").read_text())
     assert result["ours"]["model"] == "builtin" and result["ours"]["share_of_neurons"] == pytest.approx(0.05, abs=1e-3)
@@ -39,7 +34,7 @@ def test_tang2024_lape(tmp_path, capsys):
 @pytest.mark.slow
 def test_kojima2024_experts(tmp_path, capsys):
     out = tmp_path / "kojima"
-    assert _script("kojima2024_experts").main(["--max-sentences", "16", "--n", "40", "--permutations", "200",
+    assert analysis_script("kojima2024_experts").main(["--max-sentences", "16", "--n", "40", "--permutations", "200",
                                                "--out", str(out)]) == 0
     _outputs(out, 4)
     result = json.loads((out / "kojima2024.json").read_text())
@@ -47,7 +42,7 @@ def test_kojima2024_experts(tmp_path, capsys):
     assert result["ours"]["sentences_used"]["de"] == {"positive": 16, "negative": 80}
     # reusing the statistics gives the same sets
     first = (out / "neurons.json").read_text()
-    assert _script("kojima2024_experts").main(["--stats", str(out / "stats"), "--n", "40", "--permutations", "200",
+    assert analysis_script("kojima2024_experts").main(["--stats", str(out / "stats"), "--n", "40", "--permutations", "200",
                                                "--out", str(out)]) == 0
     assert (out / "neurons.json").read_text() == first
 
@@ -94,7 +89,7 @@ def _figure(path: Path) -> None:
 @pytest.mark.slow
 def test_tang2024_ppl(tmp_path, capsys):
     out = tmp_path / "tang_ppl"
-    script = _script("tang2024_ppl")
+    script = analysis_script("tang2024_ppl")
     assert script.main(["--languages", "en,de,ru", "--max-sentences", "16", "--eval-sentences", "6",
                         "--out", str(out)]) == 0
     ppl = pd.read_csv(out / "ppl.csv")
@@ -122,7 +117,7 @@ def test_tang2024_ppl(tmp_path, capsys):
 @pytest.mark.slow
 def test_gurgurov2025_arithmetic(tmp_path):
     out = tmp_path / "gurgurov"
-    script = _script("gurgurov2025_arithmetic")
+    script = analysis_script("gurgurov2025_arithmetic")
     assert script.main(["--languages", "en,de,ru", "--max-sentences", "16", "--pairs", "en-de,de-ru",
                         "--factors", "1,16", "--deactivate", "none,0", "--n-prompts", "3", "--max-new-tokens", "8",
                         "--out", str(out)]) == 0
@@ -151,7 +146,7 @@ def test_gurgurov2025_arithmetic(tmp_path):
 @pytest.mark.slow
 def test_rahmanisa2025_amplification(tmp_path):
     out = tmp_path / "rahmanisa"
-    assert _script("rahmanisa2025_amplification").main([
+    assert analysis_script("rahmanisa2025_amplification").main([
         "--languages", "en,de", "--max-sentences", "16", "--factors", "1,8", "--n-prompts", "2", "--n-samples", "2",
         "--max-new-tokens", "8", "--max-facts", "10", "--out", str(out)]) == 0
     gens = pd.read_csv(out / "steer" / "steer.csv", keep_default_na=False)
@@ -182,7 +177,7 @@ def test_rahmanisa2025_amplification(tmp_path):
 @pytest.mark.slow
 def test_kojima2024_forcing(tmp_path):
     out = tmp_path / "kojima_forcing"
-    assert _script("kojima2024_forcing").main([
+    assert analysis_script("kojima2024_forcing").main([
         "--languages", "en,de,ru", "--max-sentences", "16", "--n", "20,40", "--factors", "1,4", "--n-samples", "3",
         "--max-new-tokens", "8", "--eval-sentences", "4", "--out", str(out)]) == 0
     for n in (20, 40):

@@ -3,25 +3,32 @@
 seed gives the same adapter, adapters round-trip, merged = unmerged, the merged folder loads like
 any model and is another model; the `finetune` command and the Mondal script."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
+from conftest import analysis_script
 
 from tl_langneurons import LangNeuronsError, load_corpus, load_model
 from tl_langneurons.cli import main
-from tl_langneurons.finetune import (Adapter, FinetuneConfig, apply_adapter, finetune, load_finetuned, merged_folder,
-                                     neuron_mask, random_mask, text_examples)
+from tl_langneurons.finetune import (
+    Adapter,
+    FinetuneConfig,
+    apply_adapter,
+    finetune,
+    load_finetuned,
+    merged_folder,
+    neuron_mask,
+    random_mask,
+    text_examples,
+)
 from tl_langneurons.finetune.adapter import base_model
 from tl_langneurons.finetune.methods import MLP
 from tl_langneurons.models import weights_hash
 from tl_langneurons.neurons import LanguageNeurons
 
 pytestmark = pytest.mark.slow
-ANALYSES = Path(__file__).resolve().parents[1] / "analyses"
 
 
 @pytest.fixture(scope="module")
@@ -199,9 +206,7 @@ def test_finetune_command(tmp_path, setup, capsys):
 
 
 def test_mondal_script(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("mondal", ANALYSES / "mondal2025_transfer.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = analysis_script("mondal2025_transfer")
     out = tmp_path / "m"
     assert module.main(["--model", "builtin", "--languages", "en,de", "--target", "de", "--max-sentences", "16",
                         "--top-rate", "0.05", "--train-limit", "16", "--limit", "5", "--methods",

@@ -1,13 +1,13 @@
 """The package's own lm-eval tasks (tlln_cloze), the task summary and figure, the `tasks` command and
 the Rahmanisa downstream script, on the built-in model; the cloze on Gemma 3 270M (`real`)."""
 
-import importlib.util
 import json
 import math
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import analysis_script
 
 from tl_langneurons import LangNeuronsError
 from tl_langneurons.cli import main
@@ -18,11 +18,6 @@ from tl_langneurons.tasks.summary import change_matrix, headline_metric, tasks_s
 ANALYSES = Path(__file__).resolve().parents[1] / "analyses"
 
 
-def _script(name: str):
-    spec = importlib.util.spec_from_file_location(name, ANALYSES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _neurons(model, langs=("de", "ru"), per_layer=6) -> LanguageNeurons:
@@ -36,7 +31,7 @@ def _neurons(model, langs=("de", "ru"), per_layer=6) -> LanguageNeurons:
 
 
 def test_cloze_files_are_what_the_build_script_writes(tmp_path):
-    build = _script("build_builtin_tasks")
+    build = analysis_script("build_builtin_tasks")
     counts = build.write_cloze(200, 0, tmp_path)
     shipped = TASKS_DIR / "tlln_cloze"
     assert len(counts) == 27
@@ -49,7 +44,7 @@ def test_cloze_files_are_what_the_build_script_writes(tmp_path):
 def test_cloze_items_are_true_halves_against_other_sentences():
     from tl_langneurons import load_corpus
 
-    build = _script("build_builtin_tasks")
+    build = analysis_script("build_builtin_tasks")
     sents = load_corpus("builtin", split="eval")["de"]
     for item in build.cloze_items(sents, "de", 30, 0):
         s = " ".join(sents[item["id"]].split())
@@ -96,9 +91,9 @@ def test_cloze_runs_under_interventions(builtin_model):
     f = run.frame
     assert set(f.condition) == {"baseline", "intervention", "control"}
     assert set(f.metric) == {"acc", "acc_norm"} and set(f.n) == {12}
-    assert list(f.loc[f.condition == "baseline", "intervened"].unique()) == [None]
+    assert f.loc[f.condition == "baseline", "intervened"].isna().all()
     # the intervention changed the log-likelihoods of both languages (zeroing neurons in every layer)
-    ll = lambda cond, label: [r["resps"] for r in run.samples[(cond, label)]["tlln_cloze_de"]]  # noqa: E731
+    ll = lambda cond, label: [r["resps"] for r in run.samples[(cond, label)]["tlln_cloze_de"]]
     assert ll("intervention", "de") != ll("baseline", None)
     assert ll("control", "de") != ll("intervention", "de")
     # accuracy is the share of documents whose true ending has the highest log-likelihood
@@ -213,9 +208,9 @@ def test_tasks_command_errors(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_rahmanisa_downstream_script(tmp_path, capsys):
+def test_rahmanisa_downstreamanalysis_script(tmp_path, capsys):
     out = tmp_path / "r"
-    assert _script("rahmanisa2025_downstream").main(
+    assert analysis_script("rahmanisa2025_downstream").main(
         ["--model", "builtin", "--languages", "de,ru", "--max-sentences", "16", "--top-rate", "0.05",
          "--tasks", "tlln_cloze_{lang},xcopa_{lang}", "--limit", "5", "--out", str(out)]) == 0
     summary = json.loads((out / "summary.json").read_text())

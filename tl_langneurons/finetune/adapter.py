@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.utils.parametrize as parametrize
+from torch.nn.utils import parametrize
 
 from .._io import atomic_write_text, make_out_dir
 from ..errors import LangNeuronsError

@@ -19,7 +19,7 @@ the result is used merged (:func:`.adapter.merged_folder`) or unmerged (peft's a
 from dataclasses import asdict, dataclass
 
 import torch
-import torch.nn.utils.parametrize as parametrize
+from torch.nn.utils import parametrize
 
 from .. import _checks
 from ..errors import LangNeuronsError, choices

@@ -160,5 +160,5 @@ def transfer_summary(table: pd.DataFrame, source: str | None = None, metric: str
                                          "transfer_delta": float(other.delta.mean()) if len(other) else None,
                                          "source_delta": float(g[g.language == source].delta.mean())
                                          if source is not None and (g.language == source).any() else None,
-                                         "n_tasks": int(len(g))}
+                                         "n_tasks": len(g)}
     return out

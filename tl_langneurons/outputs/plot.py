@@ -24,7 +24,13 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
-from matplotlib.ticker import FixedLocator, FormatStrFormatter, MaxNLocator, NullFormatter, PercentFormatter
+from matplotlib.ticker import (
+    FixedLocator,
+    FormatStrFormatter,
+    MaxNLocator,
+    NullFormatter,
+    PercentFormatter,
+)
 from torch import Tensor
 
 from .. import analysis
@@ -238,6 +244,43 @@ def entropy_distribution(entropy: Float[Tensor, "layer d_mlp"], threshold: float
     return fig
 
 
+def _change_panels(panels: dict[str, pd.DataFrame], own: dict[str, str], annotate: bool | None, cmap: str, fmt: str,
+                   xlabel: str, ylabel: str, cbar_label: str) -> Figure:
+    """Heatmaps of changes side by side (``{title: rows × columns}``) on one symmetric diverging
+    scale; the cell of each row whose ``own`` column is in the matrix is outlined (the language's
+    own text or task). Values are written in the cells when ``annotate`` (default: up to 12 rows
+    and columns)."""
+    first = next(iter(panels.values()))
+    R, C = first.shape
+    annotate = max(R, C) <= 12 if annotate is None else annotate
+    values = np.concatenate([m.to_numpy(dtype=float).ravel() for m in panels.values()])
+    finite = values[np.isfinite(values)]
+    vmax = float(np.abs(finite).max()) if finite.size else 1.0
+    vmax = vmax if vmax > 0 else 1.0  # an all-zero matrix still needs a scale
+    cell = 0.42 if annotate else 0.3  # inches; annotated cells hold "-0.012"
+    label_room = max(0.9, 0.06 * max(len(str(i)) for i in first.index))
+    fig = _figure(len(panels) * (cell * C + label_room) + 1.0, cell * R + 1.5)
+    gs = fig.add_gridspec(1, len(panels) + 1, width_ratios=[1] * len(panels) + [0.05])
+    cax = fig.add_subplot(gs[0, -1])
+    for k, (title, m) in enumerate(panels.items()):
+        ax = fig.add_subplot(gs[0, k])
+        sns.heatmap(m.astype(float), ax=ax, cmap=cmap, vmin=-vmax, vmax=vmax, square=True,
+                    xticklabels=True, yticklabels=True, annot=annotate, fmt=fmt, annot_kws={"fontsize": 5},
+                    cbar=k == 0, cbar_ax=cax if k == 0 else None, cbar_kws={"label": cbar_label})
+        for i, row in enumerate(m.index):
+            if own.get(row) in m.columns:
+                ax.add_patch(Rectangle((list(m.columns).index(own[row]), i), 1, 1, fill=False, edgecolor="0.1",
+                                       linewidth=0.8))
+        ax.set_title(title, fontsize=8)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel if k == 0 else "")
+        ax.tick_params(labelsize=TICK_FONT)
+        ax.tick_params(axis="x", rotation=90)
+        ax.tick_params(axis="y", rotation=0)
+    cax.tick_params(labelsize=TICK_FONT)
+    return fig
+
+
 def ppl_change_heatmap(df: pd.DataFrame, annotate: bool | None = None) -> Figure:
     """ΔNLL = NLL(neurons off) − NLL(baseline), ablated language × evaluated language, from
     :func:`~.evaluate.perplexity_matrix`; the random control's ΔNLL beside it on the same colour scale.
@@ -251,34 +294,8 @@ def ppl_change_heatmap(df: pd.DataFrame, annotate: bool | None = None) -> Figure
     panels = {"language neurons off": delta_matrix(df, "intervention")}
     if "control" in set(df["condition"]):
         panels["random neurons off (control)"] = delta_matrix(df, "control")
-    first = next(iter(panels.values()))
-    R, C = first.shape
-    annotate = max(R, C) <= 12 if annotate is None else annotate
-    values = np.concatenate([m.to_numpy(dtype=float).ravel() for m in panels.values()])
-    finite = values[np.isfinite(values)]
-    vmax = float(np.abs(finite).max()) if finite.size else 1.0
-    vmax = vmax if vmax > 0 else 1.0  # an all-zero matrix still needs a scale
-    cell = 0.42 if annotate else 0.3  # inches; annotated cells hold "-0.012"
-    fig = _figure(len(panels) * (cell * C + 0.9) + 1.0, cell * R + 1.5)
-    gs = fig.add_gridspec(1, len(panels) + 1, width_ratios=[1] * len(panels) + [0.05])
-    cax = fig.add_subplot(gs[0, -1])
-    for k, (title, m) in enumerate(panels.items()):
-        ax = fig.add_subplot(gs[0, k])
-        sns.heatmap(m, ax=ax, cmap="vlag", vmin=-vmax, vmax=vmax, square=True,
-                    xticklabels=True, yticklabels=True, annot=annotate, fmt=".3f", annot_kws={"fontsize": 5},
-                    cbar=k == 0, cbar_ax=cax if k == 0 else None,
-                    cbar_kws={"label": "ΔNLL (nats per token)"})
-        for i, a in enumerate(m.index):  # outline the diagonal: the language's own text
-            if a in m.columns:
-                ax.add_patch(Rectangle((list(m.columns).index(a), i), 1, 1, fill=False, edgecolor="0.1", linewidth=0.8))
-        ax.set_title(title, fontsize=8)
-        ax.set_xlabel("evaluated language")
-        ax.set_ylabel("neurons switched off" if k == 0 else "")
-        ax.tick_params(labelsize=TICK_FONT)
-        ax.tick_params(axis="x", rotation=90)
-        ax.tick_params(axis="y", rotation=0)
-    cax.tick_params(labelsize=TICK_FONT)
-    return fig
+    return _change_panels(panels, {a: a for a in panels["language neurons off"].index}, annotate, "vlag", ".3f",
+                          "evaluated language", "neurons switched off", "ΔNLL (nats per token)")
 
 
 def task_change_heatmap(frame: pd.DataFrame, metric: str | None = None, annotate: bool | None = None) -> Figure:
@@ -293,37 +310,10 @@ def task_change_heatmap(frame: pd.DataFrame, metric: str | None = None, annotate
     panels = {"intervention": change_matrix(frame, "intervention", metric)}
     if (frame.condition == "control").any():
         panels["random control"] = change_matrix(frame, "control", metric)
-    first = panels["intervention"]
-    lang = {t: frame.loc[frame.task == t, "language"].iloc[0] for t in first.index}
-    metrics = sorted({headline_metric(frame, t, metric) for t in first.index})
-    R, C = first.shape
-    annotate = max(R, C) <= 12 if annotate is None else annotate
-    values = np.concatenate([m.to_numpy(dtype=float).ravel() for m in panels.values()])
-    finite = values[np.isfinite(values)]
-    vmax = float(np.abs(finite).max()) if finite.size else 1.0
-    vmax = vmax if vmax > 0 else 1.0
-    cell = 0.42 if annotate else 0.3
-    fig = _figure(len(panels) * (cell * C + 1.6) + 1.0, cell * R + 1.5)
-    gs = fig.add_gridspec(1, len(panels) + 1, width_ratios=[1] * len(panels) + [0.05])
-    cax = fig.add_subplot(gs[0, -1])
-    for k, (title, m) in enumerate(panels.items()):
-        ax = fig.add_subplot(gs[0, k])
-        sns.heatmap(m.astype(float), ax=ax, cmap="vlag_r", vmin=-vmax, vmax=vmax, square=True, xticklabels=True,
-                    yticklabels=True, annot=annotate, fmt=".2f", annot_kws={"fontsize": 5}, cbar=k == 0,
-                    cbar_ax=cax if k == 0 else None,
-                    cbar_kws={"label": f"change from baseline ({', '.join(metrics)})"})
-        for i, t in enumerate(m.index):  # the task in the intervened language's own language
-            if lang[t] in m.columns:
-                ax.add_patch(Rectangle((list(m.columns).index(lang[t]), i), 1, 1, fill=False, edgecolor="0.1",
-                                       linewidth=0.8))
-        ax.set_title(title, fontsize=8)
-        ax.set_xlabel("neurons intervened on")
-        ax.set_ylabel("task" if k == 0 else "")
-        ax.tick_params(labelsize=TICK_FONT)
-        ax.tick_params(axis="x", rotation=90)
-        ax.tick_params(axis="y", rotation=0)
-    cax.tick_params(labelsize=TICK_FONT)
-    return fig
+    lang = {t: frame.loc[frame.task == t, "language"].iloc[0] for t in panels["intervention"].index}
+    metrics = sorted({headline_metric(frame, t, metric) for t in panels["intervention"].index})
+    return _change_panels(panels, lang, annotate, "vlag_r", ".2f", "neurons intervened on", "task",
+                          f"change from baseline ({', '.join(metrics)})")
 
 
 def loss_curves(losses: dict[str, list[float]]) -> Figure:

@@ -26,9 +26,9 @@ from ..identify import random_like
 from ..intervene import DiffMean, Intervention
 from ..intervene.specs import MODES, as_items
 from ..neurons import LanguageNeurons
+from .compat import install_squad_metrics
 from .lm import task_lm
 from .naming import task_language
-from .compat import install_squad_metrics
 from .registry import load_specs, task_manager, task_specs
 from .translation import task_signatures
 

@@ -25,7 +25,7 @@ import math
 import os
 import warnings
 from collections.abc import Sequence
-from functools import cache, lru_cache
+from functools import cache
 
 from ..errors import LangNeuronsError, choices
 
