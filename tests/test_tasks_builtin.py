@@ -231,3 +231,15 @@ def test_gemma_cloze_above_chance(gemma):
         acc = f[(f.task == task) & (f.metric == "acc_norm")].iloc[0]
         # chance is 0.25; 0.45 is 2.5 standard errors (of chance at n = 30) above it
         assert acc.value > 0.25 + 2.5 * math.sqrt(0.25 * 0.75 / 30), (task, acc.value)
+
+
+def test_paired_stderr_by_hand():
+    from tl_langneurons.tasks.summary import paired_stderr
+
+    base = [{"doc_hash": h, "acc": a} for h, a in zip("abcd", (1, 0, 1, 0))]
+    other = [{"doc_hash": h, "acc": a} for h, a in zip("dcba", (1, 0, 0, 0))]  # another order: matched by hash
+    d = [0 - 1, 0 - 0, 0 - 1, 1 - 0]  # per document a, b, c, d
+    mean = sum(d) / 4
+    want = math.sqrt(sum((x - mean) ** 2 for x in d) / 3 / 4)
+    assert paired_stderr(base, other, "acc") == pytest.approx(want)
+    assert math.isnan(paired_stderr(base, other, "chrf")) and math.isnan(paired_stderr(base[:1], other[:1], "acc"))

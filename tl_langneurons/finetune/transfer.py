@@ -14,13 +14,13 @@ from .. import _checks
 from ..errors import LangNeuronsError, choices
 from .adapter import merged_folder
 from .data import Example, task_examples, text_examples
+from ..tasks.summary import paired_stderr
 from .masks import NeuronMask, neuron_mask, random_mask
 from .methods import METHODS, FinetuneConfig
 from .train import finetune
 
 COLUMNS = ["method", "condition", "task", "language", "metric", "value", "stderr", "n", "base_value", "delta",
            "delta_stderr"]
-PER_DOC = ("acc", "acc_norm", "exact_match", "f1")  # metrics lm-eval logs per document
 
 
 def training_examples(tokenizer, spec: str, limit: int | None = None, max_length: int = 128) -> list[Example]:
@@ -48,18 +48,6 @@ class TransferRun:
     base: pd.DataFrame = field(repr=False)
 
 
-def _paired_stderr(samples_a: list, samples_b: list, metric: str) -> float:
-    """The standard error of the mean per-document difference (same documents in both lists)."""
-    if metric not in PER_DOC or not samples_a or metric not in samples_a[0]:
-        return math.nan
-    a = {s["doc_hash"]: float(s[metric]) for s in samples_a}
-    d = [float(s[metric]) - a[s["doc_hash"]] for s in samples_b if s["doc_hash"] in a]
-    if len(d) < 2:
-        return math.nan
-    mean = sum(d) / len(d)
-    return math.sqrt(sum((x - mean) ** 2 for x in d) / (len(d) - 1) / len(d))
-
-
 def compare_with_base(tuned: Any, tasks, base, method: str, condition: str, limit: int | None = None,
                       batch_size: int = 8) -> list[dict]:
     """Rows of the transfer table for one fine-tuned model: ``tasks`` scored on ``tuned`` (the
@@ -74,7 +62,7 @@ def compare_with_base(tuned: Any, tasks, base, method: str, condition: str, limi
     return [{"method": method, "condition": condition, "task": r.task, "language": r.language, "metric": r.metric,
              "value": r.value, "stderr": r.stderr, "n": r.n, "base_value": r.base_value,
              "delta": r.value - r.base_value,
-             "delta_stderr": _paired_stderr(bs.get(r.task, []), ts.get(r.task, []), r.metric)}
+             "delta_stderr": paired_stderr(bs.get(r.task, []), ts.get(r.task, []), r.metric)}
             for r in merged.itertuples()]
 
 

@@ -251,7 +251,7 @@ def write_tasks(task_run, out_dir: str | os.PathLike, run: dict | None = None, m
     _missing(task_run.frame, ["task", "condition", "metric", "value"], "tasks")
     d = make_out_dir(out_dir)
     files = [write_csv(task_run.frame, d / "tasks.csv")]
-    summary = tasks_summary(task_run.frame, metric)
+    summary = tasks_summary(task_run.frame, metric, task_run.samples)
     summary["versions"] = task_run.versions
     summary["signatures"] = getattr(task_run, "signatures", None) or {}
     summary["run"] = run

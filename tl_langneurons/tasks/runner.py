@@ -12,6 +12,8 @@ means the same for a multiple-choice request (one forward pass over context + co
 generated answer.
 """
 
+import logging
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -143,6 +145,25 @@ def _doc_hashes(samples: dict) -> dict[str, list]:
     return {task: [(s["doc_id"], s["doc_hash"]) for s in rows] for task, rows in samples.items()}
 
 
+class _CustomDatasetNote(logging.Filter):
+    """Drops lm-eval's note, printed for every task built on a ``custom_dataset`` loader (all the
+    package's tasks), that custom arguments can be passed as metadata: it says nothing about the
+    task and would be printed three times per task per intervened language."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Custom kwargs can be passed to `--metadata`" not in record.getMessage()
+
+
+@contextmanager
+def _quiet_custom_dataset_notes():
+    log, note = logging.getLogger("lm_eval.api.task"), _CustomDatasetNote()
+    log.addFilter(note)
+    try:
+        yield
+    finally:
+        log.removeFilter(note)
+
+
 def evaluate_tasks(model: Any, tasks, neurons=None, targets=None, mode: str = "zero", *, value=None, factor=None,
                    stats=None, statistic: str = "mean", interventions: dict | None = None,
                    controls: dict | None = None, control: str | None = "random", seed: int = 0,
@@ -206,7 +227,7 @@ def evaluate_tasks(model: Any, tasks, neurons=None, targets=None, mode: str = "z
 
     rows, samples, configs, versions, hashes = [], {}, {}, {}, None
     for condition, label, items in tqdm(runs, desc="tasks", disable=not progress or len(runs) == 1):
-        with under(model, items, "all"):
+        with under(model, items, "all"), _quiet_custom_dataset_notes():
             out = simple_evaluate(model=lm, tasks=load_specs(specs, manager), num_fewshot=num_fewshot, limit=limit,
                                   task_manager=manager, log_samples=True, cache_requests=False,
                                   bootstrap_iters=bootstrap_iters)

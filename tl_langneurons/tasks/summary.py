@@ -39,12 +39,29 @@ def change_matrix(frame: pd.DataFrame, condition: str = "intervention", metric: 
     return pd.DataFrame.from_dict(rows, orient="index").reindex(columns=labels)
 
 
+PER_DOC = ("acc", "acc_norm", "exact_match", "f1")  # metrics lm-eval logs per document
+
+
+def paired_stderr(base: list, other: list, metric: str) -> float:
+    """The standard error of the mean per-document difference ``other − base`` of ``metric``
+    (lm-eval per-sample logs of the same documents, matched by ``doc_hash``); NaN for a metric
+    lm-eval does not log per document (a corpus score such as chrF++) or under two documents."""
+    if metric not in PER_DOC or not base or metric not in base[0]:
+        return math.nan
+    a = {s["doc_hash"]: float(s[metric]) for s in base}
+    d = [float(s[metric]) - a[s["doc_hash"]] for s in other if s["doc_hash"] in a]
+    if len(d) < 2:
+        return math.nan
+    mean = sum(d) / len(d)
+    return math.sqrt(sum((x - mean) ** 2 for x in d) / (len(d) - 1) / len(d))
+
+
 def _mean(xs) -> float | None:
     xs = [x for x in xs if x is not None and not math.isnan(x)]
     return sum(xs) / len(xs) if xs else None
 
 
-def tasks_summary(frame: pd.DataFrame, metric: str | None = None) -> dict:
+def tasks_summary(frame: pd.DataFrame, metric: str | None = None, samples: dict | None = None) -> dict:
     """The headline numbers of a run.
 
     * ``baseline`` — per task: its headline metric, value, stderr, n, language;
@@ -73,8 +90,14 @@ def tasks_summary(frame: pd.DataFrame, metric: str | None = None) -> dict:
         for t in tasks:
             d = float(inter.loc[t, label])
             c = float(ctrl.loc[t, label]) if ctrl is not None and label in ctrl.columns else None
-            change.append({"task": t, "language": lang[t], "intervened": label, "metric": base[t]["metric"],
-                           "delta": d, "control_delta": c})
+            entry = {"task": t, "language": lang[t], "intervened": label, "metric": base[t]["metric"],
+                     "delta": d, "control_delta": c}
+            if samples is not None:
+                b = samples.get(("baseline", None), {}).get(t, [])
+                entry["stderr"] = paired_stderr(b, samples.get(("intervention", label), {}).get(t, []), entry["metric"])
+                entry["control_stderr"] = paired_stderr(b, samples.get(("control", label), {}).get(t, []),
+                                                        entry["metric"]) if c is not None else None
+            change.append(entry)
             (own if t in own_tasks else other).append(d)
             if t in own_tasks and c is not None:
                 ctrl_own.append(c)
