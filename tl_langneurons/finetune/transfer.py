@@ -3,7 +3,6 @@ each method and control, score every evaluation language with :mod:`..tasks`, an
 base model on the same documents."""
 
 import gc
-import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
