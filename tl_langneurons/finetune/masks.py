@@ -4,6 +4,8 @@ random control with the same number of neurons in every layer."""
 from dataclasses import dataclass
 
 import torch
+from jaxtyping import Int64
+from torch import Tensor
 
 from ..errors import LangNeuronsError, choices
 from ..identify import random_like
@@ -29,7 +31,7 @@ class NeuronMask:
     def per_layer(self) -> dict[int, int]:
         return {layer: len(v) for layer, v in self.layers.items()}
 
-    def index(self, layer: int) -> torch.Tensor:
+    def index(self, layer: int) -> Int64[Tensor, " k"]:
         return torch.tensor(self.layers.get(layer, ()), dtype=torch.long)
 
     def as_dict(self) -> dict:

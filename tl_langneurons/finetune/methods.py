@@ -19,6 +19,8 @@ the result is used merged (:func:`.adapter.merged_folder`) or unmerged (peft's a
 from dataclasses import asdict, dataclass
 
 import torch
+from jaxtyping import Float, Int64
+from torch import Tensor
 from torch.nn.utils import parametrize
 
 from .. import _checks
@@ -103,14 +105,14 @@ def layer_modules(hf) -> dict[str, dict[int, str]]:
 class RowMask(torch.nn.Module):
     """``W ↦ W ⊙ m``: rows (``dim=0``) or columns (``dim=1``) outside ``index`` are exactly 0."""
 
-    def __init__(self, size: int, index: torch.Tensor, dim: int):
+    def __init__(self, size: int, index: Int64[Tensor, " k"], dim: int):
         super().__init__()
         m = torch.zeros(size)
         m[index] = 1.0
         self.dim = dim
         self.register_buffer("m", m)
 
-    def forward(self, w: torch.Tensor) -> torch.Tensor:
+    def forward(self, w: Float[Tensor, "rows cols"]) -> Float[Tensor, "rows cols"]:
         m = self.m.to(w.dtype)
         return w * (m[:, None] if self.dim == 0 else m[None, :])
 
@@ -119,14 +121,14 @@ class SelectedDelta(torch.nn.Module):
     """``W ↦ W`` with ``delta`` added to the selected rows (``dim=0``) or columns (``dim=1``):
     every other entry is W's own value, bit for bit."""
 
-    def __init__(self, weight: torch.Tensor, index: torch.Tensor, dim: int):
+    def __init__(self, weight: Float[Tensor, "rows cols"], index: Int64[Tensor, " k"], dim: int):
         super().__init__()
         shape = (len(index), weight.shape[1]) if dim == 0 else (weight.shape[0], len(index))
         self.dim = dim
         self.register_buffer("index", index.clone())
         self.delta = torch.nn.Parameter(torch.zeros(shape, dtype=weight.dtype, device=weight.device))
 
-    def forward(self, w: torch.Tensor) -> torch.Tensor:
+    def forward(self, w: Float[Tensor, "rows cols"]) -> Float[Tensor, "rows cols"]:
         out = w.clone()
         if self.dim == 0:
             out[self.index] = w[self.index] + self.delta
