@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as common  # noqa: E402
 from tl_langneurons.finetune import FinetuneConfig  # noqa: E402
 from tl_langneurons.finetune.methods import METHODS  # noqa: E402
-from tl_langneurons.finetune.transfer import training_examples, transfer  # noqa: E402
+from tl_langneurons.finetune.transfer import run_name, training_examples, transfer  # noqa: E402
 from tl_langneurons.outputs.measurements import write_transfer  # noqa: E402
 
 LANGUAGES = "en,de,fr,ru,zh,ar"
@@ -80,7 +80,7 @@ def main(argv=None) -> int:
                    common.split_list(args.methods, "--methods"), random_control=not args.no_random_control,
                    config=config, limit=args.limit, batch_size=args.batch_size, out=out)
     source = args.train[len("text:"):] if args.train.startswith("text:") else args.train.rsplit("_", 1)[-1]
-    losses = {(m if c != "random" else f"{m}-random"): a.losses for (m, c), a in run.adapters.items()}
+    losses = {run_name(m, c): a.losses for (m, c), a in run.adapters.items()}
     summary = write_transfer(run.table, losses, out, run={**common.settings(args), "tasks": tasks}, source=source,
                              metric=args.metric)
     t = run.table[run.table.metric == args.metric]

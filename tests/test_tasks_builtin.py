@@ -243,3 +243,10 @@ def test_paired_stderr_by_hand():
     want = math.sqrt(sum((x - mean) ** 2 for x in d) / 3 / 4)
     assert paired_stderr(base, other, "acc") == pytest.approx(want)
     assert math.isnan(paired_stderr(base, other, "chrf")) and math.isnan(paired_stderr(base[:1], other[:1], "acc"))
+
+
+@pytest.mark.slow
+def test_a_tag_runs_its_tasks(builtin_model):
+    # lm-eval expands the tag tlln_cloze to the 27 tasks; each row knows its language
+    f = evaluate_tasks(builtin_model, ["tlln_cloze"], limit=1, progress=False).frame
+    assert f.task.nunique() == 27 and f.language.notna().all() and set(f.n) == {1}

@@ -23,15 +23,10 @@ def _runs(method: str, random_control: bool, controls: list[str]) -> list[tuple[
     return runs
 
 
-def run_name(method: str, condition: str) -> str:
-    return f"{method}-random" if condition == "random" else method
-
-
 def cmd_finetune(args) -> int:
-    from ..finetune import FinetuneConfig, merged_folder, neuron_mask, random_mask
+    from ..finetune import FinetuneConfig, neuron_mask
     from ..finetune.methods import METHODS, MLP
-    from ..finetune.train import finetune
-    from ..finetune.transfer import training_examples
+    from ..finetune.transfer import run_name, training_examples, transfer
     from ..outputs.measurements import write_transfer
     from ..sources import resolve_source
     from .measure import _load_for
@@ -58,48 +53,26 @@ def cmd_finetune(args) -> int:
     from ..neurons import LanguageNeurons
 
     neurons = LanguageNeurons.load(args.neurons)
-    mask = neuron_mask(neurons, [k.strip() for k in args.language.split(",")])
+    languages = [k.strip() for k in args.language.split(",")]
+    neuron_mask(neurons, languages)  # an unknown language fails before the model is loaded
     model = _load_for(args, neurons)  # refuses a neuron set found on other weights
     examples = training_examples(model.tokenizer, args.train, args.train_limit, args.max_length)
     runs = _runs(args.method, args.random_control, controls)
-    losses, rows = {}, []
-    base = None
+    result = transfer(model, neurons, languages, examples, eval_tasks, runs=runs, config=config, matrices=matrices,
+                      limit=args.eval_limit, batch_size=args.eval_batch_size, out=out, merged=args.merged,
+                      train_info={"train": args.train, "neurons": str(args.neurons), "language": args.language})
+    losses = {run_name(m, c): a.losses for (m, c), a in result.adapters.items()}
+    for (m, c), a in result.adapters.items():
+        print(f"{run_name(m, c)}: loss {a.losses[0]:.3f} -> {a.losses[-1]:.3f} over {len(a.losses)} steps"
+              + (f", {a.mask.count()} neurons" if a.mask is not None else ""))
     if eval_tasks:
-        from ..tasks import evaluate_tasks
+        from ..tasks import task_language
 
-        base = evaluate_tasks(model, eval_tasks, limit=args.eval_limit, batch_size=args.eval_batch_size,
-                              progress=False)
-    for method, condition in runs:
-        from dataclasses import replace
-
-        name = run_name(method, condition)
-        cfg = replace(config, method=method, matrices=matrices)
-        the_mask = {"neurons": mask, "random": random_mask(mask, args.seed)}.get(condition)
-        adapter = finetune(model, examples, cfg, the_mask,
-                           train_info={"train": args.train, "neurons": str(args.neurons),
-                                       "language": args.language, "condition": condition})
-        adapter.save(out / name)
-        losses[name] = adapter.losses
-        print(f"{name}: loss {adapter.losses[0]:.3f} -> {adapter.losses[-1]:.3f} over {len(adapter.losses)} steps"
-              + (f", {adapter.mask.count()} neurons" if adapter.mask is not None else ""))
-        if args.merged or eval_tasks:
-            folder = merged_folder(adapter, out / name / "merged")
-            if eval_tasks:
-                rows += _transfer_rows(folder, method, condition, eval_tasks, base, args)
-    if eval_tasks:
-        import pandas as pd
-
-        from ..finetune.transfer import COLUMNS
-
-        source = args.train[len("text:"):] if args.train.startswith("text:") else None
-        if source is None:
-            from ..tasks import task_language
-
-            source = task_language(args.train)
-        summary = write_transfer(pd.DataFrame(rows, columns=COLUMNS), losses, out, source=source, metric=args.metric,
+        source = args.train[len("text:"):] if args.train.startswith("text:") else task_language(args.train)
+        summary = write_transfer(result.table, losses, out, source=source, metric=args.metric,
                                  run={"model": args.model, "neurons": str(args.neurons), "language": args.language,
                                       "train": args.train, "config": config.as_dict(), "eval_tasks": eval_tasks,
-                                      "eval_limit": args.eval_limit, "runs": [run_name(*r) for r in runs]})
+                                      "eval_limit": args.eval_limit, "runs": list(losses)})
         for key, v in summary["by_run"].items():
             tr = v["transfer_delta"]
             print(f"{key}: mean change {v['mean_delta']:+.3f}" + (f", transfer (other languages) {tr:+.3f}"
@@ -110,16 +83,3 @@ def cmd_finetune(args) -> int:
         plot.save_figure(plot.loss_curves(losses), out, "loss")
     print(f"wrote {len(runs)} adapter(s) to {out}", file=sys.stderr)
     return 0
-
-
-def _transfer_rows(folder, method: str, condition: str, tasks: list[str], base, args) -> list[dict]:
-    import gc
-
-    from ..finetune.transfer import compare_with_base
-    from ..models import load_model
-
-    tuned = load_model(str(folder), dtype=args.dtype)
-    rows = compare_with_base(tuned, tasks, base, method, condition, args.eval_limit, args.eval_batch_size)
-    del tuned
-    gc.collect()
-    return rows

@@ -92,17 +92,23 @@ def nll_sums(model, batches: list[Batch], n_langs: int, items: list, positions="
 
 
 def continuation(model, context: str, text: str, sep: str = " ") -> tuple[list[int], list[int]]:
+    """``(context tokens with BOS, continuation tokens)`` of ``context`` completed by ``sep + text``
+    (:func:`split_continuation` with the model's tokenizer)."""
+    return split_continuation(model.tokenizer, context, text, sep)
+
+
+def split_continuation(tokenizer, context: str, text: str, sep: str = " ") -> tuple[list[int], list[int]]:
     """``(context tokens with BOS, continuation tokens)`` of ``context`` completed by ``sep + text``.
 
     The whole string is tokenized once and split where the context's tokens end (as
     lm-evaluation-harness does); if the tokenizer merges across that boundary, the continuation is
     tokenized on its own.
     """
-    ctx = encode(model.tokenizer, context)
-    whole = encode(model.tokenizer, context + sep + text)
+    ctx = encode(tokenizer, context)
+    whole = encode(tokenizer, context + sep + text)
     if whole[:len(ctx)] == ctx and len(whole) > len(ctx):
         return ctx, whole[len(ctx):]
-    return ctx, list(model.tokenizer(sep + text, add_special_tokens=False)["input_ids"])
+    return ctx, list(tokenizer(sep + text, add_special_tokens=False)["input_ids"])
 
 
 def sequence_logprobs(model, seqs: list[tuple[list[int], list[int]]], items: list, positions="all",

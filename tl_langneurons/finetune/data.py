@@ -33,20 +33,18 @@ def text_examples(tokenizer, texts: list[str], max_length: int) -> list[Example]
 
 
 def pair_example(tokenizer, context: str, continuation: str, max_length: int) -> Example | None:
-    """BOS + context + continuation tokenized jointly and split where the context's own tokens
-    end (lm-eval's convention, trailing spaces of the context moved to the continuation); only
-    the continuation is a target. The context is cut from the left to fit ``max_length``."""
+    """BOS + context + continuation, split as the package scores a continuation
+    (:func:`~.evaluate.scoring.split_continuation`, after moving the context's trailing spaces
+    to the continuation, as lm-eval does); only the continuation is a target. The context is cut
+    from the left to fit ``max_length``."""
+    from ..evaluate.scoring import split_continuation
+
     n = len(context) - len(context.rstrip())
     if n:
         context, continuation = context[:-n], context[-n:] + continuation
-    whole = tokenizer(context + continuation, add_special_tokens=False)["input_ids"]
-    ctx = tokenizer(context, add_special_tokens=False)["input_ids"]
-    cont = whole[len(ctx):]
-    if not cont:
-        return None
-    ctx = (_bos(tokenizer) + whole[:len(ctx)])
+    ctx, cont = split_continuation(tokenizer, context, continuation, sep="")
     keep = max_length - len(cont)
-    if keep < 1:
+    if not cont or keep < 1:
         return None
     ctx = ctx[-keep:]
     return Example(ctx + cont, [-100] * len(ctx) + cont)

@@ -44,7 +44,7 @@ class TransferRun:
 
     table: pd.DataFrame
     adapters: dict = field(repr=False)
-    base: pd.DataFrame = field(repr=False)
+    base: pd.DataFrame | None = field(repr=False)  # None when no task was scored
 
 
 def compare_with_base(tuned: Any, tasks, base, method: str, condition: str, limit: int | None = None,
@@ -65,9 +65,18 @@ def compare_with_base(tuned: Any, tasks, base, method: str, condition: str, limi
             for r in merged.itertuples()]
 
 
-def _runs(methods, random_control: bool) -> list[tuple[str, str]]:
+def run_name(method: str, condition: str) -> str:
+    """The folder (and legend) name of a run: the method, ``-random`` for the random mask."""
+    return f"{method}-random" if condition == "random" else method
+
+
+def default_runs(methods, random_control: bool = True) -> list[tuple[str, str]]:
+    """``(method, condition)`` of every run: the masked methods on the neurons (``neurons``) and,
+    with ``random_control``, on a random mask (``random``); the others unmasked (``none``)."""
     out = []
     for m in methods:
+        if m not in METHODS:
+            raise LangNeuronsError(f"unknown method {m!r}; allowed: {choices(METHODS)}")
         if m in ("masked-lora", "selected-rows"):
             out.append((m, "neurons"))
             if random_control:
@@ -78,9 +87,9 @@ def _runs(methods, random_control: bool) -> list[tuple[str, str]]:
 
 
 def transfer(model: Any, neurons, language, train: list[Example], tasks, methods=METHODS, *,
-             random_control: bool = True, config: FinetuneConfig | None = None, matrices=None,
-             limit: int | None = None,
-             batch_size: int = 8, out=None, progress: bool = True) -> TransferRun:
+             random_control: bool = True, runs: list[tuple[str, str]] | None = None,
+             config: FinetuneConfig | None = None, matrices=None, limit: int | None = None, batch_size: int = 8,
+             out=None, merged: bool = False, train_info: dict | None = None, progress: bool = True) -> TransferRun:
     """Fine-tune ``model`` on ``train`` with every method (and the random-mask control of the
     masked ones), and score ``tasks`` on each fine-tuned model and on the base model.
 
@@ -88,14 +97,17 @@ def transfer(model: Any, neurons, language, train: list[Example], tasks, methods
         model: a model :func:`~.load_model` loaded (the base; it is scored, never changed).
         neurons, language: the mask is ``language``'s neurons (a language or a list: their union).
         train: training examples (:func:`training_examples`).
-        tasks: lm-eval task names scored on every model (:func:`~.tasks.evaluate_tasks`).
-        methods: of :data:`~.methods.METHODS`.
-        random_control: also train the masked methods on :func:`.random_mask` (same count per layer).
+        tasks: lm-eval task names scored on every model (:func:`~.tasks.evaluate_tasks`); empty:
+            train and save only (the table is empty).
+        methods, random_control: the runs (:func:`default_runs`), unless ``runs`` lists
+            ``(method, condition)`` pairs (condition ``neurons``, ``random`` or ``none``).
         config: the shared settings (:class:`FinetuneConfig`; ``method`` and ``matrices`` are set per run).
         matrices: the MLP projections updated (default: each method's own, see :class:`FinetuneConfig`).
         limit, batch_size: of the task runs.
-        out: a folder for each run's adapter and merged model (``<method>[-random]/``); default a
-            temporary folder, removed afterwards.
+        out: a folder for each run's adapter (``<method>[-random]/``) and merged model
+            (``…/merged/``, written when tasks are scored or ``merged``); default a temporary
+            folder, removed afterwards.
+        train_info: recorded in each adapter's JSON (what it was trained on).
     """
     import tempfile
 
@@ -103,34 +115,40 @@ def transfer(model: Any, neurons, language, train: list[Example], tasks, methods
     from ..tasks import evaluate_tasks
 
     methods = [methods] if isinstance(methods, str) else list(methods)
-    bad = [m for m in methods if m not in METHODS]
-    if bad or not methods:
-        raise LangNeuronsError(f"unknown method {(bad or [None])[0]!r}; allowed: {choices(METHODS)}")
     _checks.boolean("random_control", random_control)
+    runs = default_runs(methods, random_control) if runs is None else list(runs)
+    if not runs or any(m not in METHODS or c not in ("neurons", "random", "none") for m, c in runs):
+        raise LangNeuronsError(f"runs must be (method, condition) pairs of {choices(METHODS)} × "
+                               f"'neurons'/'random'/'none', got {runs!r}")
+    tasks = list(tasks or [])
     config = config or FinetuneConfig()
     mask = neuron_mask(neurons, language)
     control = random_mask(mask, config.seed)
     tmp = tempfile.TemporaryDirectory() if out is None else None
     root = Path(tmp.name if tmp is not None else out)
-    base = evaluate_tasks(model, tasks, limit=limit, batch_size=batch_size, progress=False)
+    base = evaluate_tasks(model, tasks, limit=limit, batch_size=batch_size, progress=False) if tasks else None
     rows, adapters = [], {}
     try:
-        for method, condition in _runs(methods, random_control):
+        for method, condition in runs:
             cfg = replace(config, method=method, matrices=matrices)
             the_mask: NeuronMask | None = {"neurons": mask, "random": control}.get(condition)
             adapter = finetune(model, train, cfg, the_mask, progress=progress,
-                               train_info={"language_neurons": list(mask.languages)})
-            folder = root / (method if condition != "random" else f"{method}-random")
+                               train_info={**(train_info or {}), "language_neurons": list(mask.languages),
+                                           "condition": condition})
+            folder = root / run_name(method, condition)
             adapter.save(folder)
-            tuned = load_model(str(merged_folder(adapter, folder / "merged")), site="act")
-            rows += compare_with_base(tuned, tasks, base, method, condition, limit, batch_size)
-            del tuned
-            gc.collect()
             adapters[(method, condition)] = adapter
+            if tasks or merged:
+                merged_dir = merged_folder(adapter, folder / "merged")
+            if tasks:
+                tuned = load_model(str(merged_dir), site="act")
+                rows += compare_with_base(tuned, tasks, base, method, condition, limit, batch_size)
+                del tuned
+                gc.collect()
     finally:
         if tmp is not None:
             tmp.cleanup()
-    return TransferRun(pd.DataFrame(rows, columns=COLUMNS), adapters, base.frame)
+    return TransferRun(pd.DataFrame(rows, columns=COLUMNS), adapters, base.frame if base is not None else None)
 
 
 def transfer_summary(table: pd.DataFrame, source: str | None = None, metric: str = "acc") -> dict:

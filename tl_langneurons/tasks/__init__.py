@@ -15,7 +15,7 @@
 
 from .naming import source_language, task_language
 from .registry import TASKS_DIR, builtin_tasks, task_manager
-from .runner import TaskRun, change_from_baseline, evaluate_tasks, write_samples
+from .runner import TaskRun, evaluate_tasks, write_samples
 
-__all__ = ["TASKS_DIR", "TaskRun", "builtin_tasks", "change_from_baseline", "evaluate_tasks", "source_language",
+__all__ = ["TASKS_DIR", "TaskRun", "builtin_tasks", "evaluate_tasks", "source_language",
            "task_language", "task_manager", "write_samples"]

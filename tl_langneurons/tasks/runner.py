@@ -248,16 +248,6 @@ def evaluate_tasks(model: Any, tasks, neurons=None, targets=None, mode: str = "z
     return TaskRun(frame=frame, samples=samples, configs=configs, versions=versions, signatures=signatures)
 
 
-def change_from_baseline(frame: pd.DataFrame) -> pd.DataFrame:
-    """The intervention and control rows of a :attr:`TaskRun.frame` with ``baseline`` (the
-    baseline's value of the same task and metric) and ``delta`` = value − baseline."""
-    base = frame[frame.condition == "baseline"][["task", "metric", "filter", "value"]]
-    base = base.rename(columns={"value": "baseline"})
-    out = frame[frame.condition != "baseline"].merge(base, on=["task", "metric", "filter"], how="left")
-    out["delta"] = out["value"] - out["baseline"]
-    return out
-
-
 def write_samples(run: TaskRun, folder: str | Path) -> list[Path]:
     """lm-eval's per-sample log, one JSON-lines file per condition × intervened language × task
     (``samples/<condition>[_<intervened>]/<task>.jsonl``); returns the files written."""
