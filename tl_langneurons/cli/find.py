@@ -7,7 +7,8 @@ from pathlib import Path
 
 from .._io import jsonable
 from ..errors import LangNeuronsError
-from .args import flag, parse_floats, parse_languages, placement, positive
+from .._io import ResultFolder
+from .args import flag, parse_floats, parse_languages, placement, positive, result_folder
 
 # Method options of `identify`, each owned by one method (its defaults are the function's).
 METHOD_OPTIONS = {
@@ -32,18 +33,28 @@ def cmd_record(args) -> int:
     resolve_source(args.model)
     placed = placement(args)
     _maybe_init_distributed(args, placed)
-    corpus = load_corpus(args.corpus, languages=parse_languages(args.languages), split=args.split,
-                         max_sentences=args.max_sentences)
-    model = load_model(args.model, dtype=args.dtype, site=args.site, **placed)
-    out = Path(args.out)
-    stats = record(model, corpus, site=args.site, batch_size=args.batch_size,
-                   sentence_means=args.sentence_means, histogram_edges=True if args.histograms else None,
-                   pack=args.pack, checkpoint_dir=out / ".checkpoint", checkpoint_every=args.checkpoint_every,
-                   resume=args.resume)
-    rank, _ = dist_info()
-    if rank == 0:
-        stats.save(out)
-        print(json.dumps(recording_summary(stats), indent=1))
+    rank, world = dist_info()
+    # the output folder is checked (and claimed) by rank 0 before anything is read or recorded; the
+    # other processes wait for it, then write their checkpoints beside rank 0's
+    rf = result_folder(args) if rank == 0 else ResultFolder(args.out, resume=args.resume)
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+    with rf:
+        corpus = load_corpus(args.corpus, languages=parse_languages(args.languages), split=args.split,
+                             max_sentences=args.max_sentences)
+        model = load_model(args.model, dtype=args.dtype, site=args.site, **placed)
+        stats = record(model, corpus, site=args.site, batch_size=args.batch_size,
+                       sentence_means=args.sentence_means, histogram_edges=True if args.histograms else None,
+                       pack=args.pack, checkpoint_dir=rf.resume_dir / "record",
+                       checkpoint_every=args.checkpoint_every, resume=args.resume)
+        if world > 1:
+            dist.barrier()  # every process's checkpoint stays until the statistics are saved
+        if rank == 0:
+            stats.save(rf.path)
+            rf.commit()  # the checkpoints go only now, with the statistics in place
+            print(json.dumps(recording_summary(stats), indent=1))
     return 0
 
 

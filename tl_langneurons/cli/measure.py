@@ -5,7 +5,8 @@ import sys
 
 from .._io import check_out_dir
 from ..errors import LangNeuronsError
-from .args import control, finite, json_object, parse_floats, parse_languages, placement, positions_arg, positive
+from .args import (checkpoint_store, control, finite, json_object, parse_floats, parse_languages, placement,
+                   positions_arg, positive, result_folder)
 
 
 def _steer_mode(args, modes) -> str:
@@ -58,18 +59,25 @@ def _load_for(args, neurons):
 
 
 def cmd_ppl(args) -> int:
-    from ..corpus import builtin_languages, load_corpus
-    from ..evaluate import perplexity_matrix
-    from ..outputs.measurements import write_ppl
     from ..sources import resolve_source
     from ..neurons import LanguageNeurons
 
     positive("--max-sentences", args.max_sentences)
     positive("--batch-size", args.batch_size)
-    out = check_out_dir(args.out)
     resolve_source(args.model)
     neurons = LanguageNeurons.load(args.neurons)
     langs = parse_languages(args.languages)
+    with result_folder(args) as rf:
+        return _ppl(args, rf, neurons, langs)
+
+
+def _ppl(args, rf, neurons, langs) -> int:
+    from ..corpus import builtin_languages, load_corpus
+    from ..evaluate import perplexity_matrix
+    from ..outputs.measurements import write_ppl
+    from ..models import weights_hash
+    from .._io import texts_hash
+
     split = args.split
     to_load = langs  # without --languages: only the set's languages (the corpus may hold many more)
     if args.corpus == "builtin":
@@ -81,12 +89,14 @@ def cmd_ppl(args) -> int:
         to_load = list(neurons.languages)
     corpus = load_corpus(args.corpus, languages=to_load, split=split, max_sentences=args.max_sentences)
     model = _load_for(args, neurons)
+    store = checkpoint_store(args, rf, model=weights_hash(model), corpus=texts_hash(corpus.texts))
     df = perplexity_matrix(model, corpus, neurons, languages=langs, control=control(args.control), seed=args.seed,
-                           batch_size=args.batch_size, progress=True)
+                           batch_size=args.batch_size, progress=True, checkpoint=store)
     run = {"model": args.model, "corpus": args.corpus, "split": split, "max_sentences": args.max_sentences,
            "neurons": str(args.neurons), "site": neurons.site, "method": neurons.method,
            "control": control(args.control), "seed": args.seed}
-    summary = write_ppl(df, out, run=run)
+    summary = write_ppl(df, rf.path, run=run)
+    out = rf.commit()
     head = {k: summary[k] for k in ("diag_delta_nll", "offdiag_delta_nll", "control_diag_delta_nll",
                                     "diag_over_offdiag", "diag_over_control", "frac_most_hurt",
                                     "n_ablated", "n_evaluated")}

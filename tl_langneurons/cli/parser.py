@@ -27,6 +27,15 @@ def placement_options(c) -> None:
     c.add_argument("--offload-folder", default=None, help="with --device-map: where weights mapped to disk are written")
 
 
+def contract_options(c, resume: bool = True) -> None:
+    """--overwrite / --resume of a command writing --out (docs/outputs.md)."""
+    c.add_argument("--overwrite", action="store_true", help="replace an existing --out whole (its old files are "
+                   "removed when the new result is complete), or discard an interrupted run")
+    if resume:
+        c.add_argument("--resume", action="store_true", help="continue an interrupted run into --out from its last "
+                       "completed unit of work; refused if the inputs or options changed")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="tl-langneurons", description="Language-specific neurons in multilingual LMs.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -45,8 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--histograms", action="store_true", help="keep per-neuron histograms (quantiles)")
     r.add_argument("--pack", type=int, default=None, help="pack sentences into windows of N tokens")
     r.add_argument("--checkpoint-every", type=int, default=50, help="batches between checkpoints")
-    r.add_argument("--resume", action="store_true", help="continue an interrupted recording in --out")
     r.add_argument("--out", required=True)
+    contract_options(r)
     r.set_defaults(func=cmd_record)
 
     i = sub.add_parser("identify", help="find language-specific neurons in recorded statistics",
@@ -57,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="lape (Tang et al. 2024), ap (Kojima et al. 2024; needs --sentence-means "
                         "statistics) or threshold (non-contrastive baseline)")
     i.add_argument("--out", required=True, help="neurons.json to write (or a directory to write it in)")
+    contract_options(i, resume=False)
     g = i.add_argument_group("lape")
     g.add_argument("--top-rate", type=float, default=None, help="share of all neurons kept (default 0.01)")
     g.add_argument("--filter-rate", type=float, default=None, help="quantile of p for the eligibility threshold (0.95)")
@@ -89,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
             a.add_argument("--permutations", type=int, default=10000, help="permutations of the relatedness tests")
             a.add_argument("--seed", type=int, default=0)
         a.add_argument("--out", required=True, help="output directory")
+        contract_options(a, resume=False)
         a.set_defaults(func=func)
 
     def run_options(c, control: str, seed: str) -> None:
@@ -139,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
         """A measurement command: it writes into --out."""
         c = sub.add_parser(name, **texts)
         c.add_argument("--out", required=True, help="output directory")
+        contract_options(c)
         c.set_defaults(func=func)
         return c
 
@@ -294,6 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "on 2 CPU cores); each option below overrides one.")
     d.add_argument("--model", default="builtin", help="builtin (default) or gemma-3-270m")
     d.add_argument("--out", default="demo_out")
+    contract_options(d)
     d.add_argument("--languages", default=None)
     d.add_argument("--max-sentences", type=int, default=None, help="sentences per language to record")
     d.add_argument("--eval-sentences", type=int, default=None,

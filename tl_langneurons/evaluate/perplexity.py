@@ -9,7 +9,10 @@ from tqdm.auto import tqdm
 from .. import _checks
 from ..errors import LangNeuronsError, choices
 from ..identify import random_like
+from .._io import texts_hash
 from ..intervene import Intervention, as_items, check_positions
+from ..models import weights_hash
+from ..resume import content_hash, open_store, run_unit
 from ..tokens import Batch, max_length, prepare_batches, tokenizer_of
 from .conditions import check_control, check_neurons
 from .scoring import nll_sums
@@ -66,7 +69,7 @@ def nll_per_language(model, corpus, languages: list[str] | None = None, batch_si
 def perplexity_matrix(model, corpus, neurons, languages: list[str] | None = None,
                       control: str | None = "random", seed: int = 0, batch_size: int = 16,
                       max_sentences: int | None = None, ablated: list[str] | None = None,
-                      progress: bool = True) -> pd.DataFrame:
+                      progress: bool = True, checkpoint=None) -> pd.DataFrame:
     """Tang et al.'s deactivation matrix: NLL of every evaluated language with each language's neurons zeroed.
 
     Args:
@@ -78,6 +81,9 @@ def perplexity_matrix(model, corpus, neurons, languages: list[str] | None = None
             layer) of each ablated language; ``None`` — no control.
         seed: the random control's seed.
         ablated: whose neurons are switched off (default: ``languages``, those of them in the set).
+        checkpoint: a :class:`~.resume.Checkpointed` store: each condition x ablated language is a
+            unit of work, so a killed run resumes from the last one completed (and equals the
+            uninterrupted run bit for bit).
 
     Returns:
         one row per ablated × evaluated language × condition (``baseline``, ``intervention``,
@@ -106,19 +112,39 @@ def perplexity_matrix(model, corpus, neurons, languages: list[str] | None = None
 
     batches = _nll_batches(model, texts, languages, batch_size, max_sentences)
     K = len(languages)
-    base = _nll_frame(languages, *nll_sums(model, batches, K, [], "all", "ppl baseline", progress))
+    store = open_store(checkpoint, "perplexity_matrix", {
+        "model": weights_hash(model), "corpus": texts_hash({k: texts[k][:max_sentences] for k in languages}),
+        "neurons": content_hash(neurons), "languages": languages, "ablated": ablated, "control": control,
+        "seed": seed, "batch_size": batch_size, "max_sentences": max_sentences})
+    conditions = ("intervention", "control") if ctrl is not None else ("intervention",)
+    units = ["baseline"] + [f"{c} {a}" for a in ablated for c in conditions]
+    done = 0  # ablated languages complete: where a resumed progress bar starts
+    if store is not None:
+        store.announce(units)
+        done = sum(all(f"{c} {a}" in store for c in conditions) for a in ablated)
+
+    def frame(unit: str, items: list, desc: str) -> pd.DataFrame:
+        def compute():
+            sums, counts = nll_sums(model, batches, K, items, "all", desc, progress)
+            return {}, {"sums": sums, "counts": counts}
+        _, t = run_unit(store, unit, compute, tensors=True)
+        return _nll_frame(languages, t["sums"], t["counts"])
+
+    base = frame("baseline", [], "ppl baseline")
     rows = []
-    for a in tqdm(ablated, desc="ppl matrix", disable=not progress, leave=False):
+    bar = tqdm(total=len(ablated), initial=done, desc="ppl matrix", disable=not progress, leave=False)
+    for i, a in enumerate(ablated):
         n_neurons = len(neurons.neurons[a])
-        conds = {"intervention": _nll_frame(languages, *nll_sums(
-            model, batches, K, [Intervention(neurons, "zero", language=a)], "all", f"ppl −{a}", progress))}
+        conds = {"intervention": frame(f"intervention {a}", [Intervention(neurons, "zero", language=a)], f"ppl −{a}")}
         if ctrl is not None:
-            conds["control"] = _nll_frame(languages, *nll_sums(
-                model, batches, K, [Intervention(ctrl, "zero", language=a)], "all", f"ppl −{a} control", progress))
-        for cond, frame in (("baseline", base), *conds.items()):
-            for r in frame.itertuples(index=False):
+            conds["control"] = frame(f"control {a}", [Intervention(ctrl, "zero", language=a)], f"ppl −{a} control")
+        if i >= done:
+            bar.update(1)
+        for cond, frame_ in (("baseline", base), *conds.items()):
+            for r in frame_.itertuples(index=False):
                 rows.append({"ablated": a, "evaluated": r.language, "condition": cond, "nll": r.nll, "ppl": r.ppl,
                              "n_tokens": r.n_tokens, "n_neurons": n_neurons})
+    bar.close()
     return pd.DataFrame(rows, columns=["ablated", "evaluated", "condition", "nll", "ppl", "n_tokens", "n_neurons"])
 
 
