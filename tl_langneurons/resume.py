@@ -231,24 +231,31 @@ class Checkpointed:
         return (value, ts) if tensors else value
 
 
+def _canon(v):
+    """``v`` as plain JSON for hashing: tensors by their bytes' digest, dataclasses (neuron sets,
+    statistics, interventions) field by field."""
+    import dataclasses
+
+    if isinstance(v, torch.Tensor):
+        t = v.detach().cpu().contiguous()
+        h = hashlib.sha256(f"{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        return {"tensor": h.hexdigest()}
+    if dataclasses.is_dataclass(v) and not isinstance(v, type):
+        return {"type": type(v).__name__, **{f.name: _canon(getattr(v, f.name)) for f in dataclasses.fields(v)}}
+    if isinstance(v, dict):
+        return {str(k): _canon(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_canon(x) for x in v]
+    if hasattr(v, "shape") and hasattr(v, "dtype") and not isinstance(v, (int, float)):  # numpy arrays
+        return _canon(torch.as_tensor(v))
+    return v
+
+
 def content_hash(obj) -> str:
-    """The hash of what a result depends on: a neuron set, statistics, a tensor, or plain JSON."""
-    h = hashlib.sha256()
-    if hasattr(obj, "to_json"):  # LanguageNeurons
-        obj = obj.to_json()
-    if hasattr(obj, "tensors") and callable(obj.tensors):  # NeuronStats
-        h.update(json.dumps(list(obj.languages)).encode())
-        obj = obj.tensors()
-    if isinstance(obj, torch.Tensor):
-        obj = {"": obj}
-    if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
-        for k in sorted(obj):
-            t = obj[k].detach().cpu().contiguous()
-            h.update(f"{k}|{t.dtype}|{tuple(t.shape)}|".encode())
-            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-        return h.hexdigest()
-    h.update(_dumps(obj).encode())
-    return h.hexdigest()
+    """The hash of what a result depends on: a neuron set, statistics, an intervention, a tensor,
+    or plain JSON (what a resume key holds instead of the object)."""
+    return hashlib.sha256(_dumps(_canon(obj)).encode()).hexdigest()
 
 
 def open_store(checkpoint, section: str, key: dict) -> "Checkpointed | None":

@@ -114,7 +114,9 @@ def flag(name: str) -> str:
 
 # Options naming input files or folders: the resume key holds their content's hash, not their path.
 INPUT_PATHS = ("neurons", "stats", "prompts", "facts", "sources", "include_path", "corpus", "train")
-NOT_KEYED = ("out", "overwrite", "resume", "func", "command", "checkpoint_every")
+# what does not change the units of work: where they go, how the run is resumed, and the metric
+# the summary is read at (a mistaken --metric is fixed with --resume --metric X, losing nothing)
+NOT_KEYED = ("out", "overwrite", "resume", "func", "command", "checkpoint_every", "metric")
 
 
 def result_folder(args):

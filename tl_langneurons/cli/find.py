@@ -7,7 +7,7 @@ from pathlib import Path
 
 from .._io import jsonable
 from ..errors import LangNeuronsError
-from .._io import ResultFolder
+from .._io import ResultFolder, result_file
 from .args import flag, parse_floats, parse_languages, placement, positive, result_folder
 
 # Method options of `identify`, each owned by one method (its defaults are the function's).
@@ -92,6 +92,9 @@ def cmd_identify(args) -> int:
     from ..identify import ap_experts_all, lape, threshold
     from ..stats import NeuronStats
 
+    # a .json file, or a folder to write neurons.json in: either checked before the statistics are read
+    as_file = Path(args.out).suffix.lower() == ".json"
+    target = result_file(args.out, args.overwrite) if as_file else result_folder(args)
     stats = NeuronStats.load(args.stats)
     if args.method == "lape":
         neurons = lape(stats, **given)
@@ -100,7 +103,11 @@ def cmd_identify(args) -> int:
         neurons = ap_experts_all(stats, languages, **given)
     else:
         neurons = threshold(stats, **given)
-    path = neurons.save(args.out)
+    if as_file:
+        path = neurons.save(target)
+    else:
+        neurons.save(target.path)
+        path = target.commit() / "neurons.json"
     counts = neurons.counts()
     print(json.dumps({"method": neurons.method, "params": neurons.params, "counts": counts,
                       "union": len(neurons.union()), "out": str(path)}, indent=1))
@@ -134,9 +141,11 @@ def cmd_analyze(args) -> int:
     from ..outputs.tables import write_analysis
 
     neurons, stats = _load_neurons_and_stats(args)
-    summary = write_analysis(neurons, args.out, stats, metric=args.metric, n_permutations=args.permutations,
-                             seed=args.seed, source=str(args.neurons))
-    _print_analysis(summary, Path(args.out))
+    with result_folder(args) as rf:
+        summary = write_analysis(neurons, rf.path, stats, metric=args.metric, n_permutations=args.permutations,
+                                 seed=args.seed, source=str(args.neurons))
+        out = rf.commit()
+    _print_analysis(summary, out)
     return 0
 
 
@@ -144,8 +153,11 @@ def cmd_plot(args) -> int:
     from ..outputs.tables import write_figures
 
     neurons, stats = _load_neurons_and_stats(args)
-    for path in write_figures(neurons, args.out, stats, metric=args.metric):
-        print(path)
+    with result_folder(args) as rf:
+        paths = write_figures(neurons, rf.path, stats, metric=args.metric)
+        out = rf.commit()
+    for path in paths:
+        print(out / Path(path).relative_to(rf.path))
     return 0
 
 
@@ -198,7 +210,8 @@ def cmd_demo(args) -> int:
     summary = run_demo(args.out, model=args.model, **given, max_sentences=args.max_sentences,
                        eval_sentences=args.eval_sentences, top_rate=args.top_rate,
                        factors=floats("--factors", args.factors), diffmean_layer=args.diffmean_layer,
-                       betas=floats("--betas", args.betas), n_samples=args.n_samples)
+                       betas=floats("--betas", args.betas), n_samples=args.n_samples, overwrite=args.overwrite,
+                       resume=args.resume)
     print(json.dumps(jsonable(summary), indent=1))
     return 0
 

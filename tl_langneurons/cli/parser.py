@@ -278,6 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--dtype", default="float32")
     c.add_argument("--seed", type=int, default=0, help="seeds LoRA's initialisation, the example order and the "
                    "random mask")
+    c.add_argument("--checkpoint-every", type=int, default=10, help="optimizer steps between the training "
+                   "checkpoints --resume continues from (10)")
     placement_options(c)
 
     m = sub.add_parser("models", help="list the built-in models")

@@ -16,7 +16,10 @@ from ..tokens import encode
 from .conditions import check_control, check_neurons
 from .fluency import FluencyCriterion, fluency_columns
 from .generation import GenerationConfig, check_generation, decode, generate_ids, prompt_list
+from .generation import check_lengths
 from .intervals import wilson
+from .._io import texts_hash
+from ..resume import content_hash, open_store, run_unit
 from .langid import detect
 
 STEER_MODES = ("set", "scale", "add")
@@ -73,16 +76,31 @@ def _decoding(n_samples, batch_size, generation, fluency) -> tuple[int, int, Gen
     return n_samples, batch_size, gen, check_fluency(fluency)
 
 
-def _generations(model, toks, items, positions, gen, batch_size, seed, desc, progress, fluency) -> dict[str, list]:
+def _generations(model, toks, items, positions, gen, batch_size, seed, desc, progress, fluency, store=None,
+                 unit: str = "") -> dict[str, list]:
     """Columns of one condition's generations: text, identified language and, unless ``fluency``
     is False, :func:`~.fluency.fluency_columns` — scored with no intervention on, by the model as
-    it is outside the intervention (the unsteered model)."""
-    ids = generate_ids(model, toks, items, positions if items else "all", gen, batch_size, seed, desc, progress)
-    texts = decode(model, ids)
-    cols = {"generation": texts, "detected": detect(texts)}
-    if fluency is not False:
-        cols.update(fluency_columns(model, toks, ids, batch_size))
-    return cols
+    it is outside the intervention (the unsteered model). One unit of work of ``store`` (its
+    batches of generations are units too)."""
+    def compute() -> dict[str, list]:
+        ids = generate_ids(model, toks, items, positions if items else "all", gen, batch_size, seed, desc, progress,
+                           store=store, unit=unit)
+        texts = decode(model, ids)
+        cols = {"generation": texts, "detected": detect(texts)}
+        if fluency is not False:
+            cols.update(fluency_columns(model, toks, ids, batch_size))
+        return cols
+    return run_unit(store, unit, compute)
+
+
+def _store(checkpoint, name: str, model, **key):
+    """The stage's section of a :class:`~..resume.Checkpointed` store (None without one), keyed by
+    the model's weights and every argument of the stage."""
+    if checkpoint is None:
+        return None
+    from ..models import weights_hash
+
+    return open_store(checkpoint, name, {"model": weights_hash(model), "arguments": content_hash(key)})
 
 
 def _frame(records: list[dict], fluency) -> pd.DataFrame:
@@ -96,11 +114,14 @@ def steer_sweep(model, neurons, targets, factors, modes=(DEFAULT_MODE,), prompts
                 stats=None, statistic: str = DEFAULT_STATISTIC, n_samples: int = 4,
                 generation: GenerationConfig | None = None, seed: int = 0, control: str | None = "random",
                 positions="all", *, source=None, n_prompts: int = 16, prompt_words: int = 3,
-                batch_size: int = 64, fluency=True, progress: bool = True) -> pd.DataFrame:
+                batch_size: int = 64, fluency=True, progress: bool = True, checkpoint=None) -> pd.DataFrame:
     """:func:`steer` over a grid of targets × modes × factors (× positions, if a list of names).
 
     The baseline generations (no intervention) of a target do not depend on the mode or factor,
     so they are generated once per target and repeated under every grid cell of that target.
+    With ``checkpoint`` (a :class:`~..resume.Checkpointed` store) each condition of each target
+    and cell, and each batch of its generations, is a unit of work: a killed sweep resumes from
+    the last one completed and equals the uninterrupted sweep bit for bit.
     """
     neurons = check_neurons(neurons)
     check_control(control)
@@ -120,20 +141,34 @@ def steer_sweep(model, neurons, targets, factors, modes=(DEFAULT_MODE,), prompts
                     steer_item(ctrl_all, t, c[0], c[1], stats, statistic) if ctrl_all is not None else None)
                 for c in cells} for t in targets}
 
+    # every target's prompts tokenized and checked against the context before anything is generated
+    plists = {t: prompt_list(prompts, t, n_prompts, prompt_words, source, seed) for t in targets}
+    for t in targets:
+        check_lengths(model, [encode(model.tokenizer, p) for p, _ in plists[t]], gen)
+    store = _store(checkpoint, "steer_sweep", model, neurons=neurons, stats=stats, targets=targets, factors=factors,
+                   modes=modes, prompts=plists, statistic=statistic, n_samples=n_samples, generation=gen.as_dict(),
+                   seed=seed, control=control, positions=[p if isinstance(p, str) else list(p) for p in pos_list],
+                   batch_size=batch_size,
+                   fluency=fluency.as_dict() if isinstance(fluency, FluencyCriterion) else fluency)
+    if store is not None:
+        store.announce([f"{t} baseline" for t in targets]
+                       + [f"{t} {c!r} {cond}" for t in targets for c in cells
+                          for cond in ("intervention", "control")[:1 + (ctrl_all is not None)]])
     frames = []
     for t in tqdm(targets, desc="steer", disable=not progress, leave=False):
-        plist = prompt_list(prompts, t, n_prompts, prompt_words, source, seed)
+        plist = plists[t]
         rows = [(i, s, p, lang) for i, (p, lang) in enumerate(plist) for s in range(n_samples)]
         toks = [encode(model.tokenizer, p) for _, _, p, _ in rows]
         # the same seed for every condition: they differ only by the intervention (common random numbers)
-        run = lambda items, pos, desc: _generations(model, toks, items, pos, gen, batch_size, seed,  # noqa: E731
-                                                    f"steer {t} {desc}", progress, fluency)
-        base = run([], "all", "baseline")
+        run = lambda items, pos, desc, unit: _generations(model, toks, items, pos, gen, batch_size, seed,  # noqa: E731
+                                                          f"steer {t} {desc}", progress, fluency, store, unit)
+        base = run([], "all", "baseline", f"{t} baseline")
         for (mode, factor, pos) in cells:
             iv, civ = plan[t][(mode, factor, pos)]
-            outs = {"baseline": base, "intervention": run([iv], pos, f"{mode}×{factor:g}")}
+            cell = f"{t} {(mode, factor, pos)!r}"
+            outs = {"baseline": base, "intervention": run([iv], pos, f"{mode}×{factor:g}", f"{cell} intervention")}
             if civ is not None:
-                outs["control"] = run([civ], pos, "control")
+                outs["control"] = run([civ], pos, "control", f"{cell} control")
             pos_label = pos if isinstance(pos, str) else ",".join(map(str, pos))
             records = []
             for cond, cols in outs.items():
@@ -150,7 +185,7 @@ def steer(model, neurons, target: str, prompts=None, stats=None, mode: str = DEF
           factor=DEFAULT_FACTOR, statistic: str = DEFAULT_STATISTIC, n_samples: int = 4,
           generation: GenerationConfig | None = None, seed: int = 0, control: str | None = "random",
           positions="all", *, source=None, n_prompts: int = 16, prompt_words: int = 3,
-          batch_size: int = 64, fluency=True, progress: bool = True) -> pd.DataFrame:
+          batch_size: int = 64, fluency=True, progress: bool = True, checkpoint=None) -> pd.DataFrame:
     """Generate under an intervention on ``target``'s neurons and identify the output language.
 
     The same prompts are generated three times — under the intervention, without it
@@ -184,6 +219,8 @@ def steer(model, neurons, target: str, prompts=None, stats=None, mode: str = DEF
             ``n_new_tokens``, ``nll`` under the unsteered model, ``rep``); a
             :class:`~.fluency.FluencyCriterion` — that, and a ``fluent`` column by its thresholds;
             ``False`` — neither (one forward pass less per batch).
+        checkpoint: a :class:`~..resume.Checkpointed` store: resumable by condition and batch
+            (:func:`steer_sweep`).
 
     Returns:
         one row per generation: ``target, condition, mode, factor, statistic, positions, prompt_id,
@@ -194,13 +231,14 @@ def steer(model, neurons, target: str, prompts=None, stats=None, mode: str = DEF
     check_target(neurons, target)
     return steer_sweep(model, neurons, [target], [factor], [mode], prompts, stats, statistic, n_samples,
                        generation, seed, control, positions, source=source, n_prompts=n_prompts,
-                       prompt_words=prompt_words, batch_size=batch_size, fluency=fluency, progress=progress)
+                       prompt_words=prompt_words, batch_size=batch_size, fluency=fluency, progress=progress,
+                       checkpoint=checkpoint)
 
 
 def steer_with(model, target: str, interventions, control=None, prompts=None, *, baseline: bool = True,
                n_samples: int = 4, generation: GenerationConfig | None = None,
                seed: int = 0, positions="all", source=None, n_prompts: int = 16, prompt_words: int = 3,
-               batch_size: int = 64, fluency=True, progress: bool = True) -> pd.DataFrame:
+               batch_size: int = 64, fluency=True, progress: bool = True, checkpoint=None) -> pd.DataFrame:
     """:func:`steer` under interventions the caller builds, for steering that is not one mode on
     the target's neurons — e.g. Gurgurov et al.'s (2025) language arithmetic, a list of two::
 
@@ -224,6 +262,8 @@ def steer_with(model, target: str, interventions, control=None, prompts=None, *,
         prompts, source, n_prompts, prompt_words: as in :func:`steer` (the default prompts are in
             every language but ``target``, or in ``source``).
         the rest: decoding, batching and fluency, as in :func:`steer`.
+        checkpoint: a :class:`~..resume.Checkpointed` store: each condition and each batch of its
+            generations is a unit of work (resumed exactly).
 
     Returns:
         one row per generation: ``target, condition, positions, prompt_id, prompt_language, prompt,
@@ -242,6 +282,16 @@ def steer_with(model, target: str, interventions, control=None, prompts=None, *,
     pos = check_positions(positions)
     n_samples, batch_size, gen, fluency = _decoding(n_samples, batch_size, generation, fluency)
     plist = prompt_list(prompts, target, n_prompts, prompt_words, source, seed)
+    check_lengths(model, [encode(model.tokenizer, p) for p, _ in plist], gen)
+    store = _store(checkpoint, "steer_with", model, target=target, interventions=items, control=ctrl, prompts=plist, baseline=baseline, n_samples=n_samples,
+                   generation=gen.as_dict(), seed=seed, positions=pos, batch_size=batch_size,
+                   fluency=fluency.as_dict() if isinstance(fluency, FluencyCriterion) else fluency)
+    return _steer_with(model, target, items, ctrl, plist, baseline, n_samples, gen, seed, pos, batch_size, fluency,
+                       progress, store, "")
+
+
+def _steer_with(model, target, items, ctrl, plist, baseline, n_samples, gen, seed, pos, batch_size, fluency,
+                progress, store, prefix: str) -> pd.DataFrame:
     rows = [(i, s, p, lang) for i, (p, lang) in enumerate(plist) for s in range(n_samples)]
     toks = [encode(model.tokenizer, p) for _, _, p, _ in rows]
     conds = {"baseline": []} if baseline else {}
@@ -251,7 +301,8 @@ def steer_with(model, target: str, interventions, control=None, prompts=None, *,
     pos_label = pos if isinstance(pos, str) else ",".join(map(str, pos))
     records = []
     for cond, its in conds.items():
-        cols = _generations(model, toks, its, pos, gen, batch_size, seed, f"steer {target} {cond}", progress, fluency)
+        cols = _generations(model, toks, its, pos, gen, batch_size, seed, f"steer {target} {cond}", progress, fluency,
+                            store, f"{prefix}{cond}")
         for k, (i, s, p, lang) in enumerate(rows):
             records.append({"target": target, "condition": cond, "positions": pos_label, "prompt_id": i,
                             "prompt_language": lang, "prompt": p, "sample": s, **{c: v[k] for c, v in cols.items()}})
@@ -271,7 +322,7 @@ def diffmean_sweep(model, corpus, targets, layer: int, betas, prompts=None, cont
                    *, languages: list[str] | None = None, max_sentences: int | None = None,
                    n_samples: int = 4, generation: GenerationConfig | None = None, seed: int = 0, positions="all",
                    source=None, n_prompts: int = 16, prompt_words: int = 3, batch_size: int = 64,
-                   fluency=True, progress: bool = True) -> pd.DataFrame:
+                   fluency=True, progress: bool = True, checkpoint=None) -> pd.DataFrame:
     """Residual-stream difference-of-means steering (:func:`~.intervene.diffmean`) over a grid of
     targets × strengths β, measured exactly as :func:`steer_sweep` measures neuron steering.
 
@@ -279,7 +330,9 @@ def diffmean_sweep(model, corpus, targets, layer: int, betas, prompts=None, cont
     ``layer``, from ``corpus`` (e.g. the built-in ``stats`` split, the text the neurons were found
     on); then generations with ``β · direction`` added at every position, without it
     (``baseline``, generated once per target) and with a random direction of the same norm
-    (``control``, :func:`random_direction_like`), same prompts and seed.
+    (``control``, :func:`random_direction_like`), same prompts and seed. With ``checkpoint`` (a
+    :class:`~..resume.Checkpointed` store) each condition of each target and β, and each batch of
+    its generations, is a unit of work (resumed exactly; the directions are recomputed).
 
     Returns:
         :func:`steer_sweep`'s columns, with ``mode = "diffmean"`` and ``factor = β`` (so
@@ -291,19 +344,25 @@ def diffmean_sweep(model, corpus, targets, layer: int, betas, prompts=None, cont
     if not targets:
         raise LangNeuronsError("targets must hold at least one language")
     betas = _checks.numbers_list("beta", betas)
+    pos = check_positions(positions)
+    n_samples, batch_size, gen, fluency = _decoding(n_samples, batch_size, generation, fluency)
+    plists = {t: prompt_list(prompts, t, n_prompts, prompt_words, source, seed) for t in targets}
+    for t in targets:
+        check_lengths(model, [encode(model.tokenizer, p) for p, _ in plists[t]], gen)
+    store = _store(checkpoint, "diffmean_sweep", model, corpus=texts_hash(texts), targets=targets, layer=layer,
+                   betas=betas, prompts=plists, control=control, languages=languages, max_sentences=max_sentences,
+                   n_samples=n_samples, generation=gen.as_dict(), seed=seed, positions=pos, batch_size=batch_size,
+                   fluency=fluency.as_dict() if isinstance(fluency, FluencyCriterion) else fluency)
     frames = []
     # every target's direction from one pass over the corpus
     directions = diffmeans(model, texts, targets, layer, languages=languages, max_sentences=max_sentences,
                            progress=progress)
     for t, d in tqdm(list(zip(targets, directions)), desc="diffmean steer", disable=not progress, leave=False):
         ctrl = random_direction_like(d, seed) if control == "random" else None
-        kw = dict(prompts=prompts, n_samples=n_samples, generation=generation, seed=seed, positions=positions,
-                  source=source, n_prompts=n_prompts, prompt_words=prompt_words, batch_size=batch_size,
-                  fluency=fluency, progress=progress)
         base = None
         for b in betas:
-            df = steer_with(model, t, [d.with_beta(b)], control=[ctrl.with_beta(b)] if ctrl else None,
-                            baseline=base is None, **kw)
+            df = _steer_with(model, t, [d.with_beta(b)], [ctrl.with_beta(b)] if ctrl else [], plists[t], base is None,
+                             n_samples, gen, seed, pos, batch_size, fluency, progress, store, f"{t} {b!r} ")
             if base is None:
                 base = df[df.condition == "baseline"]
             else:  # the baseline does not depend on β: generated once, repeated in every cell
