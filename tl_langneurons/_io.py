@@ -187,6 +187,7 @@ class ResultFolder:
         self._old = parent / f".{name}.replaced"
         self._committing = parent / f".{name}.committing"
         self.committed = self._opened = False
+        self._created: list[Path] = []
 
     # -- before any work -------------------------------------------------------------------
 
@@ -200,15 +201,18 @@ class ResultFolder:
         if self.overwrite and partial:
             shutil.rmtree(self.path)
             partial = False
-        if full and not (self.overwrite or self.resume):
-            raise LangNeuronsError(f"output directory {str(out)!r} already holds a result; give --overwrite to "
-                                   "replace it whole (or another --out)")
         if partial and not self.resume:
             raise LangNeuronsError(f"an interrupted run into {str(out)!r} left its completed work in "
                                    f"{str(self.path)!r}; give --resume to continue it or --overwrite to discard it")
+        if full and not (self.overwrite or self.resume):
+            raise LangNeuronsError(f"output directory {str(out)!r} already holds a result; give --overwrite to "
+                                   "replace it whole (or another --out)")
         if self.resume and full and not partial:
             raise LangNeuronsError(f"output directory {str(out)!r} holds a finished result and no interrupted run "
                                    "to resume; give --overwrite to run again")
+        self._created = [p for p in self.path.parent.resolve().parents if not p.exists()][::-1]
+        if not self.path.parent.exists():
+            self._created.append(self.path.parent.resolve())
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             probe = self.path / ".write-test"
@@ -226,6 +230,11 @@ class ResultFolder:
         # a run that failed before completing any unit of work leaves nothing behind
         if self._opened and not self.committed and self.path.is_dir() and not self.has_units():
             shutil.rmtree(self.path, ignore_errors=True)
+            for d in reversed(self._created):  # the parent folders this run made, if still empty
+                try:
+                    d.rmdir()
+                except OSError:
+                    break
 
     def has_units(self) -> bool:
         """Whether a completed unit of work waits here (a store's key alone is no work)."""

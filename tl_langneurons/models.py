@@ -21,6 +21,7 @@ the activation module the model really uses; nothing is inferred from the model'
 
 import hashlib
 import os
+import pickle
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from collections.abc import Callable
@@ -88,6 +89,10 @@ def load_model(
                 f"expected {choices(BUILTIN)}, a reachable hub id, a .gguf file or a local model directory"
             ) from None
         raise LangNeuronsError(f"could not load model directory {model!r}: {str(e).splitlines()[0]}") from None
+    except pickle.UnpicklingError as e:  # torch's safe loader refusing a pickled checkpoint: as it should
+        raise LangNeuronsError(f"model {model!r}: its pickled weights (pytorch_model.bin) hold objects that torch's "
+                               "safe loader (weights_only) refuses; nothing is unpickled unsafely here: convert the "
+                               "weights to safetensors") from None
     except (ValueError, KeyError) as e:
         if not hf_kwargs:
             raise
