@@ -3,7 +3,7 @@
 import sys
 
 from ..errors import LangNeuronsError, choices
-from .args import checkpoint_store, positive, result_folder
+from .args import check_model_before_loading, checkpoint_store, positive, result_folder
 
 CONTROLS = ("random", "attention-only", "full-lora")
 
@@ -49,6 +49,7 @@ def cmd_finetune(args) -> int:
     from ..neurons import LanguageNeurons
 
     neurons = LanguageNeurons.load(args.neurons)
+    check_model_before_loading(args.model, neurons.model, f"the neuron set {str(args.neurons)!r}")
     languages = [k.strip() for k in args.language.split(",")]
     neuron_mask(neurons, languages)  # an unknown language fails before the model is loaded
     with result_folder(args) as rf:
