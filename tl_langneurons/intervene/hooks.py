@@ -39,7 +39,9 @@ from torch import Tensor
 
 from .. import _checks
 from ..errors import LangNeuronsError, choices
-from ..models import compatible, identity, is_gated, is_hooked, resolve_site
+from ..backends import is_hooked
+from ..identity import compatible, identity
+from ..models import is_gated, resolve_site
 from ..neurons import LanguageNeurons
 from .specs import MODES, DiffMean, Intervention, as_items, check_positions
 

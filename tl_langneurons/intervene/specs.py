@@ -34,7 +34,8 @@ from torch import Tensor
 
 from .. import _checks
 from ..errors import LangNeuronsError, choices
-from ..models import SITES, compatible
+from ..identity import compatible
+from ..models import SITES
 from ..neurons import LanguageNeurons
 from ..stats import SENTENCE_STATS, NeuronStats
 
