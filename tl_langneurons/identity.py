@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from .errors import LangNeuronsError
-from .models import is_gated
+from .models import is_gated, mlp_width
 from .placement import offloaded_values, tied_placeholders
 
 
@@ -131,7 +131,7 @@ def fingerprint(model: Any) -> dict:
         "name": model_name(model),
         "architecture": str(arch),
         "n_layers": int(model.cfg.n_layers),
-        "d_mlp": int(model.cfg.d_mlp),
+        "d_mlp": mlp_width(model),
         "gated": is_gated(model),
         "weights_hash": weights_hash(model),
     }
