@@ -24,12 +24,13 @@ def test_gpu_script_at_tiny_shape(capsys):
     out = json.loads(capsys.readouterr().out)
     plan = PLANS["tiny"]
     on_cpu = not torch.cuda.is_available()  # the default device: cuda where there is one
-    assert (out["device"], out["dtype"]) == ("cpu" if on_cpu else "cuda", "torch.bfloat16")
+    assert (out["device"], out["dtype"], out["weights_dtype"]) == ("cpu" if on_cpu else "cuda", "torch.bfloat16",
+                                                                   "torch.bfloat16")
     assert out["record"]["sentences"] == plan.record_sentences * len(plan.languages)
     for part, runs in (("record", ("record", "hf_forward")), ("steer", ("steered", "unsteered", "hf_generate")),
                        ("perplexity", ("perplexity_matrix", "hf_nll"))):
         for run in runs:
-            assert out[part][run]["s"] > 0 and (out[part][run]["peak_gib"] is None) == on_cpu  # peaks on CUDA
+            assert out[part][run]["s"] > 0 and (out[part][run]["peak_extra_gib"] is None) == on_cpu  # peaks on CUDA
     assert out["steer"]["rows"] == plan.prompts * plan.n_samples
     # the package's baseline NLL equals the plain Hugging Face model's on the same tokens (bfloat16 rounding)
     assert out["perplexity"]["baseline_nll_max_abs_diff"] < 0.05

@@ -17,7 +17,8 @@ memory). It then measures, each against its plain baseline in the same run:
   token NLLs (time and peak memory).
 
 Every run is timed after a warm-up, with ``torch.cuda.synchronize`` around it; peak memory is
-``torch.cuda.max_memory_allocated`` during the run, reset before it (``None`` on the CPU). The
+``torch.cuda.max_memory_allocated`` during the run (reset before it) less what was allocated when it
+started — the two models' weights, ``allocated_gib`` — (``None`` on the CPU). The
 figures are printed as JSON. ``--shape tiny`` runs every step at a tiny shape in seconds on the CPU:
 the test suite runs it so that the script cannot rot. Planned to finish within 8 minutes on one
 H100 (80 GB: two 16 GB copies of the weights and the activations); it has not yet run on a GPU.
@@ -31,6 +32,7 @@ import argparse
 import copy
 import json
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -80,25 +82,34 @@ TARGET = "de"
 DTYPES = ("bfloat16", "float16", "float32")
 
 
+def _say(t0: float, what: str) -> None:
+    """Progress on stderr (the figures go to stdout): where the time goes on a first run."""
+    print(f"[{time.perf_counter() - t0:7.1f} s] {what}", file=sys.stderr, flush=True)
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
 def _measure(fn: Callable[[], Any], device: torch.device) -> tuple[float, int | None]:
-    """``(seconds, peak bytes allocated during the call or None off CUDA)``."""
+    """``(seconds, peak bytes allocated during the call beyond what was allocated before it — the
+    weights of both models — or None off CUDA)``."""
+    before = 0
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
     _sync(device)
     t = time.perf_counter()
     fn()
     _sync(device)
     seconds = time.perf_counter() - t
-    return seconds, (torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None)
+    return seconds, (torch.cuda.max_memory_allocated(device) - before if device.type == "cuda" else None)
 
 
 def _compare(runs: dict[str, Callable[[], Any]], device: torch.device, repeats: int) -> dict[str, dict]:
-    """Each run once to warm up, then ``repeats`` times interleaved: median seconds, peak memory."""
+    """Each run once to warm up, then ``repeats`` times interleaved: median seconds, the largest
+    peak of memory beyond the weights."""
     for fn in runs.values():
         fn()
     times: dict[str, list] = {k: [] for k in runs}
@@ -109,7 +120,7 @@ def _compare(runs: dict[str, Callable[[], Any]], device: torch.device, repeats: 
             times[name].append(s)
             peaks[name].append(peak)
     return {k: {"s": round(statistics.median(times[k]), 4), "all_s": [round(x, 4) for x in times[k]],
-                "peak_gib": None if peaks[k][0] is None else round(max(peaks[k]) / 2**30, 3)} for k in runs}
+                "peak_extra_gib": None if peaks[k][0] is None else round(max(peaks[k]) / 2**30, 3)} for k in runs}
 
 
 def build(shape: str, device: str, dtype: torch.dtype, seed: int = 0) -> tuple[Any, Any, Any]:
@@ -161,12 +172,17 @@ def bench_gpu(shape: str = "llama-3.1-8b", device: str | None = None, dtype: str
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     torch_dtype = getattr(torch, dtype)
     t0 = time.perf_counter()
+    _say(t0, f"building {shape} in {dtype} on {dev}")
     bridge, plain, tok = build(shape, str(dev), torch_dtype, seed)
     n_layers, d_mlp = int(bridge.cfg.n_layers), mlp_width(bridge)
     out: dict = {"benchmark": "gpu", "shape": shape, "device": str(dev), "dtype": str(torch_dtype),
                  "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
                  "parameters": sum(p.numel() for p in plain.parameters()), "plan": asdict(plan)}
     out["build_s"] = round(time.perf_counter() - t0, 2)
+    out["weights_dtype"] = str(next(plain.parameters()).dtype)
+    # both models' weights: every peak below is memory beyond this
+    out["allocated_gib"] = round(torch.cuda.memory_allocated(dev) / 2**30, 2) if dev.type == "cuda" else None
+    _say(t0, "built; hashing the weights")
     t = time.perf_counter()
     model_id = identity(bridge)  # the weights hash every artifact records, once per model
     out["hash_s"] = round(time.perf_counter() - t, 2)
@@ -185,6 +201,7 @@ def bench_gpu(shape: str = "llama-3.1-8b", device: str | None = None, dtype: str
             for b in prepared.batches:
                 plain(input_ids=b.tokens.to(dev), attention_mask=b.attention_mask.to(dev))
 
+    _say(t0, f"recording {n_tokens} tokens vs the plain forward pass")
     rec = _compare({"record": run_record, "hf_forward": run_forward}, dev, plan.repeats)
     for k in rec:
         rec[k]["tokens_per_s"] = round(n_tokens / rec[k]["s"], 1)
@@ -213,6 +230,7 @@ def bench_gpu(shape: str = "llama-3.1-8b", device: str | None = None, dtype: str
                         generate_tokens(bridge, tokens, mask, config)
         return run
 
+    _say(t0, f"generating {len(rows)} rows x {plan.new_tokens} tokens: steered, unsteered, Hugging Face")
     gen = _compare({"steered": generation(steer), "unsteered": generation([]), "hf_generate": generation(None)},
                    dev, plan.repeats)
     new = len(rows) * plan.new_tokens
@@ -249,6 +267,7 @@ def bench_gpu(shape: str = "llama-3.1-8b", device: str | None = None, dtype: str
                     plain_sums[0, b.language] += float(torch.where(counted, nll.double(), 0.0).sum())
                     plain_sums[1, b.language] += float(counted.sum())
 
+    _say(t0, f"perplexity matrix over {len(ppl_langs)} languages vs {passes} plain NLL passes")
     ppl = _compare({"perplexity_matrix": run_matrix, "hf_nll": run_plain_nll}, dev, plan.repeats)
     frame = frame_box[0]
     base = frame[(frame.condition == "baseline") & (frame.ablated == ppl_langs[0])].set_index("evaluated")
@@ -262,6 +281,7 @@ def bench_gpu(shape: str = "llama-3.1-8b", device: str | None = None, dtype: str
                          "baseline_nll_max_abs_diff": max(abs(float(base.nll[k]) - plain_nll[i])
                                                           for i, k in enumerate(ppl_langs))}
     out["total_s"] = round(time.perf_counter() - t0, 1)
+    _say(t0, "done")
     return out
 
 
