@@ -149,9 +149,10 @@ def _blocks(hf) -> torch.nn.ModuleList:
     raise KeyError(f"no layer list in {type(base).__name__}")
 
 
-def hf_act(hf, name: str, ids: torch.Tensor) -> list[torch.Tensor]:
-    """Each layer's ``act`` site ``[pos, width]`` of one sequence, from Hugging Face's own modules:
-    the output of the φ module of a gated MLP, the down projection's input of a non-gated one."""
+def hf_act(hf, name: str, ids: torch.Tensor, site: str = "act") -> list[torch.Tensor]:
+    """Each layer's ``act`` (or ``post``) site ``[pos, width]`` of one sequence, from Hugging
+    Face's own modules: ``act`` of a gated MLP is the output of its φ module; ``post``, and ``act``
+    of a non-gated MLP, the down projection's input."""
     seen: list = [None] * LAYERS
     handles = []
     def grab(layer: int):
@@ -161,7 +162,7 @@ def hf_act(hf, name: str, ids: torch.Tensor) -> list[torch.Tensor]:
         return hook
 
     for layer in range(LAYERS):
-        if name in GATED:
+        if name in GATED and site == "act":
             handles.append(activation_module(hf, layer).register_forward_hook(grab(layer)))
         else:
             handles.append(down_projection(hf, layer).register_forward_pre_hook(grab(layer)))
