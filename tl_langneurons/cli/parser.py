@@ -383,11 +383,13 @@ def build_parser() -> argparse.ArgumentParser:
     m.set_defaults(func=cmd_models)
 
     b = sub.add_parser("bench", help="benchmarks that print their figures")
-    b.add_argument("what", metavar="benchmark", choices=["record", "identify", "steer", "hash"],
+    b.add_argument("what", metavar="benchmark", choices=["record", "identify", "steer", "hash", "gpu"],
                    help="record: recorder vs bare forward pass; identify: LAPE on a 21 x 80 x 28,672 table, "
                         "AP on 200,000 units x 3,000 sentences, AP vs scikit-learn; steer: generation under "
                         "the default steering intervention on LAPE neurons vs without; hash: the full weights "
-                        "hash on 2^28 bf16 parameters, extrapolated to an 8B model")
+                        "hash on 2^28 bf16 parameters, extrapolated to an 8B model; gpu: recording, steered "
+                        "generation and the perplexity matrix vs plain Hugging Face on a random "
+                        "Llama-3.1-8B-shaped model in bfloat16 (tl_langneurons.bench_gpu)")
     b.add_argument("--json", action="store_true", help="print the result as one line of JSON")
     b.add_argument("--model", default="builtin", help="the model of record and steer")
     b.add_argument("--max-sentences", type=int, default=None,
@@ -395,6 +397,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--batch-size", type=int, default=32, help="sentences per forward pass (record only)")
     b.add_argument("--repeats", type=int, default=None, help="record (3) and steer (5)")
     b.add_argument("--target", default="de", help="the steering target (steer only)")
+    b.add_argument("--shape", default="llama-3.1-8b", choices=["llama-3.1-8b", "tiny"],
+                   help="the model shape of gpu (tiny: a 2-layer model of the same family, for a CPU)")
     b.set_defaults(func=cmd_bench)
 
     d = sub.add_parser("demo", help="run the pipeline on a built-in model and the built-in corpus",
