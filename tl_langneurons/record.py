@@ -32,7 +32,8 @@ from . import _checks
 from ._io import package_version, texts_hash
 from .corpus import Corpus
 from .errors import LangNeuronsError
-from .models import Site, StopForward, check_site, fingerprint, forward_until
+from .identity import fingerprint
+from .models import Site, StopForward, check_site, forward_until
 from .resume import key_changes, normal_key
 from .stats import NeuronStats
 from .tokens import Batch, max_length, prepare_batches, tokenizer_of

@@ -16,7 +16,8 @@ from torch import Tensor
 
 from . import _checks
 from ._io import atomic_write_text, package_version, read_json, safe_name, sha256
-from .models import SITES, compatible
+from .identity import compatible
+from .models import SITES
 from .errors import LangNeuronsError, choices
 
 STATS_TENSORS = "stats.safetensors"

@@ -11,7 +11,8 @@ from ..errors import LangNeuronsError, choices
 from ..identify import random_like
 from .._io import texts_hash
 from ..intervene import Intervention, as_items, check_positions
-from ..models import weights_hash
+from ..identity import weights_hash
+from ..intervene.modes import ZERO
 from ..resume import content_hash, open_store, run_unit
 from ..tokens import Batch, max_length, prepare_batches, tokenizer_of
 from .conditions import check_control, check_neurons
@@ -135,9 +136,9 @@ def perplexity_matrix(model, corpus, neurons, languages: list[str] | None = None
     bar = tqdm(total=len(ablated), initial=done, desc="ppl matrix", disable=not progress, leave=False)
     for i, a in enumerate(ablated):
         n_neurons = len(neurons.neurons[a])
-        conds = {"intervention": frame(f"intervention {a}", [Intervention(neurons, "zero", language=a)], f"ppl −{a}")}
+        conds = {"intervention": frame(f"intervention {a}", [Intervention(neurons, ZERO.name, language=a)], f"ppl −{a}")}
         if ctrl is not None:
-            conds["control"] = frame(f"control {a}", [Intervention(ctrl, "zero", language=a)], f"ppl −{a} control")
+            conds["control"] = frame(f"control {a}", [Intervention(ctrl, ZERO.name, language=a)], f"ppl −{a} control")
         if i >= done:
             bar.update(1)
         for cond, frame_ in (("baseline", base), *conds.items()):
