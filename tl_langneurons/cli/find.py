@@ -186,8 +186,13 @@ def cmd_bench(args) -> int:
         from ..bench import bench_hash
 
         result = bench_hash()
+    elif args.what == "gpu":
+        from ..bench_gpu import bench_gpu
+
+        result = bench_gpu(shape=args.shape)
     else:
-        raise LangNeuronsError(f"unknown benchmark {args.what!r}; allowed: 'record', 'identify', 'steer', 'hash'")
+        raise LangNeuronsError(f"unknown benchmark {args.what!r}; allowed: 'record', 'identify', 'steer', 'hash', "
+                               "'gpu'")
     print(json.dumps(result, indent=None if args.json else 1))
     return 0
 

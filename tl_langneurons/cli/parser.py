@@ -3,6 +3,7 @@
 import argparse
 
 from ..errors import LangNeuronsError
+from ..intervene.modes import ZERO, get_mode, mode_names, modes_help
 from .find import METHOD_OPTIONS, cmd_analyze, cmd_bench, cmd_demo, cmd_identify, cmd_models, cmd_plot, cmd_record
 from .measure import cmd_diffmean, cmd_lss, cmd_ppl, cmd_steer, cmd_tasks
 from .tune import cmd_finetune
@@ -67,6 +68,11 @@ def shows_default(action, value) -> None:
     """Show ``value()`` as the default of an option whose ``None`` default means "the library's"
     (read when help is shown, so that parsing imports nothing)."""
     action.shown_default = value
+
+
+def _needing_stats(names, sep: str = " and ") -> str:
+    """Those of the modes ``names`` that write a statistic (need --stats), for the help."""
+    return sep.join(n for n in names if get_mode(n).needs_stats) or "none of them"
 
 
 def placement_options(c) -> None:
@@ -195,10 +201,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "seeds the random control (and sampling)")
 
     def steer_options(c) -> None:
+        steering = mode_names(steers=True)
         c.add_argument("--stats", default=None, help="statistics at the neurons' site ('record'); needed by "
-                       "--mode set and add, which write a statistic of the target language")
-        shows_default(c.add_argument("--mode", default=None, help="set (a := factor x statistic), scale "
-                                     "(a := factor x a) or add (a := a + factor x statistic)"),
+                       f"--mode {_needing_stats(steering)}, which write a statistic of the target language")
+        shows_default(c.add_argument("--mode", default=None, choices=steering, help=modes_help(steering)),
                       lambda: library("DEFAULT_MODE"))
         shows_default(c.add_argument("--factor", type=float, default=None, help="the factor of --mode"),
                       lambda: f"{library('DEFAULT_FACTOR'):g}")
@@ -311,11 +317,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--neurons", default=None, help="neurons.json written by 'identify' (without it: baseline only)")
     c.add_argument("--target", default=None, help="whose neurons to intervene on: a language, a comma-separated "
                    "list or 'all'")
-    c.add_argument("--mode", default="zero", help="zero, set (a := factor x statistic), scale "
-                   "(a := factor x a) or add (a := a + factor x statistic)")
-    c.add_argument("--factor", type=float, default=None, help="the factor of set/scale/add")
-    c.add_argument("--stats", default=None, help="statistics at the neurons' site; needed by --mode set and add")
-    c.add_argument("--statistic", default="mean", help="which statistic set/add write")
+    under_tasks = mode_names(tasks=True)
+    c.add_argument("--mode", default=ZERO.name, choices=under_tasks, help=modes_help(under_tasks))
+    c.add_argument("--factor", type=float, default=None, help="the factor of "
+                   + "/".join(n for n in under_tasks if "factor" in get_mode(n).takes))
+    c.add_argument("--stats", default=None, help=f"statistics at the neurons' site; needed by --mode "
+                   f"{_needing_stats(under_tasks)}")
+    c.add_argument("--statistic", default="mean", help=f"which statistic {_needing_stats(under_tasks, '/')} write")
     c.add_argument("--limit", type=int, default=None, help="the first N documents of each task")
     c.add_argument("--num-fewshot", type=int, default=None, help="few-shot examples (default: the task's)")
     c.add_argument("--batch-size", type=int, default=8, help="requests per forward pass")
@@ -375,11 +383,13 @@ def build_parser() -> argparse.ArgumentParser:
     m.set_defaults(func=cmd_models)
 
     b = sub.add_parser("bench", help="benchmarks that print their figures")
-    b.add_argument("what", metavar="benchmark", choices=["record", "identify", "steer", "hash"],
+    b.add_argument("what", metavar="benchmark", choices=["record", "identify", "steer", "hash", "gpu"],
                    help="record: recorder vs bare forward pass; identify: LAPE on a 21 x 80 x 28,672 table, "
                         "AP on 200,000 units x 3,000 sentences, AP vs scikit-learn; steer: generation under "
                         "the default steering intervention on LAPE neurons vs without; hash: the full weights "
-                        "hash on 2^28 bf16 parameters, extrapolated to an 8B model")
+                        "hash on 2^28 bf16 parameters, extrapolated to an 8B model; gpu: recording, steered "
+                        "generation and the perplexity matrix vs plain Hugging Face on a random "
+                        "Llama-3.1-8B-shaped model in bfloat16 (tl_langneurons.bench_gpu)")
     b.add_argument("--json", action="store_true", help="print the result as one line of JSON")
     b.add_argument("--model", default="builtin", help="the model of record and steer")
     b.add_argument("--max-sentences", type=int, default=None,
@@ -387,6 +397,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--batch-size", type=int, default=32, help="sentences per forward pass (record only)")
     b.add_argument("--repeats", type=int, default=None, help="record (3) and steer (5)")
     b.add_argument("--target", default="de", help="the steering target (steer only)")
+    b.add_argument("--shape", default="llama-3.1-8b", choices=["llama-3.1-8b", "tiny"],
+                   help="the model shape of gpu (tiny: a 2-layer model of the same family, for a CPU)")
     b.set_defaults(func=cmd_bench)
 
     d = sub.add_parser("demo", help="run the pipeline on a built-in model and the built-in corpus",

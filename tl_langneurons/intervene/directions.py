@@ -10,7 +10,8 @@ from torch import Tensor
 from .. import _checks
 from ..corpus import Corpus
 from ..errors import LangNeuronsError, choices
-from ..models import StopForward, forward_until, identity, resolve_site
+from ..identity import identity
+from ..models import StopForward, forward_until, resolve_site
 from ..neurons import LanguageNeurons
 from ..progress import track
 from ..tokens import max_length, prepare_batches, tokenizer_of
