@@ -5,7 +5,7 @@ is never turned on, it rewrites weights and doubles memory), or with TL 3.x inst
 ``HookedTransformer`` built offline from the same weights, raw (:mod:`.hooked`): it has the same
 hook names and the same ``model.hooks(...)`` context manager.
 
-Sites (METHODS §1):
+Sites (methods page: [sites](methods.md#sites)):
 
 =========  ===============================================  =========================================
 site       gated MLP (Llama, Mistral, Qwen, Gemma)          non-gated MLP (GPT-2, BLOOM, OPT, XGLM)

@@ -4,7 +4,7 @@ Sites: values are written where they were measured. ``pre`` is written on ``mlp.
 ``post``, and ``act`` of a non-gated MLP, on ``mlp.hook_post``. ``act`` of a gated MLP is
 ``φ(gate)``, which has no hook of its own: ``zero``/``scale`` of it equal ``zero``/``scale`` of
 ``hook_post = φ(gate) ⊙ up``, and ``set``/``add``/``patch`` to ``v`` mean ``post := v · up``, with
-``up`` read from ``mlp.hook_pre_linear`` in the same forward pass (METHODS §1).
+``up`` read from ``mlp.hook_pre_linear`` in the same forward pass (methods page: [sites](methods.md#sites)).
 
 Positions (``positions=``), in absolute positions of the sequence being processed:
 

@@ -9,7 +9,7 @@ frozen and validated on construction; :class:`SiteCache`, the source of ``patch`
                            Intervention(neurons["de"], "add", factor=1.0, stats=stats)]):
         ...
 
-Modes (METHODS §5), with ``a`` the neuron's activation at its site:
+Modes (methods page: [interventions](methods.md#interventions)), with ``a`` the neuron's activation at its site:
 
 =========  =====================================================================================
 ``zero``   ``a := 0`` (Tang: deactivation)
