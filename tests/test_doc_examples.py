@@ -33,7 +33,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
-NOT_RUN = re.compile(r"<!--\s*not-run:\s*(.+?)\s*-->")
+NOT_RUN = re.compile(r"^<!--\s*not-run:\s*(.+?)\s*-->\s*$", re.M)  # a line of its own
 FENCE = re.compile(r"^```(\w*)\s*$")
 
 
@@ -85,7 +85,7 @@ BLOCKS = [b for page in PAGES for b in blocks_of(page)]
 def commands(code: str) -> list[str]:
     """The block's commands: continuation lines joined, comments and blank lines dropped, ``&&``
     chains split (each part must succeed, as in the shell)."""
-    joined = re.sub(r"\\\n\s*", " ", code)
+    joined = re.sub(r"\s*\\\n\s*", " ", code)
     out = []
     for line in joined.splitlines():
         line = line.strip()
