@@ -33,7 +33,8 @@ from . import _checks
 from ._io import package_version
 from .corpus import Corpus
 from .errors import LangNeuronsError
-from .models import Site, StopForward, check_site, fingerprint, forward_until
+from .identity import fingerprint
+from .models import Site, StopForward, check_site, forward_until
 from .stats import NeuronStats
 from .tokens import Batch, max_length, prepare_batches, tokenizer_of
 
