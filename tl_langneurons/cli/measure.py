@@ -1,4 +1,5 @@
-"""The commands that measure interventions: ppl, steer, diffmean, lss, tasks (METHODS §6)."""
+"""The commands that measure interventions: ppl, steer, diffmean, lss, tasks (methods page:
+[evaluation](methods.md#evaluation))."""
 
 import sys
 

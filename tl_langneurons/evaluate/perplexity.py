@@ -1,5 +1,6 @@
 """Tang et al.'s deactivation matrix: NLL per language, with each language's neurons switched off
-and under the random control, and the numbers that summarise it (METHODS §6)."""
+and under the random control, and the numbers that summarise it (methods page:
+[the perplexity matrix](methods.md#perplexity-matrix))."""
 
 import math
 

@@ -1,13 +1,15 @@
 """Steering: generate under an intervention (on a target's neurons, or any the caller builds, or a
 residual diffmean direction), identify the continuation's language offline, and compare with no
-intervention and a random control on the same prompts and seed (METHODS §6)."""
+intervention and a random control on the same prompts and seed (methods page:
+[steering by generation](methods.md#steering), [fluency](methods.md#fluency),
+[difference-of-means steering](methods.md#diffmean))."""
 
 from dataclasses import replace
 
 import pandas as pd
 import torch
 
-from .. import _checks
+from .. import _checks, _smoke
 from ..errors import LangNeuronsError, choices
 from ..identify import random_like
 from ..intervene import DiffMean, Intervention, as_items, check_positions, diffmeans
@@ -70,6 +72,8 @@ def _decoding(n_samples, batch_size, generation, fluency) -> tuple[int, int, Gen
     gen = check_generation(generation)
     if gen.greedy:
         n_samples = 1  # greedy decoding gives one continuation per prompt
+    n_samples = _smoke.cap(n_samples, _smoke.SAMPLES)
+    gen = replace(gen, max_new_tokens=_smoke.cap(gen.max_new_tokens, _smoke.NEW_TOKENS))
     return n_samples, batch_size, gen, check_fluency(fluency)
 
 
