@@ -4,7 +4,7 @@ Loading a model is :mod:`.loading` (:func:`load_model`, the back ends in :mod:`.
 identity :mod:`.identity` (:func:`weights_hash`, :func:`fingerprint`, :func:`compatible`); their
 public names are importable from here too, as before they moved.
 
-Sites (METHODS §1):
+Sites (methods page: [sites](methods.md#sites)):
 
 =========  ===============================================  =========================================
 site       gated MLP (Llama, Mistral, Qwen, Gemma)          non-gated MLP (GPT-2, BLOOM, OPT, XGLM)

@@ -1,9 +1,9 @@
 """The fine-tuning command: finetune (neuron-restricted training, its controls, and transfer)."""
 
-import sys
 
 from ..errors import LangNeuronsError, choices
 from .args import check_model_before_loading, checkpoint_store, positive, result_folder
+from .done import finish
 
 CONTROLS = ("random", "attention-only", "full-lora")
 
@@ -93,5 +93,4 @@ def _finetune(args, rf, config, matrices, eval_tasks, neurons, languages, contro
 
         plot.save_figure(plot.loss_curves(losses), out, "loss")
     out = rf.commit()
-    print(f"wrote {len(runs)} adapter(s) to {out}", file=sys.stderr)
-    return 0
+    return finish([], f"wrote {len(runs)} adapter(s) to {out}")

@@ -6,12 +6,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
-from .. import _checks, compat
+from .. import _checks, _smoke, compat
 from ..corpus import load_corpus
 from ..errors import LangNeuronsError
 from ..placement import compute_devices
+from ..progress import track
 from ..resume import rng_state, set_rng_state
 from ..tokens import left_pad, max_length, pad_id
 from .conditions import under
@@ -214,11 +214,11 @@ def generate_ids(model, rows: list[list[int]], items: list, positions, generatio
     check_lengths(model, rows, generation)
     eos = model.tokenizer.eos_token_id
     out: list[list[int]] = []
-    starts = list(range(0, len(rows), batch_size))
-    names = [f"{unit} batch {s}" for s in starts]
     cuda = sorted({d.index or 0 for d in compute_devices(model) if d.type == "cuda"})
     with torch.no_grad(), seeded(model, seed):
-        for start, name in tqdm(zip(starts, names), total=len(starts), desc=desc, disable=not progress, leave=False):
+        for start in track(range(0, len(rows), batch_size), desc, progress, "generation",
+                           size=lambda s: min(batch_size, len(rows) - s)):
+            name = f"{unit} batch {start}"
             if store is not None and name in store:
                 value, _ = store.load(name)
                 set_rng_state(value["rng"])  # the next batch samples from where this one left off
@@ -252,13 +252,13 @@ def generate(model, rows: list[list[int]], items: list, positions, generation: G
 
 def prompt_list(prompts, target, n_prompts, prompt_words, source, seed) -> list[tuple[str, str | None]]:
     if prompts is None:
-        return default_prompts(target, n_prompts, prompt_words, source, seed)
+        return default_prompts(target, _smoke.cap(n_prompts, _smoke.PROMPTS), prompt_words, source, seed)
     if isinstance(prompts, str):
         prompts = [prompts]
     prompts = list(prompts)
     if not prompts or not all(isinstance(p, str) for p in prompts):
         raise LangNeuronsError(f"prompts must be a non-empty list of strings ('' = BOS only), got {prompts!r}")
-    return [(p, None) for p in prompts]
+    return [(p, None) for p in prompts[:_smoke.cap(len(prompts), _smoke.PROMPTS)]]
 
 
 

@@ -1,18 +1,19 @@
 """Tang et al.'s deactivation matrix: NLL per language, with each language's neurons switched off
-and under the random control, and the numbers that summarise it (METHODS §6)."""
+and under the random control, and the numbers that summarise it (methods page:
+[the perplexity matrix](methods.md#perplexity-matrix))."""
 
 import math
 
 import pandas as pd
-from tqdm.auto import tqdm
 
 from .. import _checks
 from ..errors import LangNeuronsError, choices
 from ..identify import random_like
-from .._io import texts_hash
 from ..intervene import Intervention, as_items, check_positions
-from ..identity import weights_hash
 from ..intervene.modes import ZERO
+from .._io import texts_hash
+from ..identity import weights_hash
+from ..progress import stage
 from ..resume import content_hash, open_store, run_unit
 from ..tokens import Batch, max_length, prepare_batches, tokenizer_of
 from .conditions import check_control, check_neurons
@@ -112,19 +113,27 @@ def perplexity_matrix(model, corpus, neurons, languages: list[str] | None = None
     ctrl = random_like(neurons.select(ablated), seed) if control == "random" else None
 
     batches = _nll_batches(model, texts, languages, batch_size, max_sentences)
-    K = len(languages)
     store = open_store(checkpoint, "perplexity_matrix", {
         "model": weights_hash(model), "corpus": texts_hash({k: texts[k][:max_sentences] for k in languages}),
         "neurons": content_hash(neurons), "languages": languages, "ablated": ablated, "control": control,
         "seed": seed, "batch_size": batch_size, "max_sentences": max_sentences})
-    conditions = ("intervention", "control") if ctrl is not None else ("intervention",)
-    units = ["baseline"] + [f"{c} {a}" for a in ablated for c in conditions]
-    done = 0  # ablated languages complete: where a resumed progress bar starts
     if store is not None:
-        store.announce(units)
-        done = sum(all(f"{c} {a}" in store for c in conditions) for a in ablated)
+        conditions = ("intervention", "control") if ctrl is not None else ("intervention",)
+        store.announce(["baseline"] + [f"{c} {a}" for a in ablated for c in conditions])
+    # one bar over every pass: the baseline, then each ablated language (and its control)
+    passes = 1 + len(ablated) * (2 if ctrl is not None else 1)
+    with stage("ppl matrix", passes * len(batches), "batch", progress) as bar:
+        return _matrix(model, neurons, ctrl, batches, languages, ablated, progress, store, bar)
+
+
+def _matrix(model, neurons, ctrl, batches, languages, ablated, progress, store, bar) -> pd.DataFrame:
+    K = len(languages)
 
     def frame(unit: str, items: list, desc: str) -> pd.DataFrame:
+        """One pass, a unit of work: read back where a resumed run has it (its batches counted done)."""
+        if store is not None and unit in store:
+            bar.advance(len(batches))
+
         def compute():
             sums, counts = nll_sums(model, batches, K, items, "all", desc, progress)
             return {}, {"sums": sums, "counts": counts}
@@ -133,19 +142,16 @@ def perplexity_matrix(model, corpus, neurons, languages: list[str] | None = None
 
     base = frame("baseline", [], "ppl baseline")
     rows = []
-    bar = tqdm(total=len(ablated), initial=done, desc="ppl matrix", disable=not progress, leave=False)
-    for i, a in enumerate(ablated):
+    for a in ablated:
         n_neurons = len(neurons.neurons[a])
-        conds = {"intervention": frame(f"intervention {a}", [Intervention(neurons, ZERO.name, language=a)], f"ppl −{a}")}
+        conds = {"intervention": frame(f"intervention {a}", [Intervention(neurons, ZERO.name, language=a)],
+                                       f"ppl −{a}")}
         if ctrl is not None:
             conds["control"] = frame(f"control {a}", [Intervention(ctrl, ZERO.name, language=a)], f"ppl −{a} control")
-        if i >= done:
-            bar.update(1)
         for cond, frame_ in (("baseline", base), *conds.items()):
             for r in frame_.itertuples(index=False):
                 rows.append({"ablated": a, "evaluated": r.language, "condition": cond, "nll": r.nll, "ppl": r.ppl,
                              "n_tokens": r.n_tokens, "n_neurons": n_neurons})
-    bar.close()
     return pd.DataFrame(rows, columns=["ablated", "evaluated", "condition", "nll", "ppl", "n_tokens", "n_neurons"])
 
 

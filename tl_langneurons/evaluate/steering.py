@@ -1,25 +1,27 @@
 """Steering: generate under an intervention (on a target's neurons, or any the caller builds, or a
 residual diffmean direction), identify the continuation's language offline, and compare with no
-intervention and a random control on the same prompts and seed (METHODS §6)."""
+intervention and a random control on the same prompts and seed (methods page:
+[steering by generation](methods.md#steering), [fluency](methods.md#fluency),
+[difference-of-means steering](methods.md#diffmean))."""
 
 from dataclasses import replace
 
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
-from .. import _checks
+from .. import _checks, _smoke
 from ..errors import LangNeuronsError, choices
 from ..identify import random_like
 from ..intervene import DiffMean, Intervention, as_items, check_positions, diffmeans
 from ..intervene.modes import SET, get_mode, mode_names
+from ..progress import stage
 from ..tokens import encode
 from .conditions import check_control, check_neurons
 from .fluency import FluencyCriterion, fluency_columns
-from .generation import GenerationConfig, check_generation, decode, generate_ids, prompt_list
-from .generation import check_lengths
+from .generation import GenerationConfig, check_generation, check_lengths, decode, generate_ids, prompt_list
 from .intervals import wilson
 from .._io import texts_hash
+from ..progress import track
 from ..resume import content_hash, open_store, run_unit
 from .langid import detect
 
@@ -73,6 +75,8 @@ def _decoding(n_samples, batch_size, generation, fluency) -> tuple[int, int, Gen
     gen = check_generation(generation)
     if gen.greedy:
         n_samples = 1  # greedy decoding gives one continuation per prompt
+    n_samples = _smoke.cap(n_samples, _smoke.SAMPLES)
+    gen = replace(gen, max_new_tokens=_smoke.cap(gen.max_new_tokens, _smoke.NEW_TOKENS))
     return n_samples, batch_size, gen, check_fluency(fluency)
 
 
@@ -82,6 +86,10 @@ def _generations(model, toks, items, positions, gen, batch_size, seed, desc, pro
     is False, :func:`~.fluency.fluency_columns` — scored with no intervention on, by the model as
     it is outside the intervention (the unsteered model). One unit of work of ``store`` (its
     batches of generations are units too)."""
+    if store is not None and unit in store:  # done before an interruption: counted on the stage's bar
+        for _ in track([None], desc, progress, "generation", size=lambda _: len(toks)):
+            pass
+
     def compute() -> dict[str, list]:
         ids = generate_ids(model, toks, items, positions if items else "all", gen, batch_size, seed, desc, progress,
                            store=store, unit=unit)
@@ -98,7 +106,7 @@ def _store(checkpoint, name: str, model, **key):
     the model's weights and every argument of the stage."""
     if checkpoint is None:
         return None
-    from ..models import weights_hash
+    from ..identity import weights_hash
 
     return open_store(checkpoint, name, {"model": weights_hash(model), "arguments": content_hash(key)})
 
@@ -141,9 +149,8 @@ def steer_sweep(model, neurons, targets, factors, modes=(DEFAULT_MODE,), prompts
                     steer_item(ctrl_all, t, c[0], c[1], stats, statistic) if ctrl_all is not None else None)
                 for c in cells} for t in targets}
 
-    # every target's prompts tokenized and checked against the context before anything is generated
     plists = {t: prompt_list(prompts, t, n_prompts, prompt_words, source, seed) for t in targets}
-    for t in targets:
+    for t in targets:  # every prompt checked against the context before anything is generated
         check_lengths(model, [encode(model.tokenizer, p) for p, _ in plists[t]], gen)
     store = _store(checkpoint, "steer_sweep", model, neurons=neurons, stats=stats, targets=targets, factors=factors,
                    modes=modes, prompts=plists, statistic=statistic, n_samples=n_samples, generation=gen.as_dict(),
@@ -154,10 +161,19 @@ def steer_sweep(model, neurons, targets, factors, modes=(DEFAULT_MODE,), prompts
         store.announce([f"{t} baseline" for t in targets]
                        + [f"{t} {c!r} {cond}" for t in targets for c in cells
                           for cond in ("intervention", "control")[:1 + (ctrl_all is not None)]])
+    # one bar over every generation of the sweep: each target's baseline, then each cell's
+    # intervention (and control)
+    per_prompt = n_samples * (1 + len(cells) * (2 if ctrl_all is not None else 1))
+    with stage("steer", per_prompt * sum(len(p) for p in plists.values()), "generation", progress):
+        return _sweep(model, targets, plists, cells, plan, statistic, n_samples, gen, batch_size, seed, progress,
+                      fluency, store)
+
+
+def _sweep(model, targets, plists, cells, plan, statistic, n_samples, gen, batch_size, seed, progress,
+           fluency, store) -> pd.DataFrame:
     frames = []
-    for t in tqdm(targets, desc="steer", disable=not progress, leave=False):
-        plist = plists[t]
-        rows = [(i, s, p, lang) for i, (p, lang) in enumerate(plist) for s in range(n_samples)]
+    for t in targets:
+        rows = [(i, s, p, lang) for i, (p, lang) in enumerate(plists[t]) for s in range(n_samples)]
         toks = [encode(model.tokenizer, p) for _, _, p, _ in rows]
         # the same seed for every condition: they differ only by the intervention (common random numbers)
         run = lambda items, pos, desc, unit: _generations(model, toks, items, pos, gen, batch_size, seed,  # noqa: E731
@@ -219,8 +235,6 @@ def steer(model, neurons, target: str, prompts=None, stats=None, mode: str = DEF
             ``n_new_tokens``, ``nll`` under the unsteered model, ``rep``); a
             :class:`~.fluency.FluencyCriterion` — that, and a ``fluent`` column by its thresholds;
             ``False`` — neither (one forward pass less per batch).
-        checkpoint: a :class:`~..resume.Checkpointed` store: resumable by condition and batch
-            (:func:`steer_sweep`).
 
     Returns:
         one row per generation: ``target, condition, mode, factor, statistic, positions, prompt_id,
@@ -262,8 +276,6 @@ def steer_with(model, target: str, interventions, control=None, prompts=None, *,
         prompts, source, n_prompts, prompt_words: as in :func:`steer` (the default prompts are in
             every language but ``target``, or in ``source``).
         the rest: decoding, batching and fluency, as in :func:`steer`.
-        checkpoint: a :class:`~..resume.Checkpointed` store: each condition and each batch of its
-            generations is a unit of work (resumed exactly).
 
     Returns:
         one row per generation: ``target, condition, positions, prompt_id, prompt_language, prompt,
@@ -283,8 +295,9 @@ def steer_with(model, target: str, interventions, control=None, prompts=None, *,
     n_samples, batch_size, gen, fluency = _decoding(n_samples, batch_size, generation, fluency)
     plist = prompt_list(prompts, target, n_prompts, prompt_words, source, seed)
     check_lengths(model, [encode(model.tokenizer, p) for p, _ in plist], gen)
-    store = _store(checkpoint, "steer_with", model, target=target, interventions=items, control=ctrl, prompts=plist, baseline=baseline, n_samples=n_samples,
-                   generation=gen.as_dict(), seed=seed, positions=pos, batch_size=batch_size,
+    store = _store(checkpoint, "steer_with", model, target=target, interventions=items, control=ctrl, prompts=plist,
+                   baseline=baseline, n_samples=n_samples, generation=gen.as_dict(), seed=seed, positions=pos,
+                   batch_size=batch_size,
                    fluency=fluency.as_dict() if isinstance(fluency, FluencyCriterion) else fluency)
     return _steer_with(model, target, items, ctrl, plist, baseline, n_samples, gen, seed, pos, batch_size, fluency,
                        progress, store, "")
@@ -300,12 +313,14 @@ def _steer_with(model, target, items, ctrl, plist, baseline, n_samples, gen, see
         conds["control"] = ctrl
     pos_label = pos if isinstance(pos, str) else ",".join(map(str, pos))
     records = []
-    for cond, its in conds.items():
-        cols = _generations(model, toks, its, pos, gen, batch_size, seed, f"steer {target} {cond}", progress, fluency,
-                            store, f"{prefix}{cond}")
-        for k, (i, s, p, lang) in enumerate(rows):
-            records.append({"target": target, "condition": cond, "positions": pos_label, "prompt_id": i,
-                            "prompt_language": lang, "prompt": p, "sample": s, **{c: v[k] for c, v in cols.items()}})
+    with stage(f"steer {target}", len(rows) * len(conds), "generation", progress):
+        for cond, its in conds.items():
+            cols = _generations(model, toks, its, pos, gen, batch_size, seed, f"steer {target} {cond}", progress,
+                                fluency, store, f"{prefix}{cond}")
+            for k, (i, s, p, lang) in enumerate(rows):
+                records.append({"target": target, "condition": cond, "positions": pos_label, "prompt_id": i,
+                                "prompt_language": lang, "prompt": p, "sample": s,
+                                **{c: v[k] for c, v in cols.items()}})
     return _frame(records, fluency)
 
 
@@ -347,17 +362,26 @@ def diffmean_sweep(model, corpus, targets, layer: int, betas, prompts=None, cont
     pos = check_positions(positions)
     n_samples, batch_size, gen, fluency = _decoding(n_samples, batch_size, generation, fluency)
     plists = {t: prompt_list(prompts, t, n_prompts, prompt_words, source, seed) for t in targets}
-    for t in targets:
+    for t in targets:  # every prompt checked against the context before anything is computed
         check_lengths(model, [encode(model.tokenizer, p) for p, _ in plists[t]], gen)
     store = _store(checkpoint, "diffmean_sweep", model, corpus=texts_hash(texts), targets=targets, layer=layer,
                    betas=betas, prompts=plists, control=control, languages=languages, max_sentences=max_sentences,
                    n_samples=n_samples, generation=gen.as_dict(), seed=seed, positions=pos, batch_size=batch_size,
                    fluency=fluency.as_dict() if isinstance(fluency, FluencyCriterion) else fluency)
-    frames = []
     # every target's direction from one pass over the corpus
     directions = diffmeans(model, texts, targets, layer, languages=languages, max_sentences=max_sentences,
                            progress=progress)
-    for t, d in tqdm(list(zip(targets, directions)), desc="diffmean steer", disable=not progress, leave=False):
+    # one bar over every generation: each target's baseline, then each beta's intervention (and control)
+    per_prompt = n_samples * (1 + len(betas) * (2 if control else 1))
+    with stage("diffmean steer", per_prompt * sum(len(p) for p in plists.values()), "generation", progress):
+        return _diffmean_cells(model, targets, directions, betas, layer, control, seed, plists, n_samples, gen, pos,
+                               batch_size, fluency, progress, store)
+
+
+def _diffmean_cells(model, targets, directions, betas, layer, control, seed, plists, n_samples, gen, pos,
+                    batch_size, fluency, progress, store) -> pd.DataFrame:
+    frames = []
+    for t, d in zip(targets, directions):
         ctrl = random_direction_like(d, seed) if control == "random" else None
         base = None
         for b in betas:

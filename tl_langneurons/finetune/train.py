@@ -6,9 +6,9 @@ import sys
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from ..errors import LangNeuronsError
+from ..progress import stage
 from ..resume import rng_state, set_rng_state
 from .adapter import Adapter, base_model
 from .data import Example
@@ -96,7 +96,8 @@ def finetune(model: Any, examples: list[Example], config: FinetuneConfig | None 
         opt.load_state_dict(sd)
         print(f"resuming finetune {config.method}: {step} of {n_steps} steps already done", file=sys.stderr)
     trainable.train()
-    with tqdm(total=n_steps, initial=step, desc=f"finetune {config.method}", disable=not progress, leave=False) as bar:
+    with stage(f"finetune {config.method}", n_steps, "step", progress) as bar:
+        bar.advance(step)  # a resumed run's bar starts where it was interrupted
         for epoch in range(first_epoch, config.epochs):
             if epoch_state is not None:  # the resumed epoch draws its order from where it drew it
                 gen.set_state(epoch_state)
@@ -111,8 +112,8 @@ def finetune(model: Any, examples: list[Example], config: FinetuneConfig | None 
                 opt.step()
                 losses.append(float(loss.detach()))
                 step += 1
-                bar.update(1)
-                bar.set_postfix(loss=f"{losses[-1]:.3f}")
+                bar.advance(1)
+                bar.note(loss=f"{losses[-1]:.3f}")
                 if checkpoint is not None and (step % checkpoint_every == 0 or step == n_steps):
                     _save_state(checkpoint, step, epoch, losses, start_state, params, opt)
     trainable.eval()

@@ -19,11 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from tqdm.auto import tqdm
 
 from .. import _checks
 from .._io import atomic_write_text, path_hash, safe_join, safe_name
-from ..models import weights_hash
+from ..identity import weights_hash
 from ..resume import content_hash, open_store, run_unit
 from ..errors import LangNeuronsError, choices
 from ..evaluate.conditions import check_control, check_neurons, under
@@ -32,6 +31,7 @@ from ..intervene import DiffMean, Intervention
 from ..intervene.modes import ZERO, get_mode, mode_names
 from ..intervene.specs import as_items
 from ..neurons import LanguageNeurons
+from ..progress import track
 from .compat import install_squad_metrics
 from .lm import task_lm
 from .naming import task_language
@@ -254,8 +254,7 @@ def evaluate_tasks(model: Any, tasks, neurons=None, targets=None, mode: str = ZE
                 "versions": out.get("versions", {})}
 
     rows, samples, configs, versions, hashes = [], {}, {}, {}, None
-    for (condition, label, items), name in tqdm(list(zip(runs, names)), desc="tasks",
-                                                disable=not progress or len(runs) == 1):
+    for (condition, label, items), name in track(list(zip(runs, names)), "tasks", progress and len(runs) > 1, "run"):
         out = run_unit(store, name, lambda: one(condition, label, items))
         seen = _doc_hashes(out["samples"])
         if hashes is None:
