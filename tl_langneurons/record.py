@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -235,7 +236,7 @@ def record(
     progress: bool = True,
     top_examples: int | None = None,
     top_units: Any = None,
-    top_context: tuple[int, int] = DEFAULT_CONTEXT,
+    top_context: Sequence[int] = DEFAULT_CONTEXT,
 ) -> NeuronStats:
     """Stream ``corpus`` through ``model`` and return per-language :class:`NeuronStats`.
 
