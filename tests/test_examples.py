@@ -222,3 +222,20 @@ def test_saved_with_the_statistics_checked_on_load_and_merged_by_language(tiny_l
 def test_bad_arguments(tiny_llama, kwargs, match):
     with pytest.raises(LangNeuronsError, match=match):
         record(tiny_llama, SENTENCES, progress=False, **kwargs)
+
+
+def test_record_command_top_examples_of_a_neuron_set(tiny_llama_dir, tmp_path):
+    from tl_langneurons.cli import main
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for lang in ("en", "de"):
+        (corpus / f"{lang}.txt").write_text("\n".join(SENTENCES[lang]) + "\n", encoding="utf-8")
+    LanguageNeurons({"en": [(1, 3)], "de": [(2, 7), (1, 3)]}, "test", {}, "act", {}, 3, 48).save(tmp_path / "n.json")
+    base = ["record", "--model", tiny_llama_dir, "--corpus", str(corpus), "--out", str(tmp_path / "s")]
+    assert main(base + ["--top-examples", "2", "--top-units", str(tmp_path / "n.json"), "--top-context", "2,1"]) == 0
+    top = NeuronStats.load(tmp_path / "s").top_examples
+    assert top.units.tolist() == [[1, 3], [2, 7]] and top.k == 2 and top.context == (2, 1)
+    assert top.frame().groupby(["language", "layer", "index"]).size().tolist() == [2, 2, 2, 2]
+    assert main(base + ["--top-examples", "2", "--top-context", "2"]) == 2
+    assert main(base + ["--top-units", str(tmp_path / "n.json")]) == 2

@@ -55,10 +55,12 @@ def _top_options(args) -> dict:
         if args.top_units is not None:
             raise LangNeuronsError("--top-units chooses whose top examples are kept; give --top-examples K too")
         return {}
-    parts = [x.strip() for x in args.top_context.split(",")]
-    if len(parts) != 2 or not all(x.isdigit() for x in parts):
-        raise LangNeuronsError(f"--top-context {args.top_context!r} must be two counts before,after, e.g. 8,4")
-    out = {"top_examples": args.top_examples, "top_context": (int(parts[0]), int(parts[1]))}
+    out = {"top_examples": args.top_examples}
+    if args.top_context is not None:  # else the library's default
+        parts = [x.strip() for x in args.top_context.split(",")]
+        if len(parts) != 2 or not all(x.isdigit() for x in parts):
+            raise LangNeuronsError(f"--top-context {args.top_context!r} must be two counts before,after, e.g. 8,4")
+        out["top_context"] = (int(parts[0]), int(parts[1]))
     if args.top_units is not None:
         from ..neurons import LanguageNeurons
 

@@ -70,6 +70,12 @@ def shows_default(action, value) -> None:
     action.shown_default = value
 
 
+def _top_context_default() -> str:
+    from ..examples import DEFAULT_CONTEXT
+
+    return ",".join(map(str, DEFAULT_CONTEXT))
+
+
 def placement_options(c) -> None:
     c.add_argument("--device", default=None, help="the device of the whole model, e.g. cuda or cuda:1 (default cpu)")
     c.add_argument("--device-map", default=None,
@@ -140,8 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "and context (for 'browse'); memory K x units x languages x 68 bytes, not growing with the corpus")
     r.add_argument("--top-units", default=None, help="with --top-examples: only the units of this neurons.json "
                    "(the union of its languages' sets) instead of every unit")
-    r.add_argument("--top-context", default="8,4", help="with --top-examples: tokens of activation context kept "
-                   "before,after each example (default 8,4)")
+    shows_default(r.add_argument("--top-context", default=None, help="with --top-examples: tokens of activation "
+                                 "context kept before,after each example"), _top_context_default)
     r.add_argument("--checkpoint-every", type=int, default=50, help="batches between checkpoints")
     r.add_argument("--resume", action="store_true", help="continue an interrupted recording in --out")
     r.add_argument("--out", required=True, help="directory the statistics are written to (and a --resume reads)")
@@ -199,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--neurons", required=True, help="neurons.json written by 'identify'")
     w.add_argument("--ppl", default=None, help="ppl.csv written by 'ppl' (or its folder): each neuron's page shows "
                    "its language's ΔNLL")
-    w.add_argument("--title", default=None)
+    w.add_argument("--title", default=None, help="the site's title (default: 'Language neurons of MODEL')")
     w.add_argument("--max-neurons", type=int, default=None, help="pages for at most N neurons, the most specific "
                    "first (default all)")
     w.add_argument("--out", required=True, help="output directory (index.html and neurons/)")
