@@ -16,7 +16,7 @@ from torch import Tensor
 
 from ._io import atomic_write_text, package_version, sha256
 from .examples import TopExamples
-from .models import compatible
+from .identity import compatible
 from .errors import LangNeuronsError, choices
 
 STATS_TENSORS = "stats.safetensors"

@@ -25,7 +25,7 @@ import torch
 
 from .._io import atomic_write_text, make_out_dir, package_version
 from ..errors import LangNeuronsError
-from ..models import compatible
+from ..identity import compatible
 
 SHOW_BEFORE, SHOW_AFTER = 16, 8  # tokens of plain text shown around each example's context window
 _SHADES = 8  # shading steps of a token's background, each way
