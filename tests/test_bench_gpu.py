@@ -13,9 +13,8 @@ from tl_langneurons import LangNeuronsError, load_model, record
 from tl_langneurons.models import backend
 from tl_langneurons.tokens import encode
 
-pytestmark = pytest.mark.skipif(backend() != "bridge", reason="boot_hf needs the TransformerBridge")
 
-
+@pytest.mark.skipif(backend() != "bridge", reason="boot_hf needs the TransformerBridge")
 def test_gpu_script_at_tiny_shape(capsys):
     from tl_langneurons.bench_gpu import PLANS, bench_gpu, main
     from tl_langneurons.cli import main as cli
