@@ -6,7 +6,8 @@ a NaN at a padded position can never reach a sum) and drops it. The forward pass
 the last layer's hook, so nothing after the last MLP — in particular the unembedding — is ever
 computed.
 
-Rules (METHODS §1–2; :mod:`.tokens` has the BOS and padding policy): BOS and padding never count.
+Rules (methods page: [sites](methods.md#sites), [which tokens count](methods.md#tokens),
+[statistics](methods.md#statistics); :mod:`.tokens` has the BOS and padding policy): BOS and padding never count.
 Per-batch sums are taken in float32 and added into float64 accumulators in a fixed order, so a
 resumed run is bit-identical to an uninterrupted one.
 
@@ -32,7 +33,8 @@ from . import _checks
 from ._io import package_version
 from .corpus import Corpus
 from .errors import LangNeuronsError
-from .models import Site, StopForward, check_site, fingerprint, forward_until
+from .identity import fingerprint
+from .models import Site, StopForward, check_site, forward_until
 from .stats import NeuronStats
 from .tokens import Batch, max_length, prepare_batches, tokenizer_of
 

@@ -1,4 +1,5 @@
-"""The commands that measure interventions: ppl, steer, diffmean, lss, tasks (METHODS §6)."""
+"""The commands that measure interventions: ppl, steer, diffmean, lss, tasks (methods page:
+[evaluation](methods.md#evaluation))."""
 
 import json
 import sys
@@ -9,26 +10,41 @@ from .args import (check_model_before_loading, config_shape, control, finite, js
                    positions_arg, positive)
 
 
-def _steer_mode(args, modes) -> str:
-    """The mode and the statistics it needs, checked before anything is loaded."""
-    from ..evaluate import DEFAULT_MODE, DEFAULT_STATISTIC
+def _check_mode(mode: str, allowed, *, stats, factor, statistic: str):
+    """``--mode`` (one of the registered modes ``allowed``) and the arguments it needs (given
+    ``--stats``/``--factor``), checked before anything is loaded; the registry
+    (:mod:`..intervene.modes`) says which."""
+    from ..intervene.modes import get_mode
+
+    m = get_mode(mode, allowed, "--mode")
+    if "factor" in m.required and factor is None:
+        raise LangNeuronsError(f"--mode {mode} needs --factor")
+    if m.needs_stats and stats is None:
+        free = [n for n in allowed if not get_mode(n).needs_stats]
+        raise LangNeuronsError(f"--mode {mode} needs --stats (the recorded statistics whose {statistic} activation "
+                               f"it writes); " + (f"--mode {', '.join(free)} need none" if free else "every mode does"))
+    return m
+
+
+def _steer_mode(args) -> str:
+    """The steering mode and the statistics it needs, checked before anything is loaded."""
+    from ..evaluate import DEFAULT_FACTOR, DEFAULT_MODE, DEFAULT_STATISTIC
     from ..intervene import check_statistic
+    from ..intervene.modes import mode_names
 
     if args.statistic is not None:
         check_statistic(args.statistic)  # a misspelt statistic fails here, not after the model is loaded
     mode = args.mode if args.mode is not None else DEFAULT_MODE
-    if mode not in modes:
-        raise LangNeuronsError(f"unknown --mode {mode!r}; allowed: {', '.join(modes)}")
-    if mode in ("set", "add") and args.stats is None:
-        raise LangNeuronsError(f"--mode {mode} needs --stats (the recorded statistics whose "
-                               f"{args.statistic or DEFAULT_STATISTIC} activation is set or added); "
-                               "--mode scale needs none")
+    factor = args.factor if args.factor is not None else DEFAULT_FACTOR  # steering's factor has a default
+    _check_mode(mode, mode_names(steers=True), stats=args.stats, factor=factor,
+                statistic=args.statistic or DEFAULT_STATISTIC)
     return mode
 
 
 def _measure_inputs(args, mode: str, targets: list[str]):
-    """The neuron set and (for set/add) its statistics, checked against each other, the targets and
-    ``--model`` before the model is loaded."""
+    """The neuron set and (for a mode that writes a statistic) its statistics, checked against each
+    other, the targets and ``--model`` before the model is loaded."""
+    from ..intervene.modes import get_mode
     from ..neurons import LanguageNeurons
     from ..outputs.tables import check_stats_match
     from ..stats import NeuronStats
@@ -51,7 +67,7 @@ def _measure_inputs(args, mode: str, targets: list[str]):
         if not targets:
             raise LangNeuronsError(f"--target all: no language of {str(args.neurons)!r} has neurons")
     stats = None
-    if mode in ("set", "add"):
+    if args.stats is not None and "stats" in get_mode(mode).takes:
         stats = NeuronStats.load(args.stats)
         check_stats_match(neurons, stats)
         for t in targets:
@@ -221,11 +237,11 @@ def _generation_run(args, given: dict, generation) -> dict:
 
 
 def cmd_steer(args) -> int:
-    from ..evaluate import STEER_MODES, steer_sweep
+    from ..evaluate import steer_sweep
     from ..outputs.measurements import write_steer
     from ..sources import resolve_source
 
-    mode = _steer_mode(args, STEER_MODES)
+    mode = _steer_mode(args)
     if args.factors is not None and args.factor is not None:
         raise LangNeuronsError(f"give --factor {args.factor:g} or --factors {args.factors}, not both")
     factors = parse_floats("--factors", args.factors) if args.factors is not None else None
@@ -310,11 +326,11 @@ def cmd_diffmean(args) -> int:
 
 
 def cmd_lss(args) -> int:
-    from ..evaluate import STEER_MODES, load_facts, lss
+    from ..evaluate import load_facts, lss
     from ..outputs.measurements import write_lss
     from ..sources import resolve_source
 
-    mode = _steer_mode(args, STEER_MODES)
+    mode = _steer_mode(args)
     finite("--factor", args.factor)
     positive("--batch-size", args.batch_size)
     positions = positions_arg(args.positions)
@@ -342,8 +358,6 @@ def cmd_lss(args) -> int:
 
 
 
-TASK_MODES = ("zero", "set", "scale", "add")
-
 
 def _task_list(value: str) -> list[str]:
     tasks = [t.strip() for t in value.split(",") if t.strip()]
@@ -370,13 +384,9 @@ def cmd_tasks(args) -> int:
     if args.neurons is not None:
         if args.target is None:
             raise LangNeuronsError("--neurons needs --target (whose neurons to intervene on; a list or 'all')")
-        if args.mode not in TASK_MODES:
-            raise LangNeuronsError(f"unknown --mode {args.mode!r}; allowed: {', '.join(TASK_MODES)}")
-        if args.mode == "scale" and args.factor is None:
-            raise LangNeuronsError("--mode scale needs --factor")
-        if args.mode in ("set", "add") and args.stats is None:
-            raise LangNeuronsError(f"--mode {args.mode} needs --stats (the recorded statistics whose "
-                                   f"{args.statistic} activation is set or added)")
+        from ..intervene.modes import mode_names
+
+        _check_mode(args.mode, mode_names(tasks=True), stats=args.stats, factor=args.factor, statistic=args.statistic)
         neurons, stats, targets = _measure_inputs(args, args.mode, [t.strip() for t in args.target.split(",")])
         model = _load_for(args, neurons)
     elif args.target is not None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .. import _checks, compat
+from .. import _checks, _smoke, compat
 from ..corpus import load_corpus
 from ..errors import LangNeuronsError
 from ..placement import compute_devices
@@ -218,13 +218,13 @@ def generate(model, rows: list[list[int]], items: list, positions, generation: G
 
 def prompt_list(prompts, target, n_prompts, prompt_words, source, seed) -> list[tuple[str, str | None]]:
     if prompts is None:
-        return default_prompts(target, n_prompts, prompt_words, source, seed)
+        return default_prompts(target, _smoke.cap(n_prompts, _smoke.PROMPTS), prompt_words, source, seed)
     if isinstance(prompts, str):
         prompts = [prompts]
     prompts = list(prompts)
     if not prompts or not all(isinstance(p, str) for p in prompts):
         raise LangNeuronsError(f"prompts must be a non-empty list of strings ('' = BOS only), got {prompts!r}")
-    return [(p, None) for p in prompts]
+    return [(p, None) for p in prompts[:_smoke.cap(len(prompts), _smoke.PROMPTS)]]
 
 
 

@@ -1,5 +1,5 @@
 """Log-likelihoods of text under the model: each token's NLL, summed per language, and the
-log-probability of a continuation given its context (METHODS §6).
+log-probability of a continuation given its context (methods page: [evaluation](methods.md#evaluation)).
 
 Memory: one forward pass's ``[rows, pos, vocab]`` logits are the one large tensor, and rows are
 grouped so that it stays within :data:`LOGITS_BUDGET_BYTES` (512 MiB; on a 262k-token vocabulary
