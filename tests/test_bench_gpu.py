@@ -10,7 +10,7 @@ import torch
 import archs
 from conftest import SENTENCES
 from tl_langneurons import LangNeuronsError, load_model, record
-from tl_langneurons.models import backend
+from tl_langneurons.backends import backend
 from tl_langneurons.tokens import encode
 
 
