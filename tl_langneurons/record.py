@@ -32,6 +32,7 @@ from . import _checks
 from ._io import package_version
 from .corpus import Corpus
 from .errors import LangNeuronsError
+from .importance import DEFAULT_TOP_RATE, IMPORTANCE_TENSORS, ImportanceSums, down_norms
 from .models import Site, StopForward, check_site, fingerprint, forward_until
 from .stats import NeuronStats
 from .tokens import Batch, max_length, prepare_batches, tokenizer_of
@@ -55,7 +56,7 @@ class Accumulator:
     """
 
     def __init__(self, n_langs: int, site: Site, n_sentences: int, sentence_means: bool, edges: Tensor | None,
-                 device: Any = "cpu"):
+                 device: Any = "cpu", importance: ImportanceSums | None = None):
         L, I = site.n_layers, site.d_mlp
         per_layer = [device] * L if isinstance(device, (str, torch.device)) else list(device)
         if len(per_layer) != L:
@@ -76,6 +77,7 @@ class Accumulator:
         self._counted: dict = {}  # device → [batch, pos] mask (sentence means)
         self._row_tokens: dict = {}  # device → counted tokens per row (sentence means)
         self._row_means: list = [None] * L  # layer → [batch, d_mlp] of the current batch (sentence means)
+        self.importance = importance  # PLND sums (:mod:`.importance`), read at hook_post by their own hooks
 
     def state_dict(self) -> dict[str, Tensor]:
         """The sums, on the host, as ``[lang, layer, ...]`` tensors."""
@@ -85,12 +87,16 @@ class Accumulator:
         for name, tensor in self._tensors().items():
             if name not in state or state[name].shape != tensor.shape:
                 raise LangNeuronsError(f"the checkpoint's {name!r} does not fit this recording")
+            if name in IMPORTANCE_TENSORS:
+                continue
             target = getattr(self, name)
             if isinstance(target, list):  # per-layer tensors: layer l is [:, l]
                 for layer, t in enumerate(target):
                     t.copy_(state[name][:, layer])
             else:
                 target.copy_(state[name])
+        if self.importance is not None:
+            self.importance.load(state)
 
     def _tensors(self) -> dict[str, Tensor]:
         """Every statistic as one tensor (the per-layer ones stacked on the host)."""
@@ -103,6 +109,8 @@ class Accumulator:
             out["sentence_means"] = self.sentence_means
         if self.hist is not None:
             out["hist"] = stacked(self.hist)
+        if self.importance is not None:
+            out.update(self.importance.tensors())
         return out
 
     def start_batch(self, batch: Batch) -> None:
@@ -111,6 +119,8 @@ class Accumulator:
         rows = batch.counted.reshape(-1).nonzero().squeeze(1)
         self._rows = {d: rows.to(d, non_blocking=True) for d in set(self.devices)}
         self.n_tokens[batch.language] += float(batch.counted.sum())
+        if self.importance is not None:
+            self.importance.start_batch(batch.language, batch.counted, self._rows)
         if self.sentence_means is not None:
             per_row = batch.counted.sum(1).clamp_min(1).to(torch.float32)
             self._row_tokens = {d: per_row.to(d) for d in set(self.devices)}
@@ -219,6 +229,8 @@ def record(
     checkpoint_every: int = 50,
     resume: bool = False,
     progress: bool = True,
+    plnd: bool = False,
+    plnd_top_rate: float = DEFAULT_TOP_RATE,
 ) -> NeuronStats:
     """Stream ``corpus`` through ``model`` and return per-language :class:`NeuronStats`.
 
@@ -238,6 +250,10 @@ def record(
         checkpoint_dir / checkpoint_every / resume: write the running sums every N batches; with
             ``resume=True`` continue from the last checkpoint. The result is bit-identical.
         progress: show a progress bar per language.
+        plnd: also accumulate PLND importance (Zhao et al. 2024; :mod:`.importance`) in the same pass,
+            read at ``hook_post`` whatever the site: ``importance_sum``, ``importance_docs``,
+            ``n_documents``.
+        plnd_top_rate: the share of each layer's neurons counted as activated by a document (0.14).
 
     Under ``torch.distributed`` (e.g. ``torchrun``), the processes form the same batches and each
     takes every W-th of them; the sums are all-reduced at the end and every process returns the
@@ -251,6 +267,7 @@ def record(
     pack = _checks.integer("pack", pack, 2, allow_none=True)
     _checks.boolean("sentence_means", sentence_means)
     _checks.boolean("resume", resume)
+    _checks.boolean("plnd", plnd)
     if pack is not None and sentence_means:
         raise LangNeuronsError("sentence_means needs one sentence per sequence; it cannot be combined with pack")
     if resume and checkpoint_dir is None:
@@ -270,19 +287,30 @@ def record(
     batches, n_sent, truncated, bos_prepended = prepare_batches(
         tokenizer, texts, batch_size, max_len, max_sentences, pack, rank, world)
     edges = _histogram_edges(histogram_edges)
-    acc = Accumulator(len(languages), resolved, sum(n_sent.values()), sentence_means, edges, resolved.devices)
+    importance = None
+    if plnd:
+        importance = ImportanceSums(len(languages), down_norms(model), list(resolved.devices), plnd_top_rate)
+    acc = Accumulator(len(languages), resolved, sum(n_sent.values()), sentence_means, edges, resolved.devices,
+                      importance)
 
     fp = fingerprint(model)
     options = {"batch_size": batch_size, "max_sentences": max_sentences, "pack": pack,
                "sentence_means": sentence_means, "histogram": edges is not None,
                "bos_prepended": bos_prepended, "special_tokens_counted": False, "world_size": world}
+    if plnd:
+        options["plnd_top_rate"] = float(plnd_top_rate)
     key = {"model": fp["weights_hash"], "site": site, "languages": languages,
            "corpus": json.dumps(corpus_spec, sort_keys=True, default=str), "n_batches": len(batches),
            "options": options}
     ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
     done = load_checkpoint(ckpt, acc, key, rank) if resume else 0
 
-    hooks = [(name, acc.hook(l, l == resolved.n_layers - 1)) for l, name in enumerate(resolved.hook_names)]
+    last = resolved.n_layers - 1
+    # the forward pass stops at the last hook that fires: hook_post comes after the site's hook_pre
+    hooks = [(name, acc.hook(l, l == last and not plnd)) for l, name in enumerate(resolved.hook_names)]
+    if plnd:
+        hooks += [(f"blocks.{l}.mlp.hook_post", importance.hook(l, StopForward() if l == last else None))
+                  for l in range(resolved.n_layers)]
     bars: dict[int, Any] = {}
     with torch.no_grad(), model.hooks(fwd_hooks=hooks):
         for i, batch in enumerate(batches):
@@ -309,7 +337,8 @@ def record(
     if sentence_means:
         sl = torch.cat([torch.full((n,), k, dtype=torch.int64) for k, n in enumerate(n_sent.values())])
     stats = NeuronStats(languages, site, state["n_tokens"], state["count_pos"], state["sum"], state["sum_sq"],
-                        state.get("sentence_means"), sl, state.get("hist"), edges, meta)
+                        state.get("sentence_means"), sl, state.get("hist"), edges, meta,
+                        **{k: state.get(k) for k in IMPORTANCE_TENSORS})
     if ckpt is not None:
         _ckpt_path(ckpt, rank).unlink(missing_ok=True)
     return stats

@@ -47,6 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--pack", type=int, default=None, help="pack sentences into windows of N tokens")
     r.add_argument("--checkpoint-every", type=int, default=50, help="batches between checkpoints")
     r.add_argument("--resume", action="store_true", help="continue an interrupted recording in --out")
+    r.add_argument("--plnd", action="store_true", help="also record PLND importance |post_j| x ||W_down[:, j]|| "
+                   "(Zhao et al. 2024), read at hook_post whatever --site is")
+    r.add_argument("--plnd-top-rate", type=float, default=0.14, help="with --plnd: the share of each layer's "
+                   "neurons counted as activated by a document (0.14)")
     r.add_argument("--out", required=True)
     r.set_defaults(func=cmd_record)
 
@@ -56,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--stats", required=True, help="directory written by 'record'")
     i.add_argument("--method", required=True, choices=list(METHOD_OPTIONS),
                    help="lape (Tang et al. 2024), ap (Kojima et al. 2024; needs --sentence-means "
-                        "statistics) or threshold (non-contrastive baseline)")
+                        "statistics), threshold (non-contrastive baseline) or plnd (Zhao et al. 2024; needs --plnd "
+                        "statistics)")
     i.add_argument("--out", required=True, help="neurons.json to write (or a directory to write it in)")
     g = i.add_argument_group("lape")
     g.add_argument("--top-rate", type=float, default=None, help="share of all neurons kept (default 0.01)")
@@ -75,6 +80,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--min-probability", type=float, default=None, help="each language's neurons with p >= this")
     g.add_argument("--all-sentences", action="store_true", default=None,
                    help="neurons whose sentence mean is > 0 in every sentence (Rahmanisa et al.)")
+    g = i.add_argument_group("plnd")
+    g.add_argument("--consistency", type=float, default=None, help="share of a language's documents that must "
+                   "activate a neuron (1.0: every document, as Zhao et al.)")
+    g.add_argument("--exclude", default=None, choices=["any", "all"], help="drop neurons activated by any other "
+                   "language (default, the paper) or only those activated by all languages (their released code)")
+    g.add_argument("--top-n", type=int, default=None, help="instead: each language's N neurons of largest "
+                   "activation-share contrast (equal-size sets)")
     i.set_defaults(func=cmd_identify)
 
     for name, func, what in (("analyze", cmd_analyze, "CSV tables and summary.json (with the relatedness tests)"),
