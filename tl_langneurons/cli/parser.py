@@ -4,6 +4,7 @@ import argparse
 
 from ..errors import LangNeuronsError
 from .find import METHOD_OPTIONS, cmd_analyze, cmd_bench, cmd_demo, cmd_identify, cmd_models, cmd_plot, cmd_record
+from .compare import add_compare_parser
 from .lens import add_lens_parser
 from .measure import cmd_diffmean, cmd_lss, cmd_ppl, cmd_steer, cmd_tasks
 from .tune import cmd_finetune
@@ -282,6 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     placement_options(c)
 
     add_lens_parser(sub, placement_options)
+    add_compare_parser(sub, placement_options)
 
     m = sub.add_parser("models", help="list the built-in models")
     m.add_argument("--json", action="store_true")
