@@ -23,7 +23,7 @@ def add_compare_parser(sub, placement_options) -> None:
     c.add_argument("--ap-positive", type=int, default=500, help="AP: sentences of the language (500)")
     c.add_argument("--ap-negative", type=int, default=2500, help="AP: sentences of the other languages (2500)")
     c.add_argument("--corpus", default="builtin", help="held-out text: 'builtin', a folder of <lang>.txt, or hf:...")
-    c.add_argument("--split", default="eval", help="built-in corpus split (default eval)")
+    c.add_argument("--split", default=None, help="corpus split (default for the built-in corpus: eval, held out)")
     c.add_argument("--max-sentences", type=int, default=None, help="held-out sentences per language")
     c.add_argument("--batch-size", type=int, default=16)
     c.add_argument("--control", default="random", choices=["random", "none"])
@@ -53,7 +53,8 @@ def cmd_compare(args) -> int:
     sets = equal_size_sets(stats, args.n, langs, parse_languages(args.methods), args.ap_positive, args.ap_negative)
     langs = sets[next(iter(sets))].languages
     overlap, overlap_layers = overlap_between_methods(sets)
-    corpus = load_corpus(args.corpus, languages=langs, split=args.split, max_sentences=args.max_sentences)
+    split = args.split if args.split is not None or args.corpus != "builtin" else "eval"
+    corpus = load_corpus(args.corpus, languages=langs, split=split, max_sentences=args.max_sentences)
     model = load_model(args.model, dtype=args.dtype, site=stats.site, **placement(args))
     ppl, effect = effect_of_methods(model, corpus, sets, langs, control=control(args.control), seed=args.seed,
                                     batch_size=args.batch_size)

@@ -2,9 +2,17 @@
 
 import numpy as np
 import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from .plot import _figure
+
+
+def _figure(width: float, height: float) -> Figure:
+    """A figure on the Agg canvas, without pyplot (as :mod:`.plot` builds its figures)."""
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
 
 METHOD_COLOURS = {"lape": "#1f77b4", "ap": "#2ca02c", "threshold": "#7f7f7f", "plnd": "#d62728"}
 
@@ -14,7 +22,7 @@ def comparison_figure(effect: pd.DataFrame, overlap: pd.DataFrame, sets: dict) -
     control as open markers), mean Jaccard between methods' sets, and each method's layer placement."""
     methods = list(dict.fromkeys(effect["method"]))
     langs = list(dict.fromkeys(effect["language"]))
-    fig = _figure(13, 3.8)
+    fig = _figure(13.0, 3.8)
     ax1, ax2, ax3 = fig.subplots(1, 3, gridspec_kw={"width_ratios": [1.6, 1, 1.3]})
     width = 0.8 / max(1, len(methods))
     x = np.arange(len(langs))

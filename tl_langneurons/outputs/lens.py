@@ -3,11 +3,19 @@ target language, the probability of the correct target-language token and of its
 counterpart at every layer, means with shaded 95% intervals; an intervention's curves dashed."""
 
 import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from ..errors import LangNeuronsError
-from .plot import _figure
+
+
+def _figure(width: float, height: float) -> Figure:
+    """A figure on the Agg canvas, without pyplot (as :mod:`.plot` builds its figures)."""
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
 
 COLOURS = {"target": "#1f77b4", "english": "#ff7f0e"}
 STYLES = {"baseline": "-", "own_neurons_off": "--", "random_neurons_off": ":"}
