@@ -55,7 +55,7 @@ def load_model(
         device: torch device for the whole model (default ``cpu``). Excludes ``device_map``.
         dtype: weights and compute dtype (``float32``, ``bfloat16``, ``float16``).
         site: the neuron site to check at load (``act``, ``pre``, ``post``): its hooks must exist,
-            fire, and have width ``d_mlp``.
+            fire, and have the MLP's width (read from its down projection, :func:`mlp_width`).
         device_map: dispatch one copy of a model too large for one device over several, through
             Hugging Face/accelerate: ``"auto"`` (or ``"balanced"``, ``"balanced_low_0"``,
             ``"sequential"``) or a ``{module name: GPU index | device | "disk"}`` dict. The bridge
@@ -223,7 +223,7 @@ def activation_fn(model: Any, layer: int = 0) -> Callable[[torch.Tensor], torch.
 def resolve_site(model: Any, site: str) -> Site:
     if site not in SITES:
         raise LangNeuronsError(f"unknown site {site!r}; allowed: {choices(SITES)}")
-    n_layers, d_mlp = int(model.cfg.n_layers), int(model.cfg.d_mlp)
+    n_layers, d_mlp = int(model.cfg.n_layers), mlp_width(model)
     gated = is_gated(model)
     transform = None
     if site == "act" and gated:
@@ -239,9 +239,48 @@ def resolve_site(model: Any, site: str) -> Site:
     return Site(site, gated, n_layers, d_mlp, names, transform)
 
 
+def mlp_width(model: Any) -> int:
+    """The number of neurons of each layer's MLP, read from the weights: the input width of the
+    down projection (the matrix whose columns the neurons write). Never from the config:
+    TransformerLens 4.3's bridge sets ``cfg.d_mlp`` to 4 × d_model for OPT and XGLM whatever their
+    ``ffn_dim`` is. Layers of different widths, and mixture-of-experts MLPs (whose experts the
+    bridge does not hook), are refused."""
+    widths = [_down_in_features(model, layer) for layer in range(int(model.cfg.n_layers))]
+    if len(set(widths)) != 1:
+        raise LangNeuronsError(f"the MLP layers have different widths {widths}; only models whose layers all have "
+                               "the same number of neurons are supported")
+    return widths[0]
+
+
+def _down_in_features(model: Any, layer: int) -> int:
+    mlp = model.blocks[layer].mlp
+    original = getattr(mlp, "original_component", None)
+    owner = original if original is not None else mlp  # the Hugging Face module, or TL's own
+    if hasattr(owner, "experts") or hasattr(mlp, "experts"):
+        experts = getattr(owner, "experts", None)
+        n = getattr(experts, "num_experts", None) or (len(experts) if isinstance(experts, torch.nn.ModuleList) else "")
+        raise LangNeuronsError(
+            f"layer {layer}'s MLP is a mixture of experts ({type(owner).__name__}{f', {n} experts' if n else ''}): the "
+            "units of this package are the neurons of one dense MLP per layer, and TransformerLens hooks only the "
+            "expert block's input and output (d_model wide), not each expert's neurons; experts' neurons as units "
+            "(expert, layer, index) are not supported")
+    down = getattr(mlp, "out", None)  # a bridge's down projection (LinearBridge)
+    if down is not None:
+        down = getattr(down, "original_component", down)
+        if isinstance(down, torch.nn.Linear):
+            return int(down.in_features)
+        if type(down).__name__ == "Conv1D":  # GPT-2's transposed linear: weight is [in, out]
+            return int(down.weight.shape[0])
+    w_out = getattr(mlp, "W_out", None)
+    if down is None and isinstance(w_out, torch.Tensor):  # a HookedTransformer: W_out is [d_mlp, d_model]
+        return int(w_out.shape[0])
+    raise LangNeuronsError(f"cannot find the down projection of layer {layer}'s MLP ({type(owner).__name__}) to read "
+                           "its width from")
+
+
 def check_site(model: Any, site: str) -> Site:
-    """Resolve ``site`` and check on a two-token input that every layer's hook fires with width
-    d_mlp; the returned site records the device of each layer's activation."""
+    """Resolve ``site`` and check on a two-token input that every layer's hook fires with the width
+    of the MLP (:func:`mlp_width`); the returned site records the device of each layer's activation."""
     resolved = resolve_site(model, site)
     seen: dict[int, tuple] = {}
     devices: dict[int, str] = {}
@@ -260,7 +299,8 @@ def check_site(model: Any, site: str) -> Site:
             raise LangNeuronsError(f"site {site!r}: hook {resolved.hook_names[layer]!r} never fired")
         if seen[layer][-1] != resolved.d_mlp:
             raise LangNeuronsError(
-                f"site {site!r}: hook {resolved.hook_names[layer]!r} has width {seen[layer][-1]}, expected d_mlp={resolved.d_mlp}"
+                f"site {site!r}: hook {resolved.hook_names[layer]!r} has width {seen[layer][-1]}, but the MLP's down "
+                f"projection has {resolved.d_mlp} inputs; this architecture's hooks are not its neurons"
             )
     return replace(resolved, devices=tuple(devices[l] for l in range(resolved.n_layers)))
 
@@ -408,7 +448,7 @@ def fingerprint(model: Any) -> dict:
         "name": model_name(model),
         "architecture": str(arch),
         "n_layers": int(model.cfg.n_layers),
-        "d_mlp": int(model.cfg.d_mlp),
+        "d_mlp": mlp_width(model),
         "gated": is_gated(model),
         "weights_hash": weights_hash(model),
     }

@@ -5,7 +5,8 @@ import sys
 
 from .._io import check_out_dir
 from ..errors import LangNeuronsError
-from .args import control, finite, json_object, parse_floats, parse_languages, placement, positions_arg, positive
+from .args import (check_model_before_loading, config_shape, control, finite, json_object, parse_floats, parse_languages, placement,
+                   positions_arg, positive)
 
 
 def _steer_mode(args, modes) -> str:
@@ -26,17 +27,29 @@ def _steer_mode(args, modes) -> str:
 
 
 def _measure_inputs(args, mode: str, targets: list[str]):
-    """The neuron set and (for set/add) its statistics, checked against each other and the targets."""
+    """The neuron set and (for set/add) its statistics, checked against each other, the targets and
+    ``--model`` before the model is loaded."""
     from ..neurons import LanguageNeurons
     from ..outputs.tables import check_stats_match
     from ..stats import NeuronStats
 
     neurons = LanguageNeurons.load(args.neurons)
-    if targets == ["all"]:
+    check_model_before_loading(args.model, neurons.model, f"the neuron set {str(args.neurons)!r}")
+    everyone = targets == ["all"]
+    if everyone:
         targets = list(neurons.languages)
     for t in targets:
         if t not in neurons:
             raise LangNeuronsError(f"unknown --target {t!r}; the neuron set has: {', '.join(neurons.languages)}")
+    empty = [t for t in targets if not neurons.neurons[t]]
+    if empty and not everyone:
+        raise LangNeuronsError(f"--target {','.join(empty)}: no neurons in {str(args.neurons)!r} (an intervention on "
+                               f"them changes nothing); languages with neurons: {', '.join(_with_neurons(neurons))}")
+    if empty:
+        print(f"note: no neurons for {', '.join(empty)} in {args.neurons}: not measured", file=sys.stderr)
+        targets = [t for t in targets if t not in empty]
+        if not targets:
+            raise LangNeuronsError(f"--target all: no language of {str(args.neurons)!r} has neurons")
     stats = None
     if mode in ("set", "add"):
         stats = NeuronStats.load(args.stats)
@@ -45,7 +58,27 @@ def _measure_inputs(args, mode: str, targets: list[str]):
             if t not in stats.languages:
                 raise LangNeuronsError(f"--target {t!r} has no statistics in {args.stats!r}; "
                                        f"they hold: {', '.join(stats.languages)}")
+        _check_statistic_recorded(args, stats)
     return neurons, stats, targets
+
+
+def _with_neurons(neurons) -> list[str]:
+    return [k for k in neurons.languages if neurons.neurons[k]] or ["none"]
+
+
+def _check_statistic_recorded(args, stats) -> None:
+    """The statistic set/add write is in the recorded statistics (else the run would fail at its
+    first intervention, after the model is loaded)."""
+    from ..evaluate import DEFAULT_STATISTIC
+    from ..stats import SENTENCE_STATS
+
+    statistic = args.statistic or DEFAULT_STATISTIC
+    if statistic in SENTENCE_STATS and statistic != "mean" and stats.sentence_means is None:
+        raise LangNeuronsError(f"--statistic {statistic} needs per-sentence means, which {args.stats!r} does not "
+                               "hold: record with --sentence-means")
+    if statistic.startswith("q") and stats.hist is None:
+        raise LangNeuronsError(f"--statistic {statistic} needs histograms, which {args.stats!r} does not hold: "
+                               "record with --histograms")
 
 
 def _load_for(args, neurons):
@@ -69,7 +102,14 @@ def cmd_ppl(args) -> int:
     out = check_out_dir(args.out)
     resolve_source(args.model)
     neurons = LanguageNeurons.load(args.neurons)
+    check_model_before_loading(args.model, neurons.model, f"the neuron set {str(args.neurons)!r}")
     langs = parse_languages(args.languages)
+    if langs is not None:
+        ablated = [k for k in langs if k in neurons and neurons.neurons[k]]
+        if not ablated:
+            raise LangNeuronsError(f"--languages {args.languages}: none has neurons in {str(args.neurons)!r}, so there "
+                                   f"is nothing to switch off; languages with neurons: "
+                                   f"{', '.join(_with_neurons(neurons))}")
     split = args.split
     to_load = langs  # without --languages: only the set's languages (the corpus may hold many more)
     if args.corpus == "builtin":
@@ -80,6 +120,9 @@ def cmd_ppl(args) -> int:
     elif args.corpus.startswith("hf:") and to_load is None:
         to_load = list(neurons.languages)
     corpus = load_corpus(args.corpus, languages=to_load, split=split, max_sentences=args.max_sentences)
+    if langs is not None and len(ablated) < len(langs):  # said once the languages are known good, before work
+        print(f"note: no neurons for {', '.join(k for k in langs if k not in ablated)} in {args.neurons}: "
+              "evaluated only (nothing to switch off)", file=sys.stderr)
     model = _load_for(args, neurons)
     df = perplexity_matrix(model, corpus, neurons, languages=langs, control=control(args.control), seed=args.seed,
                            batch_size=args.batch_size, progress=True)
@@ -243,6 +286,10 @@ def cmd_diffmean(args) -> int:
         if t not in corpus.languages:
             raise LangNeuronsError(f"unknown --target {t!r}; the corpus has: {', '.join(corpus.languages)}")
     _check_fluency_sentences(args)
+    n_layers = config_shape(args.model).get("n_layers")
+    if args.layer < 0 or n_layers is not None and args.layer >= n_layers:  # refused before loading, where known
+        raise LangNeuronsError(f"--layer must be in [0, {n_layers if n_layers is not None else 'the layers'}), "
+                               f"got {args.layer}")
     model = load_model(args.model, dtype=args.dtype, **placement(args))
     if not 0 <= args.layer < model.cfg.n_layers:
         raise LangNeuronsError(f"--layer must be in [0, {model.cfg.n_layers}), got {args.layer}")

@@ -39,7 +39,7 @@ from torch import Tensor
 
 from .. import _checks
 from ..errors import LangNeuronsError, choices
-from ..models import compatible, identity, is_gated, is_hooked, resolve_site
+from ..models import compatible, identity, is_gated, is_hooked, mlp_width, resolve_site
 from ..neurons import LanguageNeurons
 from .specs import MODES, DiffMean, Intervention, as_items, check_positions
 
@@ -218,7 +218,7 @@ def make_hooks(model: Any, interventions, positions="all", prompt_length=None
     _check_models(model, items)
     handle = InterventionHandle(items, prompt_length)
     gated = is_gated(model)
-    n_layers, d_mlp, d_model = int(model.cfg.n_layers), int(model.cfg.d_mlp), int(model.cfg.d_model)
+    n_layers, d_mlp, d_model = int(model.cfg.n_layers), mlp_width(model), int(model.cfg.d_model)
     points: dict[str, list] = {}  # hook name → ops, in the order given
     stash_layers: set[int] = set()
     tracked = False
