@@ -25,9 +25,9 @@ def add_lens_parser(sub, placement_options) -> None:
     c.add_argument("--control", default="random", choices=["random", "none"],
                    help="with --neurons: random (default) also switches off random neurons of the same layer profile")
     c.add_argument("--max-items", type=int, default=None, help="at most the first N items per task and language")
-    c.add_argument("--batch-size", type=int, default=8)
+    c.add_argument("--batch-size", type=int, default=8, help="prompts per forward pass")
     c.add_argument("--seed", type=int, default=0, help="draws the few-shot examples and the random control")
-    c.add_argument("--dtype", default="float32")
+    c.add_argument("--dtype", default="float32", help="the weights' dtype: float32, bfloat16 or float16")
     placement_options(c)
     c.add_argument("--out", required=True, help="output directory")
     c.set_defaults(func=cmd_lens)
