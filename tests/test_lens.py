@@ -84,7 +84,7 @@ def test_every_layer_equals_hugging_face_by_hand(which, builtin_model, tiny_gemm
         torch.testing.assert_close(got[b, -1], own, atol=2e-5, rtol=1e-5)
     if which == "gemma3_capped":  # the cap matters here: without it the last layer would differ
         raw = torch.log_softmax(model.unembed(model.ln_final(torch.zeros(1, 32) + 1)).float(), -1)
-        assert got[:, -1].max() - got[:, -1].min() <= 2 * 0.05 + 1e-4 < raw.max() - raw.min()
+        assert got[:, -1].max() - got[:, -1].min() < 0.11 < 0.3 < raw.max() - raw.min()
     assert n_hooks(model) == 0
 
 
@@ -100,7 +100,7 @@ def test_equals_transformer_lens_accumulated_resid(builtin_model):
 
 
 def test_items_are_single_tokens_with_disjoint_english(tokenizer):
-    items, counts = build_items(tokenizer, ["zh", "ja", "ko"])
+    items, counts = build_items(tokenizer, ["ja", "ko"])
     assert items, counts
     assert sum(c["kept"] for t in counts.values() for c in t.values()) == len(items)
     for it in items:
@@ -148,11 +148,11 @@ def test_lens_command(tmp_path):
     from tl_langneurons.cli import main
 
     out = tmp_path / "lens"
-    assert main(["lens", "--languages", "zh,ko", "--tasks", "cloze", "--max-items", "2", "--out", str(out)]) == 0
+    assert main(["lens", "--languages", "ko", "--tasks", "cloze", "--max-items", "2", "--out", str(out)]) == 0
     df = pd.read_csv(out / "lens.csv")
     assert {"task", "language", "layer", "p_target", "p_english"} <= set(df.columns)
-    assert len(df) == 2 * 7  # two languages × layers 0..6, baseline only
+    assert len(df) == 7  # layers 0..6, baseline only
     counts = json.loads((out / "summary.json").read_text())["counts"]
-    assert counts["cloze"]["zh"]["kept"] == 2
+    assert counts["cloze"]["ko"]["kept"] == 2
     assert (out / "lens.png").is_file()
     assert main(["lens", "--languages", "en", "--out", str(tmp_path / "x")]) == 2

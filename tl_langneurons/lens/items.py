@@ -128,6 +128,7 @@ def _word_items(tokenizer: Any, task: str, language: str, rng: random.Random) ->
     return out
 
 
+@lru_cache(maxsize=4096)
 def _pattern(word: str, language: str) -> re.Pattern:
     if language in _NO_SPACES:
         return re.compile(re.escape(word))
@@ -142,7 +143,8 @@ def _parallel() -> dict[str, list[str]]:
     return load_corpus("builtin", languages=langs, split="parallel").texts
 
 
-def cloze_sentences(language: str) -> list[tuple[str, str, str]]:
+@lru_cache(maxsize=None)
+def cloze_sentences(language: str) -> tuple[tuple[str, str, str], ...]:
     """``(blanked sentence, answer as written in the sentence, English word)`` from the parallel split:
     each sentence is used once, for the first word of the word set it holds."""
     par = _parallel()
@@ -155,7 +157,7 @@ def cloze_sentences(language: str) -> list[tuple[str, str, str]]:
                 # every occurrence is blanked: the answer must not stand in the prompt
                 out.append((pattern.sub("___", sent), m.group(0), w["en"]))
                 break
-    return out
+    return tuple(out)  # cached: never handed out mutable
 
 
 def _cloze_items(tokenizer: Any, language: str, rng: random.Random) -> list[LensItem]:
@@ -189,10 +191,9 @@ def build_items(tokenizer: Any, languages: list[str] | None = None, tasks: list[
         ``(items, counts)`` where ``counts[task][language] = {"candidates": n, "kept": m}``.
     """
     available = word_languages()
+    if languages is not None and "en" in (languages.split(",") if isinstance(languages, str) else languages):
+        raise LangNeuronsError(f"English is the lens's latent comparison, not a target; choose from {choices(available)}")
     languages = _checks.languages(languages, available, "the lens word set") if languages is not None else available
-    if "en" in languages:
-        raise LangNeuronsError("English is the lens's latent comparison, not a target; choose from "
-                               f"{choices(available)}")
     tasks = list(TASKS) if tasks is None else [_checks.one_of("task", t, TASKS) for t in tasks]
     seed = _checks.integer("seed", seed, 0)
     max_items = _checks.positive_int("max_items", max_items, allow_none=True)
