@@ -3,6 +3,7 @@
 import argparse
 
 from ..errors import LangNeuronsError
+from ..intervene.modes import ZERO, get_mode, mode_names, modes_help
 from .find import METHOD_OPTIONS, cmd_analyze, cmd_bench, cmd_demo, cmd_identify, cmd_models, cmd_plot, cmd_record
 from .compare import add_compare_parser
 from .lens import add_lens_parser
@@ -71,6 +72,11 @@ def shows_default(action, value) -> None:
     action.shown_default = value
 
 
+def _needing_stats(names, sep: str = " and ") -> str:
+    """Those of the modes ``names`` that write a statistic (need --stats), for the help."""
+    return sep.join(n for n in names if get_mode(n).needs_stats) or "none of them"
+
+
 def placement_options(c) -> None:
     c.add_argument("--device", default=None, help="the device of the whole model, e.g. cuda or cuda:1 (default cpu)")
     c.add_argument("--device-map", default=None,
@@ -127,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--corpus", default="builtin", help="'builtin', a folder of <lang>.txt, or hf:NAME[:CONFIG][:SPLIT]")
     r.add_argument("--split", default=None, help="built-in corpus split (train/stats/eval/parallel); default stats")
     r.add_argument("--languages", default=None, help="comma-separated language codes (default: all)")
-    r.add_argument("--site", default="act", help="where activations are read (METHODS §1): act, pre or post")
+    r.add_argument("--site", default="act", help="where activations are read (docs/methods.md#sites): act, pre or post")
     r.add_argument("--max-sentences", type=int, default=None, help="the first N sentences of each language "
                    "(default: all)")
     r.add_argument("--batch-size", type=int, default=32, help="sentences (or packed windows) per forward pass")
@@ -209,10 +215,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "seeds the random control (and sampling)")
 
     def steer_options(c) -> None:
+        steering = mode_names(steers=True)
         c.add_argument("--stats", default=None, help="statistics at the neurons' site ('record'); needed by "
-                       "--mode set and add, which write a statistic of the target language")
-        shows_default(c.add_argument("--mode", default=None, help="set (a := factor x statistic), scale "
-                                     "(a := factor x a) or add (a := a + factor x statistic)"),
+                       f"--mode {_needing_stats(steering)}, which write a statistic of the target language")
+        shows_default(c.add_argument("--mode", default=None, choices=steering, help=modes_help(steering)),
                       lambda: library("DEFAULT_MODE"))
         shows_default(c.add_argument("--factor", type=float, default=None, help="the factor of --mode"),
                       lambda: f"{library('DEFAULT_FACTOR'):g}")
@@ -325,11 +331,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--neurons", default=None, help="neurons.json written by 'identify' (without it: baseline only)")
     c.add_argument("--target", default=None, help="whose neurons to intervene on: a language, a comma-separated "
                    "list or 'all'")
-    c.add_argument("--mode", default="zero", help="zero, set (a := factor x statistic), scale "
-                   "(a := factor x a) or add (a := a + factor x statistic)")
-    c.add_argument("--factor", type=float, default=None, help="the factor of set/scale/add")
-    c.add_argument("--stats", default=None, help="statistics at the neurons' site; needed by --mode set and add")
-    c.add_argument("--statistic", default="mean", help="which statistic set/add write")
+    under_tasks = mode_names(tasks=True)
+    c.add_argument("--mode", default=ZERO.name, choices=under_tasks, help=modes_help(under_tasks))
+    c.add_argument("--factor", type=float, default=None, help="the factor of "
+                   + "/".join(n for n in under_tasks if "factor" in get_mode(n).takes))
+    c.add_argument("--stats", default=None, help=f"statistics at the neurons' site; needed by --mode "
+                   f"{_needing_stats(under_tasks)}")
+    c.add_argument("--statistic", default="mean", help=f"which statistic {_needing_stats(under_tasks, '/')} write")
     c.add_argument("--limit", type=int, default=None, help="the first N documents of each task")
     c.add_argument("--num-fewshot", type=int, default=None, help="few-shot examples (default: the task's)")
     c.add_argument("--batch-size", type=int, default=8, help="requests per forward pass")
