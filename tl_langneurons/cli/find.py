@@ -15,6 +15,7 @@ METHOD_OPTIONS = {
     "lape": ("top_rate", "filter_rate", "activation_bar_ratio", "normalize_entropy", "per_layer"),
     "ap": ("n", "n_positive", "n_negative", "languages"),
     "threshold": ("top_m", "min_probability", "all_sentences"),
+    "plnd": ("consistency", "exclude", "top_n"),
 }
 
 
@@ -49,7 +50,8 @@ def cmd_record(args) -> int:
         stats = record(model, corpus, site=args.site, batch_size=args.batch_size,
                        sentence_means=args.sentence_means, histogram_edges=True if args.histograms else None,
                        pack=args.pack, checkpoint_dir=rf.resume_dir / "record",
-                       checkpoint_every=args.checkpoint_every, resume=args.resume, **top)
+                       checkpoint_every=args.checkpoint_every, resume=args.resume, plnd=args.plnd,
+                       plnd_top_rate=args.plnd_top_rate, **top)
         if world > 1:
             dist.barrier()  # every process's checkpoint stays until the statistics are saved
         if rank == 0:
@@ -119,7 +121,7 @@ def cmd_identify(args) -> int:
     if args.method == "threshold" and len(given) != 1:  # the library's message names Python arguments
         raise LangNeuronsError("--method threshold needs exactly one of --top-m, --min-probability, --all-sentences; "
                                f"got {', '.join(flag(k) for k in given) or 'none'}")
-    from ..identify import ap_experts_all, lape, threshold
+    from ..identify import ap_experts_all, lape, plnd, threshold
     from ..stats import NeuronStats
 
     # a .json file, or a folder to write neurons.json in: either checked before the statistics are read
@@ -135,6 +137,8 @@ def cmd_identify(args) -> int:
     elif args.method == "ap":
         languages = parse_languages(given.pop("languages", None))
         neurons = ap_experts_all(stats, languages, **given)
+    elif args.method == "plnd":
+        neurons = plnd(stats, **given)
     else:
         neurons = threshold(stats, **given)
     if as_file:
