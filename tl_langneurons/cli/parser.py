@@ -5,6 +5,7 @@ import argparse
 from ..errors import LangNeuronsError
 from .find import METHOD_OPTIONS, cmd_analyze, cmd_bench, cmd_demo, cmd_identify, cmd_models, cmd_plot, cmd_record
 from .measure import cmd_diffmean, cmd_lss, cmd_ppl, cmd_steer, cmd_tasks
+from .steerbench import add_parser as add_steer_bench
 from .tune import cmd_finetune
 
 class _Parser(argparse.ArgumentParser):
@@ -267,6 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--seed", type=int, default=0, help="seeds LoRA's initialisation, the example order and the "
                    "random mask")
     placement_options(c)
+
+    add_steer_bench(sub, placement_options)
 
     m = sub.add_parser("models", help="list the built-in models")
     m.add_argument("--json", action="store_true")
