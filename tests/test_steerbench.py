@@ -96,7 +96,7 @@ def test_strength_zero_and_controls(builtin_model, bench_stats, judge, calibrati
     does its control); diffmean at β = 0 likewise; every control runs on the same prompts."""
     stats, texts = bench_stats
     kw = dict(texts=texts, judge=judge, calibration=calibration, n_tune=2, n_eval=6, layers=[1], top_rate=0.05,
-              progress=False)
+              fluency_sentences=12, progress=False)
     before = n_hooks(builtin_model)
     res = steer_bench(builtin_model, stats, ["de"], LANGS, ["none", toy_method, "diffmean"], work_dir=tmp_path, **kw)
     assert n_hooks(builtin_model) == before
@@ -110,6 +110,7 @@ def test_strength_zero_and_controls(builtin_model, bench_stats, judge, calibrati
     # diffmean's tuning tried every β on the tuning prompts; the reported row uses the chosen one
     t = res.tuning[res.tuning.method == "diffmean"]
     assert sorted(t.strength) == [1.0, 2.0, 4.0] and t.chosen.sum() == 1
+    kw["fluency"] = res.fluency  # the same criterion: no second pass over held-out text
     zero = steer_bench(builtin_model, stats, ["de"], LANGS, ["none"], **kw).generations
     assert zero.generation.tolist() == none
     board = leaderboard(g, n_boot=200)
@@ -132,7 +133,7 @@ def test_cli_steer_bench(tmp_path, capsys):
     out = tmp_path / "bench"
     argv = ["steer-bench", "--languages", "en,de", "--target", "de", "--methods", "none,neurons-scale,prompt-target",
             "--n-tune", "2", "--n-eval", "4", "--max-sentences", "20", "--top-rate", "0.05",
-            "--calibration-pairs", "12", "--out", str(out)]
+            "--calibration-pairs", "12", "--fluency-sentences", "8", "--max-new-tokens", "12", "--out", str(out)]
     assert main(argv) == 0
     board = pd.read_csv(out / "leaderboard.csv")
     assert set(board.method) == {"none", "neurons-scale", "prompt-target"}

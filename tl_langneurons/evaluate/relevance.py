@@ -156,7 +156,7 @@ def calibrate(judge=None, languages: list[str] | None = None, n_pairs: int = 200
 
     From the built-in ``parallel`` split: ``n_pairs`` sentences (drawn with ``seed``) in ``pivot``
     and in each language; aligned = (pivot sentence i, its translation i), random = (pivot
-    sentence i, translation of another sentence j ≠ i, a seeded derangement). For the pivot itself,
+    sentence i, translation of sentence i + k for a seeded shift k, so never its own). For the pivot itself,
     the aligned partner is the sentence's translation in the first other language, so every
     language is calibrated across a language boundary as steering's prompts and outputs are.
 
@@ -176,18 +176,18 @@ def calibrate(judge=None, languages: list[str] | None = None, n_pairs: int = 200
     idx = rng.choice(len(par[pivot]), size=n, replace=False)
     shift = rng.integers(1, n)  # a derangement: every sentence paired with another
     other_of_pivot = next(k for k in par.languages if k != pivot)
+    # each sentence embedded once: the random pairs are the aligned ones with the partners shifted
+    src = judge.embed([par[pivot][i] for i in idx])
     rows, aligned, random, auc = [], {}, {}, {}
     for lang in languages:
         partner = other_of_pivot if lang == pivot else lang
-        src = [par[pivot][i] for i in idx]
-        tgt = [par[partner][i] for i in idx]
-        pos = cosines(judge, src, tgt)
-        neg = cosines(judge, src, [tgt[(k + shift) % n] for k in range(n)])
-        pos, neg = pos[~np.isnan(pos)], neg[~np.isnan(neg)]
-        sd = float(neg.std(ddof=1)) if len(neg) > 1 else math.nan
+        tgt = judge.embed([par[partner][i] for i in idx])
+        pos = (src * tgt).sum(1)
+        neg = (src * np.roll(tgt, -int(shift), axis=0)).sum(1)
+        sd = float(neg.std(ddof=1))
         aligned[lang], random[lang], auc[lang] = float(pos.mean()), float(neg.mean()), _auc(pos, neg)
         rows.append({"language": lang, "partner": partner if lang == pivot else pivot, "n": int(len(pos)),
                      "aligned_mean": aligned[lang], "random_mean": random[lang], "random_sd": sd,
-                     "gap_sd": (aligned[lang] - random[lang]) / sd if sd and sd > 0 else math.nan,
+                     "gap_sd": (aligned[lang] - random[lang]) / sd if sd > 0 else math.nan,
                      "auc": auc[lang], "trusted": auc[lang] >= min_auc})
     return Calibration(judge.name, aligned, random, auc, min_auc, rows)

@@ -125,7 +125,7 @@ def steer_bench(model: Any, stats, targets, sources=None, methods=None, *, texts
                 neurons=None, ap=None, judge=None, calibration: Calibration | None = None,
                 fluency: FluencyCriterion | None = None, n_tune: int = 8, n_eval: int = 32, layers=None,
                 top_rate: float = 0.01, generation: GenerationConfig | None = None, seed: int = 0,
-                batch_size: int = 32, calibration_pairs: int = 100, work_dir=None,
+                batch_size: int = 32, calibration_pairs: int = 100, fluency_sentences: int = 60, work_dir=None,
                 progress: bool = True) -> BenchResult:
     """Run the steering benchmark (CLaS-Bench's two axes — language forcing and meaning — plus fluency).
 
@@ -141,7 +141,8 @@ def steer_bench(model: Any, stats, targets, sources=None, methods=None, *, texts
         judge / calibration: the relevance judge (default :class:`~..evaluate.relevance.E5Judge`,
             offline) and its calibration (default: :func:`~..evaluate.relevance.calibrate` on the
             targets with ``calibration_pairs`` pairs).
-        fluency: the fluency criterion (default: from 60 held-out ``eval`` sentences per target).
+        fluency: the fluency criterion (default: from ``fluency_sentences`` held-out ``eval`` sentences
+            per target).
         n_tune / n_eval: prompts per target for choosing strengths / for the reported numbers.
         layers: blocks the direction methods are tried after (default: a quarter and half-way).
         generation: decoding (default: the package's, sampling at T = 0.8, 24 new tokens).
@@ -178,9 +179,10 @@ def steer_bench(model: Any, stats, targets, sources=None, methods=None, *, texts
     if calibration is None:
         calibration = calibrate(judge, targets, n_pairs=calibration_pairs, seed=seed)
     if fluency is None:
-        held_out = load_corpus("builtin", split="eval", languages=targets, max_sentences=60)
+        n_fl = _checks.positive_int("fluency_sentences", fluency_sentences)
+        held_out = load_corpus("builtin", split="eval", languages=targets, max_sentences=n_fl)
         fluency = fluency_criterion(model, held_out, languages=targets, n_tokens=gen.max_new_tokens,
-                                    max_sentences=60, batch_size=batch_size)
+                                    max_sentences=n_fl, batch_size=batch_size)
     tuning_rows, evaluated = [], []
     plan = [(t, m) for t in targets for m in methods]
     bar = tqdm(plan, desc="steer-bench", disable=not progress)
