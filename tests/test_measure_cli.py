@@ -9,6 +9,7 @@ the module and the tests can see whether a hook was left on it.
 """
 
 import json
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -16,7 +17,7 @@ import pytest
 from conftest import n_hooks
 
 from tl_langneurons import evaluate as ev
-from tl_langneurons import models
+from tl_langneurons import models, progress
 from tl_langneurons.cli import main
 from tl_langneurons.corpus import load_corpus
 from tl_langneurons.identify import lape
@@ -75,7 +76,7 @@ def test_ppl(inputs, loads, builtin_model, tmp_path, capsys):
     assert main(["ppl", "--neurons", inputs["neurons"], "--languages", ",".join(LANGS), "--max-sentences", "3",
                  "--batch-size", "4", "--out", str(out)]) == 0
     assert loads == ["act"] and n_hooks(builtin_model) == 0
-    printed = json.loads(capsys.readouterr().out)
+    printed = capsys.readouterr()
 
     df = pd.read_csv(out / "ppl.csv", keep_default_na=False)
     assert list(df.columns) == PPL_COLUMNS and len(df) == 3 * 3 * 3
@@ -96,7 +97,12 @@ def test_ppl(inputs, loads, builtin_model, tmp_path, capsys):
             "diag_over_offdiag", "diag_over_control", "frac_most_hurt", "n_ablated", "n_evaluated",
             "per_language", "ablated", "evaluated", "conditions", "run", "files"} <= set(summary)
     assert summary["run"]["split"] == "eval" and summary["conditions"] == ["baseline", "intervention", "control"]
-    assert {k: summary[k] for k in printed} == printed
+    # a short summary: three headline lines (every number is in summary.json), where, and the time taken
+    lines = printed.out.splitlines()
+    assert len(lines) == 3 and f"{summary['diag_delta_nll']:+.4f} nats/token" in lines[0]
+    assert f"{summary['control_diag_delta_nll']:+.4f}" in lines[1] and f"{summary['frac_most_hurt']:.0%}" in lines[2]
+    assert re.fullmatch(rf"wrote \d+ files to {re.escape(str(out))} \(every number: .*summary.json\); took \S+",
+                        printed.err.strip().splitlines()[-1])
     nll = df.set_index(["ablated", "evaluated", "condition"]).nll
     for lang, per in summary["per_language"].items():
         assert set(per) == {"n_neurons", "baseline_nll", "delta_nll", "offdiag_delta_nll", "control_delta_nll",
@@ -165,7 +171,9 @@ def test_diffmean_command(builtin_model, loads, tmp_path, capsys):
     assert "--layer must be in [0, 6), got 6" in capsys.readouterr().err and not (tmp_path / "x").exists()
 
 
-def test_steer_sweep_over_all_targets(inputs, loads, builtin_model, tmp_path, capsys):
+def test_steer_sweep_over_all_targets(inputs, loads, builtin_model, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)  # progress on, as a user sees it in a log file
+    monkeypatch.setattr(progress, "LOG_EVERY", 0.0)
     out = tmp_path / "sweep"
     assert main(["steer", "--neurons", inputs["neurons"], "--stats", inputs["stats"], "--target", "all",
                  "--factors", "4,16", "--n-prompts", "2", "--n-samples", "1", "--max-new-tokens", "5",
@@ -189,6 +197,12 @@ def test_steer_sweep_over_all_targets(inputs, loads, builtin_model, tmp_path, ca
     assert "fluent" in summary["best"] and summary["run"]["fluency"]["max_rep"] == 0.2
     assert summary["settings"]["factor"] == best["factor"] and summary["targets"] == best["targets"]
     _figure(out, "steer_rate_vs_factor")
+    # one progress bar over the whole sweep (3 targets x 2 prompts x (baseline + 2 factors x 2 conditions)),
+    # as plain lines in a log: no nested bars, no carriage returns or cursor codes
+    err = capsys.readouterr().err
+    bars = [line for line in err.splitlines() if re.match(r"^[^:]+: \d+/\d+ ", line)]
+    assert bars and all(line.startswith("steer: ") for line in bars), bars
+    assert bars[-1].startswith("steer: 30/30 generations (100%)") and "\r" not in err and "\x1b[" not in err
 
 
 def test_lss_with_scale_needs_no_stats(inputs, loads, builtin_model, tmp_path, capsys):
@@ -279,6 +293,21 @@ def _mistakes():
         "lss unknown target": (lss[:-4] + ["--target", "xx", "--out", "{out}"], "'xx'"),
         "lss facts missing": (lss + ["--facts", "{tmp}/no_facts.json"], "no_facts.json"),
         "bench steer zero repeats": (["bench", "steer", "--repeats", "0"], "--repeats"),
+        # artifacts and languages checked before any model is loaded
+        "ppl languages without neurons": (ppl + ["--languages", "ja"], "--languages ja: none has neurons"),
+        "ppl neurons of another built-in model": (["ppl", "--neurons", "{tmp}/gemma.json", "--out", "{out}"],
+                                                  "made on 'gemma-3-270m', not on --model 'builtin'"),
+        "ppl neurons of another shape": (["ppl", "--neurons", "{tmp}/deeper.json", "--out", "{out}"],
+                                         "(18 layers), not on --model 'builtin' (6 layers)"),
+        "steer neurons of another built-in model": (["steer", "--neurons", "{tmp}/gemma.json", "--target", "de",
+                                                     "--mode", "scale", "--out", "{out}"], "made on 'gemma-3-270m'"),
+        "steer target without neurons": (["steer", "--neurons", "{tmp}/no_de.json", "--target", "de", "--mode",
+                                          "scale", "--out", "{out}"], "--target de: no neurons"),
+        "steer statistic not recorded": (steer + ["--statistic", "median"], "record with --sentence-means"),
+        "steer quantile not recorded": (steer + ["--statistic", "q0.9"], "record with --histograms"),
+        "diffmean layer past the last": (["diffmean", "--target", "de", "--layer", "6", "--out", "{out}"],
+                                         "--layer must be in [0, 6), got 6"),
+        "steer mistyped option": (steer + ["--max-new-tokns", "3"], "(did you mean '--max-new-tokens'?)"),
     }
 
 
@@ -295,6 +324,12 @@ def test_user_mistake_is_one_line_exit_2(case, inputs, monkeypatch, tmp_path, ca
     n = LanguageNeurons.load(inputs["neurons"])  # a language the statistics do not have
     LanguageNeurons({"ja": n.neurons["de"]}, n.method, n.params, n.site, n.model, n.n_layers,
                     n.d_mlp).save(tmp_path / "ja.json")
+    LanguageNeurons(n.neurons, n.method, n.params, n.site, {**n.model, "name": "gemma-3-270m"}, n.n_layers,
+                    n.d_mlp).save(tmp_path / "gemma.json")
+    LanguageNeurons(n.neurons, n.method, n.params, n.site, {**n.model, "name": "other", "n_layers": 18}, n.n_layers,
+                    n.d_mlp).save(tmp_path / "deeper.json")
+    LanguageNeurons({**n.neurons, "de": []}, n.method, n.params, n.site, n.model, n.n_layers,
+                    n.d_mlp).save(tmp_path / "no_de.json")
     argv, expected = _mistakes()[case]
     fill = {"neurons": inputs["neurons"], "stats": inputs["stats"], "tmp": str(tmp_path), "out": str(tmp_path / "out")}
     assert main([a.format(**fill) for a in argv]) == 2
@@ -303,6 +338,20 @@ def test_user_mistake_is_one_line_exit_2(case, inputs, monkeypatch, tmp_path, ca
     assert len(lines) == 1, captured.err
     assert lines[0].startswith("tl-langneurons: error: ") and expected in lines[0], lines[0]
     assert captured.out == "" and not (tmp_path / "out").exists()
+
+
+def test_ppl_says_which_languages_have_no_neurons_before_loading(inputs, monkeypatch, tmp_path, capsys):
+    class Loaded(Exception):
+        pass
+
+    def load(*a, **k):
+        raise Loaded
+
+    monkeypatch.setattr(models, "load_model", load)
+    with pytest.raises(Loaded):  # the note comes before the model is loaded
+        main(["ppl", "--neurons", inputs["neurons"], "--languages", "en,ja", "--out", str(tmp_path / "out")])
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"note: no neurons for ja in {inputs['neurons']}: evaluated only (nothing to switch off)"]
 
 
 # ---------------------------------------------------------------------------------------------

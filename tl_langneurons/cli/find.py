@@ -5,9 +5,9 @@ import json
 import os
 from pathlib import Path
 
-from .._io import jsonable
 from ..errors import LangNeuronsError
 from .args import flag, parse_floats, parse_languages, placement, positive
+from .done import finish
 
 # Method options of `identify`, each owned by one method (its defaults are the function's).
 METHOD_OPTIONS = {
@@ -30,6 +30,7 @@ def cmd_record(args) -> int:
     if args.site not in SITES:
         raise LangNeuronsError(f"unknown --site {args.site!r}; allowed: {', '.join(SITES)}")
     resolve_source(args.model)
+    top = _top_options(args)
     placed = placement(args)
     _maybe_init_distributed(args, placed)
     corpus = load_corpus(args.corpus, languages=parse_languages(args.languages), split=args.split,
@@ -39,12 +40,38 @@ def cmd_record(args) -> int:
     stats = record(model, corpus, site=args.site, batch_size=args.batch_size,
                    sentence_means=args.sentence_means, histogram_edges=True if args.histograms else None,
                    pack=args.pack, checkpoint_dir=out / ".checkpoint", checkpoint_every=args.checkpoint_every,
-                   resume=args.resume)
+                   resume=args.resume, **top)
     rank, _ = dist_info()
     if rank == 0:
         stats.save(out)
-        print(json.dumps(recording_summary(stats), indent=1))
+        s = recording_summary(stats)
+        tokens = s["tokens"].values()
+        p = s["activation_probability_per_layer"]
+        finish([f"recorded {len(s['languages'])} languages, {sum(tokens):,} tokens ({min(tokens):,} to {max(tokens):,} "
+                f"per language) at site {s['site']} of {s['model']}",
+                f"activation probability per layer: {p[0]:.3f} (first) to {p[-1]:.3f} (last)"],
+               f"wrote the statistics to {out}")
     return 0
+
+
+def _top_options(args) -> dict:
+    """``record``'s top-example keywords from --top-examples/--top-units/--top-context, checked first."""
+    positive("--top-examples", args.top_examples)
+    if args.top_examples is None:
+        if args.top_units is not None:
+            raise LangNeuronsError("--top-units chooses whose top examples are kept; give --top-examples K too")
+        return {}
+    out = {"top_examples": args.top_examples}
+    if args.top_context is not None:  # else the library's default
+        parts = [x.strip() for x in args.top_context.split(",")]
+        if len(parts) != 2 or not all(x.isdigit() for x in parts):
+            raise LangNeuronsError(f"--top-context {args.top_context!r} must be two counts before,after, e.g. 8,4")
+        out["top_context"] = (int(parts[0]), int(parts[1]))
+    if args.top_units is not None:
+        from ..neurons import LanguageNeurons
+
+        out["top_units"] = LanguageNeurons.load(args.top_units)
+    return out
 
 
 def _maybe_init_distributed(args, placed: dict) -> None:
@@ -78,10 +105,17 @@ def cmd_identify(args) -> int:
             allowed = ", ".join(flag(o) for o in METHOD_OPTIONS[args.method])
             raise LangNeuronsError(f"{flag(k)} is an option of --method {owner}, not of --method {args.method} "
                                    f"(whose options are {allowed})")
+    if args.method == "threshold" and len(given) != 1:  # the library's message names Python arguments
+        raise LangNeuronsError("--method threshold needs exactly one of --top-m, --min-probability, --all-sentences; "
+                               f"got {', '.join(flag(k) for k in given) or 'none'}")
     from ..identify import ap_experts_all, lape, threshold
     from ..stats import NeuronStats
 
     stats = NeuronStats.load(args.stats)
+    if (args.method == "ap" or given.get("all_sentences")) and stats.sentence_means is None:
+        what = "--method ap" if args.method == "ap" else "--all-sentences"
+        raise LangNeuronsError(f"{what} needs per-sentence means, which {args.stats!r} does not hold: record the "
+                               "statistics again with --sentence-means")
     if args.method == "lape":
         neurons = lape(stats, **given)
     elif args.method == "ap":
@@ -91,9 +125,11 @@ def cmd_identify(args) -> int:
         neurons = threshold(stats, **given)
     path = neurons.save(args.out)
     counts = neurons.counts()
-    print(json.dumps({"method": neurons.method, "params": neurons.params, "counts": counts,
-                      "union": len(neurons.union()), "out": str(path)}, indent=1))
-    return 0
+    union = len(neurons.union())
+    return finish([f"{neurons.method}: {union:,} neurons ({union / (neurons.n_layers * neurons.d_mlp):.2%} of the "
+                   f"model) over {len(counts)} languages",
+                   "per language: " + ", ".join(f"{k} {n}" for k, n in counts.items())],
+                  f"wrote {path}")
 
 
 def _load_neurons_and_stats(args):
@@ -116,7 +152,7 @@ def _print_analysis(summary: dict, out: Path) -> None:
             else:
                 print(f"{test} by {by}: statistic {r['statistic']:.4g}, p = {r['p_value']:.4g} "
                       f"({rel['n_permutations']} permutations, {r['n_languages']} languages, {rel['metric']})")
-    print(f"wrote {len(summary['files'])} files to {out}")
+    finish([], f"wrote {len(summary['files'])} files to {out}")
 
 
 def cmd_analyze(args) -> int:
@@ -133,10 +169,19 @@ def cmd_plot(args) -> int:
     from ..outputs.tables import write_figures
 
     neurons, stats = _load_neurons_and_stats(args)
-    for path in write_figures(neurons, args.out, stats, metric=args.metric):
-        print(path)
-    return 0
+    paths = write_figures(neurons, args.out, stats, metric=args.metric)
+    return finish([str(path) for path in paths], f"wrote {len(paths) // 2} figures (PNG and PDF) to {args.out}")
 
+
+
+def cmd_browse(args) -> int:
+    positive("--max-neurons", args.max_neurons)
+    from ..outputs.browser import write_browser
+
+    neurons, stats = _load_neurons_and_stats(args)
+    index = write_browser(stats, neurons, args.out, ppl=args.ppl, title=args.title, max_neurons=args.max_neurons)
+    print(index)
+    return 0
 
 
 def cmd_models(args) -> int:
@@ -172,8 +217,13 @@ def cmd_bench(args) -> int:
         from ..bench import bench_hash
 
         result = bench_hash()
+    elif args.what == "gpu":
+        from ..bench_gpu import bench_gpu
+
+        result = bench_gpu(shape=args.shape)
     else:
-        raise LangNeuronsError(f"unknown benchmark {args.what!r}; allowed: 'record', 'identify', 'steer', 'hash'")
+        raise LangNeuronsError(f"unknown benchmark {args.what!r}; allowed: 'record', 'identify', 'steer', 'hash', "
+                               "'gpu'")
     print(json.dumps(result, indent=None if args.json else 1))
     return 0
 
@@ -188,6 +238,32 @@ def cmd_demo(args) -> int:
                        eval_sentences=args.eval_sentences, top_rate=args.top_rate,
                        factors=floats("--factors", args.factors), diffmean_layer=args.diffmean_layer,
                        betas=floats("--betas", args.betas), n_samples=args.n_samples)
-    print(json.dumps(jsonable(summary), indent=1))
-    return 0
+    out = Path(args.out)
+    return finish(demo_lines(summary), f"the report: {out / 'report.md'} (every number: {out / 'summary.json'})")
+
+
+def _rate(mean: dict, key: str) -> str:
+    v = mean.get(key)
+    return "n/a" if v is None else f"{v:.0%}"
+
+
+def demo_lines(summary: dict) -> list[str]:
+    """The demo's headline numbers: neurons found, what switching them off and on does, and the
+    baseline; every number is in summary.json and the report."""
+    from .measure import ppl_lines
+
+    lape = summary["lape"]
+    lines = [f"LAPE (top rate {lape['top_rate']:g}): {lape['union']:,} neurons over {len(lape['counts'])} languages, "
+             + ", ".join(f"{k} {n}" for k, n in lape["counts"].items())]
+    lines += ppl_lines(summary["ppl"])[:2]  # own vs others, and vs the random control
+    for key, what in (("steer", "neuron steering"), ("steer_diffmean", "diffmean steering (the baseline)")):
+        cell = summary[key]
+        settings, mean = cell.get("settings") or {}, cell.get("mean") or {}
+        how = (f"beta {settings.get('factor', 0):g} after block {cell['layer']}" if key == "steer_diffmean"
+               else f"{settings.get('mode')} x{settings.get('factor', 0):g}")
+        over = f" (mean over {mean['n_targets']} targets)" if mean.get("n_targets") else ""
+        lines.append(f"{what}, best {how}{over}: target language {_rate(mean, 'target_rate')} of generations, fluent "
+                     f"{_rate(mean, 'target_fluent_rate')} (no intervention {_rate(mean, 'baseline_rate')}, "
+                     f"random control {_rate(mean, 'control_rate')})")
+    return lines
 

@@ -2,9 +2,10 @@
 
 Sites: values are written where they were measured. ``pre`` is written on ``mlp.hook_pre``;
 ``post``, and ``act`` of a non-gated MLP, on ``mlp.hook_post``. ``act`` of a gated MLP is
-``φ(gate)``, which has no hook of its own: ``zero``/``scale`` of it equal ``zero``/``scale`` of
-``hook_post = φ(gate) ⊙ up``, and ``set``/``add``/``patch`` to ``v`` mean ``post := v · up``, with
-``up`` read from ``mlp.hook_pre_linear`` in the same forward pass (METHODS §1).
+``φ(gate)``, which has no hook of its own: a mode's rule is applied to ``hook_post = φ(gate) ⊙ up``
+with its operand ``v`` times ``up`` (``zero``/``scale`` of φ(gate) equal ``zero``/``scale`` of
+post, ``set``/``add``/``patch`` to ``v`` mean ``post := v · up``; :mod:`.modes`), with ``up``
+read from ``mlp.hook_pre_linear`` in the same forward pass (methods page: [sites](methods.md#sites)).
 
 Positions (``positions=``), in absolute positions of the sequence being processed:
 
@@ -39,9 +40,12 @@ from torch import Tensor
 
 from .. import _checks
 from ..errors import LangNeuronsError, choices
-from ..models import compatible, identity, is_gated, is_hooked, resolve_site
+from ..backends import is_hooked
+from ..identity import compatible, identity
+from ..models import is_gated, mlp_width, resolve_site
 from ..neurons import LanguageNeurons
-from .specs import MODES, DiffMean, Intervention, as_items, check_positions
+from .modes import MODES, get_mode
+from .specs import DiffMean, Intervention, as_items, check_positions
 
 class InterventionHandle:
     """What ``with intervene(...) as handle`` gives: the interventions and the position tracker."""
@@ -107,6 +111,7 @@ class _Op:
 
     def __init__(self, iv: "Intervention", layer: int, positions, times_up: bool):
         self.iv, self.layer, self.positions, self.times_up = iv, layer, positions, times_up
+        self.mode = get_mode(iv.mode)
         self.idx_cpu = torch.tensor(iv.layers[layer], dtype=torch.int64)
         self.amount_cpu = iv.amounts.get(layer)
         self._dev: dict = {}
@@ -123,23 +128,15 @@ class _Op:
         if sel is None:
             return
         idx, amount = self.tensors(x.device, x.dtype)
-        ix, mode = _ix(sel, idx), self.iv.mode
-        if mode == "zero":
-            x[ix] = 0.0
-        elif mode == "scale":
-            x[ix] = x[ix] * self.iv.factor
-        else:
-            if mode == "patch":
-                v = self._source(sel, x, handle)
-            else:
-                v = amount
-            if self.times_up:  # gated act: φ(gate) := v means post := v · up
-                if up is None:
-                    raise LangNeuronsError(f"layer {self.layer}: hook_pre_linear did not fire before hook_post; "
-                                           "cannot write φ(gate)")
-                # up comes from the same MLP, so the same device (a no-op) unless a device_map split it
-                v = v * up.to(x.device)[ix]
-            x[ix] = x[ix] + v if mode == "add" else v
+        ix = _ix(sel, idx)
+        v = self._source(sel, x, handle) if self.mode.takes_source else amount
+        if self.times_up:  # gated act: φ(gate) := rule(φ(gate), v) means post := rule(post, v · up)
+            if up is None:
+                raise LangNeuronsError(f"layer {self.layer}: hook_pre_linear did not fire before hook_post; "
+                                       "cannot write φ(gate)")
+            # up comes from the same MLP, so the same device (a no-op) unless a device_map split it
+            v = v * up.to(x.device)[ix]
+        x[ix] = self.mode.rule(x[ix], v, self.iv.factor)
 
     def _source(self, sel, x: Tensor, handle: InterventionHandle) -> Tensor:
         src = self.iv.source.values[self.layer]
@@ -218,14 +215,14 @@ def make_hooks(model: Any, interventions, positions="all", prompt_length=None
     _check_models(model, items)
     handle = InterventionHandle(items, prompt_length)
     gated = is_gated(model)
-    n_layers, d_mlp, d_model = int(model.cfg.n_layers), int(model.cfg.d_mlp), int(model.cfg.d_model)
+    n_layers, d_mlp, d_model = int(model.cfg.n_layers), mlp_width(model), int(model.cfg.d_model)
     points: dict[str, list] = {}  # hook name → ops, in the order given
     stash_layers: set[int] = set()
     tracked = False
     for item in items:
         pos = item.positions if item.positions is not None else positions
         # patching reads the source at absolute positions, so it needs them even at "all"
-        tracked |= pos != "all" or getattr(item, "mode", None) == "patch"
+        tracked |= pos != "all" or (isinstance(item, Intervention) and get_mode(item.mode).takes_source)
         if isinstance(item, DiffMean):
             if item.layer >= n_layers or item.direction.shape != (d_model,):
                 raise LangNeuronsError(f"the diffmean direction (layer {item.layer}, width {item.direction.shape[0]}) "
@@ -238,7 +235,7 @@ def make_hooks(model: Any, interventions, positions="all", prompt_length=None
                                    f"this model has {n_layers} × {d_mlp}")
         item._check_range(n_layers, d_mlp, "this model")
         site = resolve_site(model, item.site)  # raises if the model lacks the site's hooks
-        times_up = gated and item.site == "act" and item.mode in ("set", "add", "patch")
+        times_up = gated and item.site == "act" and get_mode(item.mode).writes_through_up
         for layer in item.layers:
             # pre is written where it is read; post, non-gated act (= post) and gated act (zero/scale
             # of φ(gate) = zero/scale of post; set/add/patch as v · up) on hook_post
