@@ -296,7 +296,7 @@ def _change_panels(panels: dict[str, pd.DataFrame], own: dict[str, str], annotat
                 ax.add_patch(Rectangle((list(m.columns).index(own[row]), i), 1, 1, fill=False, edgecolor="0.1",
                                        linewidth=0.9))
         ax.set_title(title, fontsize=8, pad=3)
-        ax.set_xlabel(xlabel if k == n - 1 else "")
+        ax.set_xlabel(xlabel if k == n - 1 else "", fontsize=8)
         ax.set_ylabel(ylabel, fontsize=8)
         ax.tick_params(labelsize=TICK_FONT, length=2, pad=1)
         ax.tick_params(axis="x", rotation=90)
