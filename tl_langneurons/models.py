@@ -5,24 +5,14 @@ is never turned on, it rewrites weights and doubles memory), or with TL 3.x inst
 ``HookedTransformer`` built offline from the same weights, raw (:mod:`.hooked`): it has the same
 hook names and the same ``model.hooks(...)`` context manager.
 
-Sites (METHODS §1):
-
-=========  ===============================================  =========================================
-site       gated MLP (Llama, Mistral, Qwen, Gemma)          non-gated MLP (GPT-2, BLOOM, OPT, XGLM)
-=========  ===============================================  =========================================
-``act``    ``φ(gate x)``: φ applied to ``mlp.hook_pre``      ``φ(W_1 x)`` = ``mlp.hook_post``
-``pre``    ``gate x`` = ``mlp.hook_pre``                     ``W_1 x`` = ``mlp.hook_pre``
-``post``   ``φ(gate x) ⊙ up x`` = ``mlp.hook_post``          ``mlp.hook_post``
-=========  ===============================================  =========================================
-
-Whether an MLP is gated is read from the model itself (does ``hook_pre_linear`` exist), and φ is
-the activation module the model really uses; nothing is inferred from the model's name.
+Sites (METHODS §1) are the unit registry's (:mod:`.units`): MLP neurons ``act``/``pre``/``post``
+(:mod:`.units.mlp`), every linear output ``q``/``k``/``v``/``o``/``up``/``down``/``linear``
+(:mod:`.units.linear`) and SAE features ``sae:DIR`` (:mod:`.units.sae`).
 """
 
 import hashlib
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
 from collections.abc import Callable
 from typing import Any
 
@@ -33,7 +23,6 @@ from .errors import LangNeuronsError, choices
 from .placement import check_map_covers, check_placement, execution_device, offloaded_values, tied_placeholders
 from .sources import BUILTIN, local_folder
 
-SITES = ("act", "pre", "post")
 def load_model(
     model: str = "builtin",
     device: str | None = None,
@@ -174,101 +163,11 @@ def _dtype(dtype: str | torch.dtype | None) -> torch.dtype:
 
 
 # ---------------------------------------------------------------------------------------------
-# Sites
+# Sites: the unit registry (:mod:`.units`) says where units are read and written; these names stay
+# importable from here.
 
-
-@dataclass(frozen=True)
-class Site:
-    """Where a model's neurons are read, resolved for one model.
-
-    ``hook_names[l]`` is the TransformerLens hook whose output, passed through ``transform``, is the
-    ``[batch, pos, d_mlp]`` site activation of layer ``l``. ``devices[l]`` is the device that
-    activation was seen on by :func:`check_site` (``None`` from :func:`resolve_site`, which runs
-    nothing): on a model dispatched over several devices each layer's is its own.
-    """
-
-    name: str
-    gated: bool
-    n_layers: int
-    d_mlp: int
-    hook_names: tuple[str, ...]
-    transform: Callable[[torch.Tensor], torch.Tensor] | None  # None = identity
-    devices: tuple[str, ...] | None = None
-
-    def read(self, hook_output: torch.Tensor) -> torch.Tensor:
-        return hook_output if self.transform is None else self.transform(hook_output)
-
-
-def is_gated(model: Any) -> bool:
-    """A gated MLP exposes ``hook_pre_linear`` (the ``up x`` branch); read from the model, not its name."""
-    return "blocks.0.mlp.hook_pre_linear" in model.hook_dict
-
-
-def activation_fn(model: Any, layer: int = 0) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The activation φ that the model's MLP really applies (its own module, not a name lookup)."""
-    mlp = model.blocks[layer].mlp
-    for owner in (mlp, getattr(mlp, "original_component", None)):
-        fn = getattr(owner, "act_fn", None) if owner is not None else None
-        if callable(fn):
-            return fn
-    name = getattr(model.cfg, "act_fn", None)
-    if name:
-        from transformers.activations import ACT2FN
-
-        if name in ACT2FN:
-            return ACT2FN[name]
-    raise LangNeuronsError("cannot find the MLP activation function of this model; use site 'pre' or 'post'")
-
-
-def resolve_site(model: Any, site: str) -> Site:
-    if site not in SITES:
-        raise LangNeuronsError(f"unknown site {site!r}; allowed: {choices(SITES)}")
-    n_layers, d_mlp = int(model.cfg.n_layers), int(model.cfg.d_mlp)
-    gated = is_gated(model)
-    transform = None
-    if site == "act" and gated:
-        hook, transform = "hook_pre", activation_fn(model)
-    elif site == "pre":
-        hook = "hook_pre"
-    else:  # act on a non-gated MLP is hook_post; post is hook_post on both
-        hook = "hook_post"
-    names = tuple(f"blocks.{l}.mlp.{hook}" for l in range(n_layers))
-    missing = [n for n in names if n not in model.hook_dict]
-    if missing:
-        raise LangNeuronsError(f"site {site!r}: this model has no hook {missing[0]!r}")
-    return Site(site, gated, n_layers, d_mlp, names, transform)
-
-
-def check_site(model: Any, site: str) -> Site:
-    """Resolve ``site`` and check on a two-token input that every layer's hook fires with width
-    d_mlp; the returned site records the device of each layer's activation."""
-    resolved = resolve_site(model, site)
-    seen: dict[int, tuple] = {}
-    devices: dict[int, str] = {}
-
-    def make(layer: int):
-        def hook(act, hook):
-            seen[layer] = tuple(act.shape)
-            devices[layer] = str(act.device)
-        return hook
-
-    tok = torch.tensor([[_first_token(model), _first_token(model)]], device=model.cfg.device)
-    with torch.no_grad(), model.hooks(fwd_hooks=[(n, make(l)) for l, n in enumerate(resolved.hook_names)]):
-        model(tok, return_type=None)
-    for layer in range(resolved.n_layers):
-        if layer not in seen:
-            raise LangNeuronsError(f"site {site!r}: hook {resolved.hook_names[layer]!r} never fired")
-        if seen[layer][-1] != resolved.d_mlp:
-            raise LangNeuronsError(
-                f"site {site!r}: hook {resolved.hook_names[layer]!r} has width {seen[layer][-1]}, expected d_mlp={resolved.d_mlp}"
-            )
-    return replace(resolved, devices=tuple(devices[l] for l in range(resolved.n_layers)))
-
-
-def _first_token(model: Any) -> int:
-    tok = getattr(model, "tokenizer", None)
-    bos = getattr(tok, "bos_token_id", None) if tok is not None else None
-    return int(bos) if bos is not None else 0
+from .units import SITES, Site, check_site, resolve_site  # noqa: E402,F401
+from .units.mlp import activation_fn, is_gated  # noqa: E402,F401
 
 
 # ---------------------------------------------------------------------------------------------

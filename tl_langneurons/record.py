@@ -32,9 +32,10 @@ from . import _checks
 from ._io import package_version
 from .corpus import Corpus
 from .errors import LangNeuronsError
-from .models import Site, StopForward, check_site, fingerprint, forward_until
+from .models import StopForward, fingerprint, forward_until
 from .stats import NeuronStats
 from .tokens import Batch, max_length, prepare_batches, tokenizer_of
+from .units import Site, check_site
 
 
 def default_histogram_edges() -> Float64[Tensor, " edge"]:
@@ -55,7 +56,7 @@ class Accumulator:
     """
 
     def __init__(self, n_langs: int, site: Site, n_sentences: int, sentence_means: bool, edges: Tensor | None,
-                 device: Any = "cpu"):
+                 device: Any = "cpu", bos_in_sentence_means: bool = False):
         L, I = site.n_layers, site.d_mlp
         per_layer = [device] * L if isinstance(device, (str, torch.device)) else list(device)
         if len(per_layer) != L:
@@ -75,7 +76,10 @@ class Accumulator:
         self._rows: dict = {}  # device → flat indices of the counted tokens there
         self._counted: dict = {}  # device → [batch, pos] mask (sentence means)
         self._row_tokens: dict = {}  # device → counted tokens per row (sentence means)
-        self._row_means: list = [None] * L  # layer → [batch, d_mlp] of the current batch (sentence means)
+        self._row_means: list = [None] * L  # layer → each part's [batch, width] of the current batch
+        self.bos_in_sentence_means = bos_in_sentence_means  # Kojima: BOS counts in a sentence's mean
+        self._n_parts = sum(len(p) for p in site.parts)  # hooks per forward pass; the last one stops it
+        self._fired = 0
 
     def state_dict(self) -> dict[str, Tensor]:
         """The sums, on the host, as ``[lang, layer, ...]`` tensors."""
@@ -111,39 +115,49 @@ class Accumulator:
         rows = batch.counted.reshape(-1).nonzero().squeeze(1)
         self._rows = {d: rows.to(d, non_blocking=True) for d in set(self.devices)}
         self.n_tokens[batch.language] += float(batch.counted.sum())
+        self._fired = 0
         if self.sentence_means is not None:
-            per_row = batch.counted.sum(1).clamp_min(1).to(torch.float32)
+            counted = batch.counted
+            if self.bos_in_sentence_means:  # one sentence per row: its BOS, where there is one, is at 0
+                counted = counted | (batch.attention_mask.bool() & (torch.arange(counted.shape[1]) == 0))
+            per_row = counted.sum(1).clamp_min(1).to(torch.float32)
             self._row_tokens = {d: per_row.to(d) for d in set(self.devices)}
-            self._counted = {d: batch.counted.to(d) for d in set(self.devices)}
-            self._row_means = [None] * self.site.n_layers
+            self._counted = {d: counted.to(d) for d in set(self.devices)}
+            self._row_means = [[None] * len(parts) for parts in self.site.parts]
 
     def end_batch(self) -> None:
         if self.sentence_means is not None:  # one copy per layer and batch, after the forward pass
-            self.sentence_means[self._batch.sentence_ids] = torch.stack([m.cpu() for m in self._row_means], 1)
+            rows = [(m[0] if len(m) == 1 else torch.cat(m, -1)).cpu() for m in self._row_means]
+            self.sentence_means[self._batch.sentence_ids] = torch.stack(rows, 1)
 
-    def hook(self, layer: int, last: bool):
+    def hook(self, layer: int, part: int = 0):
+        """The hook that adds part ``part`` of layer ``layer``'s units (its columns of the sums); the
+        last of a forward pass's hooks to fire stops it."""
         dev = self.devices[layer]
+        p = self.site.parts[layer][part]
+        cols = slice(None) if len(self.site.parts[layer]) == 1 else slice(p.offset, p.offset + p.width)
 
         def fn(act: Tensor, hook: Any = None) -> None:
             if act.device != dev:  # the device check_site saw; anything else would be a silent copy
                 raise LangNeuronsError(f"layer {layer}'s activation is on {act.device}, its sums on {dev}: the "
                                        "model moved after the recording started")
-            a = self.site.read(act).to(torch.float32)  # [B, T, I]
+            a = p.read(act).to(torch.float32)  # [B, T, width]
             k = self._batch.language
             x = a.reshape(-1, a.shape[-1])[self._rows[dev]]  # the counted tokens only (a gather)
-            self.count_pos[layer][k] += (x > 0).sum(0, dtype=torch.float32)
-            self.sum[layer][k] += x.sum(0)
-            self.sum_sq[layer][k] += (x * x).sum(0)
+            self.count_pos[layer][k, cols] += (x > 0).sum(0, dtype=torch.float32)
+            self.sum[layer][k, cols] += x.sum(0)
+            self.sum_sq[layer][k, cols] += (x * x).sum(0)
             if self.sentence_means is not None:
                 masked = torch.where(self._counted[dev][..., None], a, torch.zeros((), device=a.device))
-                self._row_means[layer] = masked.sum(1) / self._row_tokens[dev][:, None]
+                self._row_means[layer][part] = masked.sum(1) / self._row_tokens[dev][:, None]
             if self.hist is not None:
                 edges = self.edges[dev]
                 nb = len(edges) + 1
                 b = torch.bucketize(x.double(), edges, right=True)  # 0 below edges[0], len(edges) from edges[-1] up
                 flat = b + torch.arange(x.shape[1], device=x.device) * nb
-                self.hist[layer][k] += torch.bincount(flat.reshape(-1), minlength=x.shape[1] * nb).reshape(-1, nb)
-            if last:
+                self.hist[layer][k, cols] += torch.bincount(flat.reshape(-1), minlength=x.shape[1] * nb).reshape(-1, nb)
+            self._fired += 1
+            if self._fired == self._n_parts:
                 raise StopForward
         return fn
 
@@ -213,6 +227,7 @@ def record(
     batch_size: int = 32,
     max_sentences: int | None = None,
     sentence_means: bool = False,
+    bos_in_sentence_means: bool = False,
     histogram_edges: Tensor | bool | None = None,
     pack: int | None = None,
     checkpoint_dir: str | os.PathLike | None = None,
@@ -225,11 +240,14 @@ def record(
     Args:
         model: a TransformerLens ``TransformerBridge`` (from :func:`load_model`) or ``HookedTransformer``.
         corpus: a :class:`Corpus` or ``{language: [sentences]}``.
-        site: ``act`` (default), ``pre`` or ``post`` (see :mod:`tl_langneurons.models`).
+        site: ``act`` (default), ``pre``, ``post``, a linear output (``q`` … ``down``, ``linear``
+            for all), ``sae:DIR`` or any registered unit kind (see :mod:`tl_langneurons.units`).
         batch_size: sentences per forward pass.
         max_sentences: use only the first N sentences of each language.
         sentence_means: also keep each sentence's mean activation (needed by average precision and
             by "set to the median/max of sentence means").
+        bos_in_sentence_means: count the BOS token in each sentence's mean, as Kojima et al. did
+            (default: BOS never counts). Token statistics are unchanged either way.
         histogram_edges: also keep per-neuron histograms with these bin edges (``True`` = defaults),
             from which :meth:`NeuronStats.quantile` reads medians and quantiles.
         pack: instead of one sentence per sequence, concatenate each language's sentences into
@@ -251,6 +269,9 @@ def record(
     pack = _checks.integer("pack", pack, 2, allow_none=True)
     _checks.boolean("sentence_means", sentence_means)
     _checks.boolean("resume", resume)
+    _checks.boolean("bos_in_sentence_means", bos_in_sentence_means)
+    if bos_in_sentence_means and not sentence_means:
+        raise LangNeuronsError("bos_in_sentence_means=True needs sentence_means=True")
     if pack is not None and sentence_means:
         raise LangNeuronsError("sentence_means needs one sentence per sequence; it cannot be combined with pack")
     if resume and checkpoint_dir is None:
@@ -270,11 +291,13 @@ def record(
     batches, n_sent, truncated, bos_prepended = prepare_batches(
         tokenizer, texts, batch_size, max_len, max_sentences, pack, rank, world)
     edges = _histogram_edges(histogram_edges)
-    acc = Accumulator(len(languages), resolved, sum(n_sent.values()), sentence_means, edges, resolved.devices)
+    acc = Accumulator(len(languages), resolved, sum(n_sent.values()), sentence_means, edges, resolved.devices,
+                      bos_in_sentence_means)
 
     fp = fingerprint(model)
     options = {"batch_size": batch_size, "max_sentences": max_sentences, "pack": pack,
-               "sentence_means": sentence_means, "histogram": edges is not None,
+               "sentence_means": sentence_means, "bos_in_sentence_means": bos_in_sentence_means,
+               "histogram": edges is not None,
                "bos_prepended": bos_prepended, "special_tokens_counted": False, "world_size": world}
     key = {"model": fp["weights_hash"], "site": site, "languages": languages,
            "corpus": json.dumps(corpus_spec, sort_keys=True, default=str), "n_batches": len(batches),
@@ -282,7 +305,7 @@ def record(
     ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
     done = load_checkpoint(ckpt, acc, key, rank) if resume else 0
 
-    hooks = [(name, acc.hook(l, l == resolved.n_layers - 1)) for l, name in enumerate(resolved.hook_names)]
+    hooks = [(p.hook, acc.hook(l, i)) for l, parts in enumerate(resolved.parts) for i, p in enumerate(parts)]
     bars: dict[int, Any] = {}
     with torch.no_grad(), model.hooks(fwd_hooks=hooks):
         for i, batch in enumerate(batches):
@@ -304,7 +327,8 @@ def record(
 
     state = acc.state_dict() if world == 1 else _all_reduce(acc, device)
     meta = {"model": fp, "corpus": corpus_spec, "n_sentences": n_sent, "truncated_sentences": truncated,
-            "options": options, "package_version": package_version()}
+            "options": options, "units": {"kind": resolved.kind, "layout": resolved.layout(), **resolved.info},
+            "package_version": package_version()}
     sl = None
     if sentence_means:
         sl = torch.cat([torch.full((n,), k, dtype=torch.int64) for k, n in enumerate(n_sent.values())])

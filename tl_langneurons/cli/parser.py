@@ -3,6 +3,7 @@
 import argparse
 
 from ..errors import LangNeuronsError
+from ..units import site_help
 from .find import METHOD_OPTIONS, cmd_analyze, cmd_bench, cmd_demo, cmd_identify, cmd_models, cmd_plot, cmd_record
 from .measure import cmd_diffmean, cmd_lss, cmd_ppl, cmd_steer, cmd_tasks
 from .tune import cmd_finetune
@@ -36,12 +37,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--corpus", default="builtin", help="'builtin', a folder of <lang>.txt, or hf:NAME[:CONFIG][:SPLIT]")
     r.add_argument("--split", default=None, help="built-in corpus split (train/stats/eval/parallel); default stats")
     r.add_argument("--languages", default=None, help="comma-separated language codes (default: all)")
-    r.add_argument("--site", default="act", help="act (default), pre or post")
+    r.add_argument("--site", default="act", help="where units are read (default act): " + site_help())
     r.add_argument("--max-sentences", type=int, default=None)
     r.add_argument("--batch-size", type=int, default=32)
     placement_options(r)
     r.add_argument("--dtype", default="float32")
     r.add_argument("--sentence-means", action="store_true", help="keep each sentence's mean activation")
+    r.add_argument("--bos-in-sentence-means", action="store_true",
+                   help="count BOS in each sentence's mean, as Kojima et al. did (implies --sentence-means)")
     r.add_argument("--histograms", action="store_true", help="keep per-neuron histograms (quantiles)")
     r.add_argument("--pack", type=int, default=None, help="pack sentences into windows of N tokens")
     r.add_argument("--checkpoint-every", type=int, default=50, help="batches between checkpoints")
