@@ -1,7 +1,8 @@
 """Sparse-autoencoder features as units: the site ``sae:DIR``.
 
 ``DIR`` holds one SAE, or folders that each hold one (a set, e.g. one per layer): the SAEs become
-the site's "layers", ordered by the block their hook is in. One SAE is, as SAELens writes it,
+the site's "layers", ordered by the block their hook is in. ``sae:builtin`` is the set shipped
+for the built-in model (one TopK SAE per block's residual stream; see its README). One SAE is, as SAELens writes it,
 
 * ``cfg.json``: ``architecture`` (``standard``/``relu``, ``jumprelu`` or ``topk`` with ``k``),
   ``d_in``, ``d_sae``, ``hook_name`` (a TransformerLens hook; at the top level or under
@@ -175,8 +176,8 @@ def load_sae(directory: str | Path) -> SAE:
     if norm not in (None, "none"):
         raise LangNeuronsError(f"SAE {str(d)!r}: normalize_activations={norm!r} is not supported (only 'none')")
     W_enc, b_enc, W_dec, b_dec = t["W_enc"], t["b_enc"], t["W_dec"], t["b_dec"]
-    d_in, d_sae = (W_enc.shape + (None, None))[:2] if W_enc.ndim == 2 else (None, None)
-    if (W_enc.ndim != 2 or W_dec.shape != (d_sae, d_in) or b_enc.shape != (d_sae,) or b_dec.shape != (d_in,)):
+    d_in, d_sae = (int(W_enc.shape[0]), int(W_enc.shape[1])) if W_enc.ndim == 2 else (-1, -1)
+    if W_enc.ndim != 2 or W_dec.shape != (d_sae, d_in) or b_enc.shape != (d_sae,) or b_dec.shape != (d_in,):
         raise LangNeuronsError(f"SAE {str(d)!r}: shapes W_enc {tuple(W_enc.shape)}, b_enc {tuple(b_enc.shape)}, "
                                f"W_dec {tuple(W_dec.shape)}, b_dec {tuple(b_dec.shape)} do not fit "
                                "W_enc [d_in, d_sae], W_dec [d_sae, d_in]")
@@ -208,10 +209,15 @@ def _layer_of(hook: str) -> int:
 _CACHE: dict = {}
 
 
+def builtin_sae_path() -> Path:
+    """The SAEs shipped for the built-in model (one per block's residual stream; ``sae:builtin``)."""
+    return Path(__file__).resolve().parents[1] / "assets" / "saes" / "builtin-resid"
+
+
 def load_saes(directory: str | Path) -> list[SAE]:
     """The SAE in ``directory``, or every SAE in its subfolders ordered by block then hook name.
     Cached per folder and file modification times (interventions resolve their site each time)."""
-    d = Path(directory).expanduser()
+    d = builtin_sae_path() if str(directory) == "builtin" else Path(directory).expanduser()
     if not d.is_dir():
         raise LangNeuronsError(f"SAE folder {str(directory)!r} does not exist")
     dirs = [d] if _is_sae_dir(d) else sorted(p.parent for n in WEIGHT_FILES for p in d.rglob(n))
