@@ -44,7 +44,7 @@ def load_model(
         device: torch device for the whole model (default ``cpu``). Excludes ``device_map``.
         dtype: weights and compute dtype (``float32``, ``bfloat16``, ``float16``).
         site: the neuron site to check at load (``act``, ``pre``, ``post``): its hooks must exist,
-            fire, and have width ``d_mlp``.
+            fire, and have the MLP's width (read from its down projection, :func:`mlp_width`).
         device_map: dispatch one copy of a model too large for one device over several, through
             Hugging Face/accelerate: ``"auto"`` (or ``"balanced"``, ``"balanced_low_0"``,
             ``"sequential"``) or a ``{module name: GPU index | device | "disk"}`` dict. The bridge
@@ -167,7 +167,7 @@ def _dtype(dtype: str | torch.dtype | None) -> torch.dtype:
 # importable from here.
 
 from .units import SITES, Site, check_site, resolve_site  # noqa: E402,F401
-from .units.mlp import activation_fn, is_gated  # noqa: E402,F401
+from .units.mlp import activation_fn, is_gated, mlp_width  # noqa: E402,F401
 
 
 # ---------------------------------------------------------------------------------------------
@@ -307,7 +307,7 @@ def fingerprint(model: Any) -> dict:
         "name": model_name(model),
         "architecture": str(arch),
         "n_layers": int(model.cfg.n_layers),
-        "d_mlp": int(model.cfg.d_mlp),
+        "d_mlp": mlp_width(model),
         "gated": is_gated(model),
         "weights_hash": weights_hash(model),
     }

@@ -156,11 +156,12 @@ def attach(hf, config: FinetuneConfig, mask: NeuronMask | None):
     methods) or parametrized in place (``selected-rows``); everything else frozen."""
     if config.uses_mask and mask is None:
         raise LangNeuronsError(f"method {config.method!r} needs a neuron mask")
-    if config.uses_mask and (mask.n_layers, mask.d_mlp) != (int(hf.config.num_hidden_layers),
-                                                            int(hf.config.intermediate_size)):
-        raise LangNeuronsError(f"the mask is for {mask.n_layers} layers × {mask.d_mlp} neurons, the model has "
-                               f"{hf.config.num_hidden_layers} × {hf.config.intermediate_size}")
     mods = layer_modules(hf)
+    # the width of the down projection's input, as the package reads it everywhere (models.mlp_width)
+    shape = (len(mods["down_proj"]), int(_module(hf, mods["down_proj"][0]).in_features))
+    if config.uses_mask and (mask.n_layers, mask.d_mlp) != shape:
+        raise LangNeuronsError(f"the mask is for {mask.n_layers} layers × {mask.d_mlp} neurons, the model has "
+                               f"{shape[0]} × {shape[1]}")
     for p in hf.parameters():
         p.requires_grad_(False)
     if config.method == "selected-rows":

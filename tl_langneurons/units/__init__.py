@@ -107,9 +107,9 @@ def check_site(model, site: str) -> Site:
             if (layer, i) not in seen:
                 raise LangNeuronsError(f"site {site!r}: hook {part.hook!r} never fired")
             if seen[layer, i][-1] != part.width:
-                what = f"d_mlp={part.width}" if len(parts) == 1 else f"{part.width} ({part.name})"
-                raise LangNeuronsError(f"site {site!r}: hook {part.hook!r} has width {seen[layer, i][-1]}, "
-                                       f"expected {what}")
+                raise LangNeuronsError(f"site {site!r}: hook {part.hook!r} has width {seen[layer, i][-1]}, but the "
+                                       f"model's weights give {part.name!r} {part.width} units; this architecture's "
+                                       "hooks are not its units")
         where = {devices[layer, i] for i in range(len(parts))}
         if len(where) > 1:
             raise LangNeuronsError(f"site {site!r}: layer {layer}'s units are computed on several devices "

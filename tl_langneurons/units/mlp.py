@@ -9,9 +9,9 @@ site       gated MLP (Llama, Mistral, Qwen, Gemma)          non-gated MLP (GPT-2
 =========  ===============================================  =========================================
 
 Whether an MLP is gated is read from the model itself (does ``hook_pre_linear`` exist), φ is the
-activation module the model really uses, and the width is the output width of the MLP's first
-projection (its module, or a HookedTransformer's ``W_in``); nothing is inferred from the model's
-name or a configuration default.
+activation module the model really uses, and the width is the input width of the MLP's down
+projection (:func:`mlp_width`); nothing is inferred from the model's name or a configuration
+default.
 
 Writing: values are written where they were measured. ``pre`` on ``mlp.hook_pre``; ``post``, and
 ``act`` of a non-gated MLP, on ``mlp.hook_post``. ``act`` of a gated MLP is ``φ(gate)``, which has
@@ -70,29 +70,50 @@ def submodule(module: Any, name: str) -> Any:
     return module._modules.get(name) if hasattr(module, "_modules") else None
 
 
-def mlp_width(model: Any, layer: int) -> int:
-    """Neurons of layer ``layer``'s MLP, from its first projection (gate where gated, else in)."""
+def mlp_width(model: Any) -> int:
+    """The number of neurons of each layer's MLP, read from the weights: the input width of the
+    down projection (the matrix whose columns the neurons write). Never from the config:
+    TransformerLens 4.3's bridge sets ``cfg.d_mlp`` to 4 × d_model for OPT and XGLM whatever their
+    ``ffn_dim`` is. Layers of different widths, and mixture-of-experts MLPs (whose experts the
+    bridge does not hook), are refused."""
+    widths = [_down_in_features(model, layer) for layer in range(int(model.cfg.n_layers))]
+    if len(set(widths)) != 1:
+        raise LangNeuronsError(f"the MLP layers have different widths {widths}; only models whose layers all have "
+                               "the same number of neurons are supported")
+    return widths[0]
+
+
+def _down_in_features(model: Any, layer: int) -> int:
     mlp = model.blocks[layer].mlp
-    for name in ("gate", "in"):
-        w = out_features(submodule(mlp, name))
-        if w is not None:
-            return w
-    w_in = getattr(mlp, "W_in", None)  # a TL 3.x HookedTransformer: W_in [d_model, d_mlp]
-    if isinstance(w_in, torch.Tensor):
-        return int(w_in.shape[-1])
-    raise LangNeuronsError(f"cannot read the MLP width of layer {layer} from the model (no gate/in projection, "
-                           "no W_in)")
+    original = getattr(mlp, "original_component", None)
+    owner = original if original is not None else mlp  # the Hugging Face module, or TL's own
+    if hasattr(owner, "experts") or hasattr(mlp, "experts"):
+        experts = getattr(owner, "experts", None)
+        n = getattr(experts, "num_experts", None) or (len(experts) if isinstance(experts, torch.nn.ModuleList) else "")
+        raise LangNeuronsError(
+            f"layer {layer}'s MLP is a mixture of experts ({type(owner).__name__}{f', {n} experts' if n else ''}): the "
+            "units of this package are the neurons of one dense MLP per layer, and TransformerLens hooks only the "
+            "expert block's input and output (d_model wide), not each expert's neurons; experts' neurons as units "
+            "(expert, layer, index) are not supported")
+    down = getattr(mlp, "out", None)  # a bridge's down projection (LinearBridge)
+    if down is not None:
+        down = getattr(down, "original_component", down)
+        if isinstance(down, torch.nn.Linear):
+            return int(down.in_features)
+        if type(down).__name__ == "Conv1D":  # GPT-2's transposed linear: weight is [in, out]
+            return int(down.weight.shape[0])
+    w_out = getattr(mlp, "W_out", None)
+    if down is None and isinstance(w_out, torch.Tensor):  # a HookedTransformer: W_out is [d_mlp, d_model]
+        return int(w_out.shape[0])
+    raise LangNeuronsError(f"cannot find the down projection of layer {layer}'s MLP ({type(owner).__name__}) to read "
+                           "its width from")
 
 
 def _resolve(site: str):
     def resolve(model: Any, arg: str | None) -> Site:
         n_layers = int(model.cfg.n_layers)
         gated = is_gated(model)
-        widths = {mlp_width(model, l) for l in range(n_layers)}
-        if len(widths) != 1:
-            raise LangNeuronsError(f"site {site!r}: the layers' MLPs have different widths {sorted(widths)}; "
-                                   "one width per site is supported")
-        d_mlp = widths.pop()
+        d_mlp = mlp_width(model)
         layers = []
         for l in range(n_layers):
             pre, post = f"blocks.{l}.mlp.hook_pre", f"blocks.{l}.mlp.hook_post"
