@@ -10,7 +10,9 @@ tokens) and its special-token ids, and are saved as standard Hugging Face folder
 ``down_projection(hf, layer)`` names each family's MLP output projection, the module whose input
 columns are the neurons: zeroing a neuron at ``act`` equals zeroing that column (tests use it as
 the weight-edit oracle). ``activation_module(hf, layer)`` is the module whose output is the
-``act`` site on a gated MLP (φ applied to the gate projection).
+``act`` site on a gated MLP (φ applied to the gate projection); ``hf_act`` reads every layer's
+``act`` from Hugging Face's own modules by forward hooks (the recording oracle), and
+``assert_counts_within_rounding`` compares activation counts up to sign flips of values near 0.
 """
 
 from collections.abc import Callable
@@ -145,3 +147,38 @@ def _blocks(hf) -> torch.nn.ModuleList:
         if hasattr(base, attr):
             return getattr(base, attr)
     raise KeyError(f"no layer list in {type(base).__name__}")
+
+
+def hf_act(hf, name: str, ids: torch.Tensor, site: str = "act") -> list[torch.Tensor]:
+    """Each layer's ``act`` (or ``post``) site ``[pos, width]`` of one sequence, from Hugging
+    Face's own modules: ``act`` of a gated MLP is the output of its φ module; ``post``, and ``act``
+    of a non-gated MLP, the down projection's input."""
+    seen: list = [None] * LAYERS
+    handles = []
+    def grab(layer: int):
+        def hook(module, args, out=None):  # a forward hook (out) or a forward pre-hook (args only)
+            x = args[0] if out is None else out
+            seen[layer] = x.reshape(-1, x.shape[-1])  # one sequence; OPT flattens batch and positions
+        return hook
+
+    for layer in range(LAYERS):
+        if name in GATED and site == "act":
+            handles.append(activation_module(hf, layer).register_forward_hook(grab(layer)))
+        else:
+            handles.append(down_projection(hf, layer).register_forward_pre_hook(grab(layer)))
+    try:
+        with torch.no_grad():
+            hf(ids)
+    finally:
+        for h in handles:
+            h.remove()
+    return seen
+
+
+def assert_counts_within_rounding(count: torch.Tensor, values: torch.Tensor, tol: float) -> None:
+    """``count`` (``[...]``) equals ``(values > 0).sum(0)`` (``values``: ``[n, ...]``) but for sign
+    flips of values within ``tol`` of 0: each count differs by at most the number of such values."""
+    exact = (values > 0).sum(0).to(count.dtype)
+    near = (values.abs() <= tol).sum(0).to(count.dtype)
+    bad = (count - exact).abs() > near
+    assert not bool(bad.any()), f"{int(bad.sum())} counts differ beyond values within {tol} of 0"

@@ -19,7 +19,7 @@ from conftest import SENTENCES
 from tl_langneurons import Intervention, LangNeuronsError, intervene, load_model, record
 from tl_langneurons.evaluate import GenerationConfig
 from tl_langneurons.evaluate.generation import generate_ids
-from tl_langneurons.models import backend, mlp_width
+from tl_langneurons.models import backend, check_site, mlp_width
 from tl_langneurons.tokens import encode
 
 # the TL 3.x back end (tl_langneurons.hooked) builds Llama and Gemma 3 only
@@ -48,54 +48,24 @@ def _hf(folder: str):
     return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
 
 
-def _hf_act(hf, name: str, ids: torch.Tensor) -> list[torch.Tensor]:
-    """Each layer's ``act`` site ``[pos, width]`` of one sequence, from Hugging Face's own modules:
-    the output of the φ module of a gated MLP, the down projection's input of a non-gated one."""
-    seen: list = [None] * archs.LAYERS
-    handles = []
-    for layer in range(archs.LAYERS):
-        def keep(layer=layer):
-            # one sequence: [1, pos, width], or [pos, width] where OPT flattens batch and positions
-            return lambda mod, args, out=None: seen.__setitem__(
-                layer, (out if out is not None else args[0]).reshape(-1, args[0].shape[-1] if out is None
-                                                                     else out.shape[-1]))
-        if name in archs.GATED:
-            handles.append(archs.activation_module(hf, layer).register_forward_hook(keep()))
-        else:
-            handles.append(archs.down_projection(hf, layer).register_forward_pre_hook(keep()))
-    try:
-        with torch.no_grad():
-            hf(ids)
-    finally:
-        for h in handles:
-            h.remove()
-    return seen
-
-
-def assert_counts_within_rounding(count: torch.Tensor, values: torch.Tensor, tol: float) -> None:
-    """``count`` (``[...]``) equals ``(values > 0).sum(0)`` (``values``: ``[n, ...]``) but for sign
-    flips of values within ``tol`` of 0: each count differs by at most the number of such values."""
-    exact = (values > 0).sum(0).to(count.dtype)
-    near = (values.abs() <= tol).sum(0).to(count.dtype)
-    bad = (count - exact).abs() > near
-    assert not bool(bad.any()), f"{int(bad.sum())} counts differ beyond values within {tol} of 0"
-
-
 @pytest.mark.parametrize("name", archs.DENSE)
 def test_recording_equals_hugging_face_activations(built, tokenizer, name):
     folder, model = built(name)
     width = 4 * archs.D_MODEL if name == "bloom" else archs.WIDTH
     assert mlp_width(model) == width  # read from the weights (TL's config says 128 for OPT and XGLM)
-    stats = record(model, CORPUS, site="act", batch_size=2, progress=False)
-    assert (stats.n_layers, stats.d_mlp) == (archs.LAYERS, width)
+    assert check_site(model, "pre").d_mlp == width  # every site's hooks fire at that width
     hf = _hf(folder)
-    for k, lang in enumerate(CORPUS):
-        # one sentence at a time, without padding; BOS (position 0) never counts
-        acts = [torch.stack(_hf_act(hf, name, torch.tensor([encode(tokenizer, s)])))[:, 1:] for s in CORPUS[lang]]
-        values = torch.cat(acts, 1).transpose(0, 1).double()  # [tokens, layer, width]
-        assert stats.n_tokens[k] == values.shape[0]
-        assert_counts_within_rounding(stats.count_pos[k], values, 1e-5)
-        torch.testing.assert_close(stats.sum[k], values.sum(0), rtol=1e-4, atol=1e-4)
+    for site in ("act", "post"):
+        stats = record(model, CORPUS, site=site, batch_size=2, progress=False)
+        assert (stats.n_layers, stats.d_mlp) == (archs.LAYERS, width)
+        for k, lang in enumerate(CORPUS):
+            # one sentence at a time, without padding; BOS (position 0) never counts
+            acts = [torch.stack(archs.hf_act(hf, name, torch.tensor([encode(tokenizer, s)]), site))[:, 1:]
+                    for s in CORPUS[lang]]
+            values = torch.cat(acts, 1).transpose(0, 1).double()  # [tokens, layer, width]
+            assert stats.n_tokens[k] == values.shape[0]
+            archs.assert_counts_within_rounding(stats.count_pos[k], values, 1e-5)
+            torch.testing.assert_close(stats.sum[k], values.sum(0), rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("name", archs.DENSE)

@@ -296,17 +296,24 @@ def _mistake_table():
                               "no statistics"),
         "stats dir empty": (["identify", "--stats", "{tmp}/empty_dir", "--method", "lape", "--out", "{tmp}/n.json"],
                             "no statistics"),
-        "unknown method": (ident + ["nope"], "invalid choice"),
+        "unknown method": (ident + ["nope"], "unknown --method 'nope'; allowed: lape, ap, threshold"),
+        "mistyped method": (ident + ["lap"], "unknown --method 'lap' (did you mean 'lape'?)"),
         "option of another method": (ident + ["lape", "--top-m", "5"], "--top-m is an option of --method threshold"),
         "top rate out of range": (ident + ["lape", "--top-rate", "1.5"], "top_rate"),
         "top rate not a number": (ident + ["lape", "--top-rate", "lots"], "invalid float"),
-        "threshold without criterion": (ident + ["threshold"], "exactly one"),
-        "threshold with two criteria": (ident + ["threshold", "--top-m", "3", "--all-sentences"], "exactly one"),
+        "threshold without criterion": (ident + ["threshold"], "exactly one of --top-m, --min-probability, "
+                                                               "--all-sentences; got none"),
+        "threshold with two criteria": (ident + ["threshold", "--top-m", "3", "--all-sentences"],
+                                        "got --top-m, --all-sentences"),
         "ap odd n": (ident + ["ap", "--n", "7"], "even"),
         "ap unknown language": (ident + ["ap", "--n", "8", "--languages", "en,xx"], "'xx'"),
         "ap empty languages": (ident + ["ap", "--languages", ","], "names no language"),
         "ap without sentence means": (["identify", "--stats", "{tmp}/no_sentences", "--out", "{tmp}/n.json",
-                                       "--method", "ap", "--n", "8"], "sentence_means"),
+                                       "--method", "ap", "--n", "8"], "record the statistics again with "
+                                                                       "--sentence-means"),
+        "all sentences without sentence means": (["identify", "--stats", "{tmp}/no_sentences", "--out",
+                                                  "{tmp}/n.json", "--method", "threshold", "--all-sentences"],
+                                                 "--all-sentences needs per-sentence means"),
         "missing --out": (["identify", "--stats", "{stats}", "--method", "lape"], "--out"),
         "neurons missing": (analyze + ["{tmp}/nowhere.json"], "no neuron set"),
         "neurons not JSON": (analyze + ["{tmp}/bad.json"], "not valid JSON"),
@@ -323,8 +330,11 @@ def _mistake_table():
         "plot neurons missing": (plot + ["{tmp}/nowhere.json"], "no neuron set"),
         "plot stats of another model": (plot + ["{lape}", "--stats", "{tmp}/other_model"], "different models"),
         "plot stats of another site": (plot + ["{lape}", "--stats", "{tmp}/other_site"], "different sites"),
-        "unknown benchmark": (["bench", "nope"], "invalid choice"),
-        "unknown command": (["frobnicate"], "invalid choice"),
+        "unknown benchmark": (["bench", "nope"], "unknown benchmark 'nope'; allowed: record, identify, steer, hash"),
+        "unknown command": (["frobnicate"], "unknown command 'frobnicate'; allowed: record, identify,"),
+        "mistyped command": (["identfy"], "unknown command 'identfy' (did you mean 'identify'?)"),
+        "mistyped option": (ident + ["lape", "--top-rtae", "0.1"],
+                            "unrecognized option --top-rtae (did you mean '--top-rate'?)"),
     }
 
 
@@ -339,6 +349,48 @@ def test_user_mistake_is_one_line_exit_2(case, mistakes, stats_dir, lape_json, c
     assert lines[0].startswith("tl-langneurons: error: ") and expected in lines[0], lines[0]
     assert "Traceback" not in captured.err and captured.out == ""
     assert not (mistakes / "a").exists() and not (mistakes / "f").exists() and not (mistakes / "n.json").exists()
+
+
+def _options():
+    """Every (command, option) of the command line, walked from the parser."""
+    import argparse
+
+    from tl_langneurons.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name, command in sub.choices.items():
+        for action in command._actions:
+            if not isinstance(action, argparse._HelpAction):
+                yield name, command, action
+
+
+def test_every_option_has_help_that_states_its_default():
+    """No option without help text; every option with a default shows its value, read from
+    argparse or the library (never a name like DEFAULT_MODE)."""
+    import argparse
+
+    missing, silent, commands = [], [], {}
+    for name, command, action in _options():
+        commands[name] = command
+        if not action.help:
+            missing.append(f"{name} {'/'.join(action.option_strings) or action.dest}")
+        has_default = getattr(action, "shown_default", None) is not None or (
+            action.default not in (None, False, True, argparse.SUPPRESS) and not action.required)
+        text = command._get_formatter()._get_help_string(action)
+        if has_default and action.option_strings and "default" not in text:
+            silent.append(f"{name} {action.option_strings[0]}")
+    assert not missing, f"options without help: {missing}"
+    assert not silent, f"options whose help does not say their default: {silent}"
+    helps = {name: command.format_help() for name, command in commands.items()}
+    assert not [n for n, h in helps.items() if "DEFAULT_" in h]
+    steer = " ".join(helps["steer"].split())
+    for shown in (f"(default: {evaluate.DEFAULT_MODE})", f"(default: {evaluate.DEFAULT_FACTOR:g})",
+                  f"(default: {evaluate.DEFAULT_GENERATION.temperature})",
+                  f"(default: {evaluate.DEFAULT_GENERATION.max_new_tokens})", "--dtype DTYPE the weights' dtype"):
+        assert shown in steer, shown
+    demo = " ".join(helps["demo"].split())
+    assert "(default: builtin 300; gemma-3-270m 100)" in demo and "(default: demo_out)" in demo
 
 
 # ---------------------------------------------------------------------------------------------

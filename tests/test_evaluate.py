@@ -347,6 +347,39 @@ def test_generation_matches_hugging_face(builtin_model):
                                   max_new_tokens=12)
 
 
+def test_generation_warns_of_no_deprecation_and_equals_hugging_face(builtin_model):
+    """No FutureWarning/DeprecationWarning from transformers reaches the user from generation,
+    through the package (the wrapped model's ``generate``) or TransformerLens's own cached
+    ``model.generate`` (which passed the cache as ``past_key_values``, deprecated since
+    transformers 5.24 and removed in 5.40: :mod:`tl_langneurons.compat`); and the bridge's cached
+    generation still equals a fresh Hugging Face model's own."""
+    import warnings
+
+    from transformers import AutoModelForCausalLM
+
+    from tl_langneurons.sources import builtin_model_path
+
+    hf = AutoModelForCausalLM.from_pretrained(builtin_model_path(), dtype=torch.float32).eval()
+    tok = builtin_model.tokenizer
+    ids = torch.tensor([encode(tok, "Die Datei wird")])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ours = ev.steer_with(builtin_model, "de", [Intervention({0: [0]}, "scale", factor=1.0)], prompts=["Die"],
+                             generation=ev.GenerationConfig(max_new_tokens=4), progress=False)
+        with torch.no_grad():
+            bridge = builtin_model.generate(ids, max_new_tokens=8, do_sample=False, stop_at_eos=False,
+                                            verbose=False, return_type="tokens", use_past_kv_cache=True)
+    deprecations = [f"{w.category.__name__}: {w.message}" for w in caught
+                    if issubclass(w.category, (FutureWarning, DeprecationWarning))
+                    and ("transformers" in w.filename or "past_key_values" in str(w.message)
+                         or "torch/nn/modules" in w.filename)]
+    assert not deprecations and set(ours.condition) == {"baseline", "intervention"}
+    with torch.no_grad():
+        ref = hf.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=8,
+                          min_new_tokens=8, pad_token_id=tok.pad_token_id)
+    assert torch.equal(bridge.cpu(), ref)
+
+
 def test_diffmean_sweep(tiny_llama):
     """Residual diffmean steering measured like neuron steering: β = 0 changes nothing; the
     control is a random direction of the same norm; the frame has steer_sweep's columns and the

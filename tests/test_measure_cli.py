@@ -279,6 +279,21 @@ def _mistakes():
         "lss unknown target": (lss[:-4] + ["--target", "xx", "--out", "{out}"], "'xx'"),
         "lss facts missing": (lss + ["--facts", "{tmp}/no_facts.json"], "no_facts.json"),
         "bench steer zero repeats": (["bench", "steer", "--repeats", "0"], "--repeats"),
+        # artifacts and languages checked before any model is loaded
+        "ppl languages without neurons": (ppl + ["--languages", "ja"], "--languages ja: none has neurons"),
+        "ppl neurons of another built-in model": (["ppl", "--neurons", "{tmp}/gemma.json", "--out", "{out}"],
+                                                  "made on 'gemma-3-270m', not on --model 'builtin'"),
+        "ppl neurons of another shape": (["ppl", "--neurons", "{tmp}/deeper.json", "--out", "{out}"],
+                                         "(18 layers), not on --model 'builtin' (6 layers)"),
+        "steer neurons of another built-in model": (["steer", "--neurons", "{tmp}/gemma.json", "--target", "de",
+                                                     "--mode", "scale", "--out", "{out}"], "made on 'gemma-3-270m'"),
+        "steer target without neurons": (["steer", "--neurons", "{tmp}/no_de.json", "--target", "de", "--mode",
+                                          "scale", "--out", "{out}"], "--target de: no neurons"),
+        "steer statistic not recorded": (steer + ["--statistic", "median"], "record with --sentence-means"),
+        "steer quantile not recorded": (steer + ["--statistic", "q0.9"], "record with --histograms"),
+        "diffmean layer past the last": (["diffmean", "--target", "de", "--layer", "6", "--out", "{out}"],
+                                         "--layer must be in [0, 6), got 6"),
+        "steer mistyped option": (steer + ["--max-new-tokns", "3"], "(did you mean '--max-new-tokens'?)"),
     }
 
 
@@ -295,6 +310,12 @@ def test_user_mistake_is_one_line_exit_2(case, inputs, monkeypatch, tmp_path, ca
     n = LanguageNeurons.load(inputs["neurons"])  # a language the statistics do not have
     LanguageNeurons({"ja": n.neurons["de"]}, n.method, n.params, n.site, n.model, n.n_layers,
                     n.d_mlp).save(tmp_path / "ja.json")
+    LanguageNeurons(n.neurons, n.method, n.params, n.site, {**n.model, "name": "gemma-3-270m"}, n.n_layers,
+                    n.d_mlp).save(tmp_path / "gemma.json")
+    LanguageNeurons(n.neurons, n.method, n.params, n.site, {**n.model, "name": "other", "n_layers": 18}, n.n_layers,
+                    n.d_mlp).save(tmp_path / "deeper.json")
+    LanguageNeurons({**n.neurons, "de": []}, n.method, n.params, n.site, n.model, n.n_layers,
+                    n.d_mlp).save(tmp_path / "no_de.json")
     argv, expected = _mistakes()[case]
     fill = {"neurons": inputs["neurons"], "stats": inputs["stats"], "tmp": str(tmp_path), "out": str(tmp_path / "out")}
     assert main([a.format(**fill) for a in argv]) == 2
@@ -303,6 +324,20 @@ def test_user_mistake_is_one_line_exit_2(case, inputs, monkeypatch, tmp_path, ca
     assert len(lines) == 1, captured.err
     assert lines[0].startswith("tl-langneurons: error: ") and expected in lines[0], lines[0]
     assert captured.out == "" and not (tmp_path / "out").exists()
+
+
+def test_ppl_says_which_languages_have_no_neurons_before_loading(inputs, monkeypatch, tmp_path, capsys):
+    class Loaded(Exception):
+        pass
+
+    def load(*a, **k):
+        raise Loaded
+
+    monkeypatch.setattr(models, "load_model", load)
+    with pytest.raises(Loaded):  # the note comes before the model is loaded
+        main(["ppl", "--neurons", inputs["neurons"], "--languages", "en,ja", "--out", str(tmp_path / "out")])
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"note: no neurons for ja in {inputs['neurons']}: evaluated only (nothing to switch off)"]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ __version__ = "0.1.0"
 from .corpus import Corpus, load_corpus  # noqa: E402
 from .errors import LangNeuronsError  # noqa: E402
 from .intervene import Intervention, cache_site_activations, diffmean, diffmeans, intervene  # noqa: E402
-from .models import load_model  # noqa: E402
+from .loading import load_model  # noqa: E402
 from .neurons import LanguageNeurons  # noqa: E402
 from .stats import NeuronStats  # noqa: E402
 from . import identify  # noqa: E402

@@ -32,7 +32,7 @@ def bench_record(model: str = "builtin", languages: list[str] | None = None, max
     (tokenization excluded from neither: the bare forward is given pre-built batches, so the
     comparison favours it). Both are measured ``repeats`` times, interleaved; medians are reported.
     """
-    from .models import load_model
+    from .loading import load_model
     from .sources import local_folder
 
     languages = languages or ["en", "de", "fr", "ru", "zh", "ar", "hi", "ja"]
@@ -103,7 +103,7 @@ def bench_steer(model: str = "builtin", languages: list[str] | None = None, targ
     from .evaluate.generation import generate_tokens, seeded
     from .evaluate.steering import steer_item
     from .identify import lape
-    from .models import load_model
+    from .loading import load_model
     from .sources import local_folder
 
     languages = languages or ["en", "de", "fr", "ru", "zh", "ar", "hi", "ja"]
@@ -223,7 +223,7 @@ def bench_hash(n_elements: int = 1 << 28, dtype: str = "bfloat16", n_tensors: in
     """Time :func:`~.models.weights_hash` (every element, BLAKE2b) on a synthetic model of
     ``n_elements`` parameters in ``n_tensors`` tensors, uncached and then cached, and extrapolate
     the uncached time to an 8B-parameter model (Llama-3.1-8B: 8.03e9 parameters) in the same dtype."""
-    from .models import weights_hash
+    from .identity import weights_hash
 
     torch_dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[dtype]
     model = torch.nn.Module()

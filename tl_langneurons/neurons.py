@@ -18,7 +18,7 @@ from torch import Tensor
 from . import _checks
 from ._io import atomic_write_text, read_json
 from .errors import LangNeuronsError, choices
-from .models import compatible
+from .identity import compatible
 
 NEURONS_FORMAT = "tl_langneurons.neurons/1"
 NEURONS_JSON = "neurons.json"

@@ -14,7 +14,7 @@ from .errors import LangNeuronsError, choices
 from .evaluate import (DEFAULT_GENERATION, DEFAULT_MODE, DEFAULT_STATISTIC, diffmean_sweep, fluency_criterion,
                        perplexity_matrix, steer_sweep)
 from .identify import lape
-from .models import load_model
+from .loading import load_model
 from .outputs.measurements import write_ppl, write_steer
 from .outputs.report import write_report
 from .outputs.tables import write_analysis, write_figures

@@ -32,7 +32,8 @@ from . import _checks
 from ._io import package_version
 from .corpus import Corpus
 from .errors import LangNeuronsError
-from .models import StopForward, fingerprint, forward_until
+from .identity import fingerprint
+from .models import StopForward, forward_until
 from .stats import NeuronStats
 from .tokens import Batch, max_length, prepare_batches, tokenizer_of
 from .units import Site, check_site

@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from ._io import atomic_write_text, package_version, sha256
-from .models import compatible
+from .identity import compatible
 from .errors import LangNeuronsError, choices
 
 STATS_TENSORS = "stats.safetensors"

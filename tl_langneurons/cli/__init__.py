@@ -11,13 +11,25 @@ from .parser import build_parser
 __all__ = ["build_parser", "main", "parse_floats", "parse_languages"]
 
 
+# The library's messages name its Python arguments; a few name a setting the command line spells as
+# a flag. The commands check these before calling the library; this is the backstop.
+_FLAG_SPELLING = {"sentence_means=True": "--sentence-means", "histogram_edges=...": "--histograms",
+                  "use greedy=True": "use --greedy"}
+
+
+def _as_flags(message: str) -> str:
+    for python, flag in _FLAG_SPELLING.items():
+        message = message.replace(python, flag)
+    return message
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
         return args.func(args)
     except LangNeuronsError as e:
-        print(f"tl-langneurons: error: {e}", file=sys.stderr)
+        print(f"tl-langneurons: error: {_as_flags(str(e))}", file=sys.stderr)
         return 2
 
 

@@ -106,3 +106,53 @@ def placement(args) -> dict:
 def flag(name: str) -> str:
     """The flag of an option name: ``top_rate`` → ``--top-rate``."""
     return "--" + name.replace("_", "-")
+
+
+def config_shape(model: str) -> dict:
+    """``{"n_layers", "d_mlp"}`` of a model read from its ``config.json`` without loading (or
+    converting, or downloading) anything; ``{}`` where that is not possible (a hub id, a GGUF file, a
+    built-in model not yet converted, an architecture whose keys are not these)."""
+    from ..sources import BUILTIN, resolve_source
+
+    if model != "builtin" and model in BUILTIN:
+        return {}
+    kind, where = resolve_source(model)
+    if kind != "local":
+        return {}
+    from pathlib import Path
+
+    try:
+        cfg = json.loads((Path(where) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return {}
+    cfg = cfg.get("text_config") or cfg  # a multimodal model's language part
+    out = {}
+    n_layers = cfg.get("num_hidden_layers", cfg.get("n_layer"))
+    if isinstance(n_layers, int):
+        out["n_layers"] = n_layers
+    d_mlp = cfg.get("intermediate_size", cfg.get("n_inner"))
+    if d_mlp is None and isinstance(cfg.get("n_embd"), int) and "n_inner" in cfg:
+        d_mlp = 4 * cfg["n_embd"]  # GPT-2: n_inner None means 4 x the width
+    if isinstance(d_mlp, int):
+        out["d_mlp"] = d_mlp
+    return out
+
+
+def check_model_before_loading(model: str, recorded: dict, what: str) -> dict:
+    """Refuse an artifact (``recorded``: the model fingerprint it stores) made on another model than
+    ``--model`` before the model is loaded, where that can be told without loading it: two different
+    built-in models, or another depth or MLP width in ``--model``'s config.json. (Same-shaped
+    models with other weights are told apart by the weights hash once it is loaded.) Returns what
+    was read of ``--model``'s shape."""
+    from ..sources import BUILTIN
+
+    name = recorded.get("name")
+    if name in BUILTIN and model in BUILTIN and name != model:
+        raise LangNeuronsError(f"{what} was made on {name!r}, not on --model {model!r}; "
+                               f"run with --model {name}")
+    shape = config_shape(model)
+    for key, label in (("n_layers", "layers"), ("d_mlp", "MLP neurons per layer")):
+        if key in shape and isinstance(recorded.get(key), int) and shape[key] != recorded[key]:
+            raise LangNeuronsError(f"{what} was made on {name!r} ({recorded[key]} {label}), not on --model {model!r} "
+                                   f"({shape[key]} {label})")
+    return shape

@@ -79,10 +79,17 @@ def cmd_identify(args) -> int:
             allowed = ", ".join(flag(o) for o in METHOD_OPTIONS[args.method])
             raise LangNeuronsError(f"{flag(k)} is an option of --method {owner}, not of --method {args.method} "
                                    f"(whose options are {allowed})")
+    if args.method == "threshold" and len(given) != 1:  # the library's message names Python arguments
+        raise LangNeuronsError("--method threshold needs exactly one of --top-m, --min-probability, --all-sentences; "
+                               f"got {', '.join(flag(k) for k in given) or 'none'}")
     from ..identify import ap_experts_all, lape, threshold
     from ..stats import NeuronStats
 
     stats = NeuronStats.load(args.stats)
+    if (args.method == "ap" or given.get("all_sentences")) and stats.sentence_means is None:
+        what = "--method ap" if args.method == "ap" else "--all-sentences"
+        raise LangNeuronsError(f"{what} needs per-sentence means, which {args.stats!r} does not hold: record the "
+                               "statistics again with --sentence-means")
     if args.method == "lape":
         neurons = lape(stats, **given)
     elif args.method == "ap":
@@ -173,8 +180,13 @@ def cmd_bench(args) -> int:
         from ..bench import bench_hash
 
         result = bench_hash()
+    elif args.what == "gpu":
+        from ..bench_gpu import bench_gpu
+
+        result = bench_gpu(shape=args.shape)
     else:
-        raise LangNeuronsError(f"unknown benchmark {args.what!r}; allowed: 'record', 'identify', 'steer', 'hash'")
+        raise LangNeuronsError(f"unknown benchmark {args.what!r}; allowed: 'record', 'identify', 'steer', 'hash', "
+                               "'gpu'")
     print(json.dumps(result, indent=None if args.json else 1))
     return 0
 

@@ -5,47 +5,95 @@ import sys
 
 from .._io import check_out_dir
 from ..errors import LangNeuronsError
-from .args import control, finite, json_object, parse_floats, parse_languages, placement, positions_arg, positive
+from .args import (check_model_before_loading, config_shape, control, finite, json_object, parse_floats, parse_languages, placement,
+                   positions_arg, positive)
 
 
-def _steer_mode(args, modes) -> str:
-    """The mode and the statistics it needs, checked before anything is loaded."""
-    from ..evaluate import DEFAULT_MODE, DEFAULT_STATISTIC
+def _check_mode(mode: str, allowed, *, stats, factor, statistic: str):
+    """``--mode`` (one of the registered modes ``allowed``) and the arguments it needs (given
+    ``--stats``/``--factor``), checked before anything is loaded; the registry
+    (:mod:`..intervene.modes`) says which."""
+    from ..intervene.modes import get_mode
+
+    m = get_mode(mode, allowed, "--mode")
+    if "factor" in m.required and factor is None:
+        raise LangNeuronsError(f"--mode {mode} needs --factor")
+    if m.needs_stats and stats is None:
+        free = [n for n in allowed if not get_mode(n).needs_stats]
+        raise LangNeuronsError(f"--mode {mode} needs --stats (the recorded statistics whose {statistic} activation "
+                               f"it writes); " + (f"--mode {', '.join(free)} need none" if free else "every mode does"))
+    return m
+
+
+def _steer_mode(args) -> str:
+    """The steering mode and the statistics it needs, checked before anything is loaded."""
+    from ..evaluate import DEFAULT_FACTOR, DEFAULT_MODE, DEFAULT_STATISTIC
     from ..intervene import check_statistic
+    from ..intervene.modes import mode_names
 
     if args.statistic is not None:
         check_statistic(args.statistic)  # a misspelt statistic fails here, not after the model is loaded
     mode = args.mode if args.mode is not None else DEFAULT_MODE
-    if mode not in modes:
-        raise LangNeuronsError(f"unknown --mode {mode!r}; allowed: {', '.join(modes)}")
-    if mode in ("set", "add") and args.stats is None:
-        raise LangNeuronsError(f"--mode {mode} needs --stats (the recorded statistics whose "
-                               f"{args.statistic or DEFAULT_STATISTIC} activation is set or added); "
-                               "--mode scale needs none")
+    factor = args.factor if args.factor is not None else DEFAULT_FACTOR  # steering's factor has a default
+    _check_mode(mode, mode_names(steers=True), stats=args.stats, factor=factor,
+                statistic=args.statistic or DEFAULT_STATISTIC)
     return mode
 
 
 def _measure_inputs(args, mode: str, targets: list[str]):
-    """The neuron set and (for set/add) its statistics, checked against each other and the targets."""
+    """The neuron set and (for a mode that writes a statistic) its statistics, checked against each
+    other, the targets and ``--model`` before the model is loaded."""
+    from ..intervene.modes import get_mode
     from ..neurons import LanguageNeurons
     from ..outputs.tables import check_stats_match
     from ..stats import NeuronStats
 
     neurons = LanguageNeurons.load(args.neurons)
-    if targets == ["all"]:
+    check_model_before_loading(args.model, neurons.model, f"the neuron set {str(args.neurons)!r}")
+    everyone = targets == ["all"]
+    if everyone:
         targets = list(neurons.languages)
     for t in targets:
         if t not in neurons:
             raise LangNeuronsError(f"unknown --target {t!r}; the neuron set has: {', '.join(neurons.languages)}")
+    empty = [t for t in targets if not neurons.neurons[t]]
+    if empty and not everyone:
+        raise LangNeuronsError(f"--target {','.join(empty)}: no neurons in {str(args.neurons)!r} (an intervention on "
+                               f"them changes nothing); languages with neurons: {', '.join(_with_neurons(neurons))}")
+    if empty:
+        print(f"note: no neurons for {', '.join(empty)} in {args.neurons}: not measured", file=sys.stderr)
+        targets = [t for t in targets if t not in empty]
+        if not targets:
+            raise LangNeuronsError(f"--target all: no language of {str(args.neurons)!r} has neurons")
     stats = None
-    if mode in ("set", "add"):
+    if args.stats is not None and "stats" in get_mode(mode).takes:
         stats = NeuronStats.load(args.stats)
         check_stats_match(neurons, stats)
         for t in targets:
             if t not in stats.languages:
                 raise LangNeuronsError(f"--target {t!r} has no statistics in {args.stats!r}; "
                                        f"they hold: {', '.join(stats.languages)}")
+        _check_statistic_recorded(args, stats)
     return neurons, stats, targets
+
+
+def _with_neurons(neurons) -> list[str]:
+    return [k for k in neurons.languages if neurons.neurons[k]] or ["none"]
+
+
+def _check_statistic_recorded(args, stats) -> None:
+    """The statistic set/add write is in the recorded statistics (else the run would fail at its
+    first intervention, after the model is loaded)."""
+    from ..evaluate import DEFAULT_STATISTIC
+    from ..stats import SENTENCE_STATS
+
+    statistic = args.statistic or DEFAULT_STATISTIC
+    if statistic in SENTENCE_STATS and statistic != "mean" and stats.sentence_means is None:
+        raise LangNeuronsError(f"--statistic {statistic} needs per-sentence means, which {args.stats!r} does not "
+                               "hold: record with --sentence-means")
+    if statistic.startswith("q") and stats.hist is None:
+        raise LangNeuronsError(f"--statistic {statistic} needs histograms, which {args.stats!r} does not hold: "
+                               "record with --histograms")
 
 
 def _load_for(args, neurons):
@@ -69,7 +117,14 @@ def cmd_ppl(args) -> int:
     out = check_out_dir(args.out)
     resolve_source(args.model)
     neurons = LanguageNeurons.load(args.neurons)
+    check_model_before_loading(args.model, neurons.model, f"the neuron set {str(args.neurons)!r}")
     langs = parse_languages(args.languages)
+    if langs is not None:
+        ablated = [k for k in langs if k in neurons and neurons.neurons[k]]
+        if not ablated:
+            raise LangNeuronsError(f"--languages {args.languages}: none has neurons in {str(args.neurons)!r}, so there "
+                                   f"is nothing to switch off; languages with neurons: "
+                                   f"{', '.join(_with_neurons(neurons))}")
     split = args.split
     to_load = langs  # without --languages: only the set's languages (the corpus may hold many more)
     if args.corpus == "builtin":
@@ -80,6 +135,9 @@ def cmd_ppl(args) -> int:
     elif args.corpus.startswith("hf:") and to_load is None:
         to_load = list(neurons.languages)
     corpus = load_corpus(args.corpus, languages=to_load, split=split, max_sentences=args.max_sentences)
+    if langs is not None and len(ablated) < len(langs):  # said once the languages are known good, before work
+        print(f"note: no neurons for {', '.join(k for k in langs if k not in ablated)} in {args.neurons}: "
+              "evaluated only (nothing to switch off)", file=sys.stderr)
     model = _load_for(args, neurons)
     df = perplexity_matrix(model, corpus, neurons, languages=langs, control=control(args.control), seed=args.seed,
                            batch_size=args.batch_size, progress=True)
@@ -178,11 +236,11 @@ def _generation_run(args, given: dict, generation) -> dict:
 
 
 def cmd_steer(args) -> int:
-    from ..evaluate import STEER_MODES, steer_sweep
+    from ..evaluate import steer_sweep
     from ..outputs.measurements import write_steer
     from ..sources import resolve_source
 
-    mode = _steer_mode(args, STEER_MODES)
+    mode = _steer_mode(args)
     if args.factors is not None and args.factor is not None:
         raise LangNeuronsError(f"give --factor {args.factor:g} or --factors {args.factors}, not both")
     factors = parse_floats("--factors", args.factors) if args.factors is not None else None
@@ -243,6 +301,10 @@ def cmd_diffmean(args) -> int:
         if t not in corpus.languages:
             raise LangNeuronsError(f"unknown --target {t!r}; the corpus has: {', '.join(corpus.languages)}")
     _check_fluency_sentences(args)
+    n_layers = config_shape(args.model).get("n_layers")
+    if args.layer < 0 or n_layers is not None and args.layer >= n_layers:  # refused before loading, where known
+        raise LangNeuronsError(f"--layer must be in [0, {n_layers if n_layers is not None else 'the layers'}), "
+                               f"got {args.layer}")
     model = load_model(args.model, dtype=args.dtype, **placement(args))
     if not 0 <= args.layer < model.cfg.n_layers:
         raise LangNeuronsError(f"--layer must be in [0, {model.cfg.n_layers}), got {args.layer}")
@@ -263,11 +325,11 @@ def cmd_diffmean(args) -> int:
 
 
 def cmd_lss(args) -> int:
-    from ..evaluate import STEER_MODES, load_facts, lss
+    from ..evaluate import load_facts, lss
     from ..outputs.measurements import write_lss
     from ..sources import resolve_source
 
-    mode = _steer_mode(args, STEER_MODES)
+    mode = _steer_mode(args)
     finite("--factor", args.factor)
     positive("--batch-size", args.batch_size)
     positions = positions_arg(args.positions)
@@ -295,8 +357,6 @@ def cmd_lss(args) -> int:
 
 
 
-TASK_MODES = ("zero", "set", "scale", "add")
-
 
 def _task_list(value: str) -> list[str]:
     tasks = [t.strip() for t in value.split(",") if t.strip()]
@@ -323,13 +383,9 @@ def cmd_tasks(args) -> int:
     if args.neurons is not None:
         if args.target is None:
             raise LangNeuronsError("--neurons needs --target (whose neurons to intervene on; a list or 'all')")
-        if args.mode not in TASK_MODES:
-            raise LangNeuronsError(f"unknown --mode {args.mode!r}; allowed: {', '.join(TASK_MODES)}")
-        if args.mode == "scale" and args.factor is None:
-            raise LangNeuronsError("--mode scale needs --factor")
-        if args.mode in ("set", "add") and args.stats is None:
-            raise LangNeuronsError(f"--mode {args.mode} needs --stats (the recorded statistics whose "
-                                   f"{args.statistic} activation is set or added)")
+        from ..intervene.modes import mode_names
+
+        _check_mode(args.mode, mode_names(tasks=True), stats=args.stats, factor=args.factor, statistic=args.statistic)
         neurons, stats, targets = _measure_inputs(args, args.mode, [t.strip() for t in args.target.split(",")])
         model = _load_for(args, neurons)
     elif args.target is not None:

@@ -4,7 +4,7 @@ import sys
 
 from .._io import check_out_dir
 from ..errors import LangNeuronsError, choices
-from .args import positive
+from .args import check_model_before_loading, positive
 
 CONTROLS = ("random", "attention-only", "full-lora")
 
@@ -53,6 +53,7 @@ def cmd_finetune(args) -> int:
     from ..neurons import LanguageNeurons
 
     neurons = LanguageNeurons.load(args.neurons)
+    check_model_before_loading(args.model, neurons.model, f"the neuron set {str(args.neurons)!r}")
     languages = [k.strip() for k in args.language.split(",")]
     neuron_mask(neurons, languages)  # an unknown language fails before the model is loaded
     model = _load_for(args, neurons)  # refuses a neuron set found on other weights

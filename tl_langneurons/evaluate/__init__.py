@@ -25,11 +25,11 @@ from .intervals import wilson
 from .lss import load_facts, load_mlama, lss, lss_summary
 from .perplexity import delta_matrix, nll_per_language, per_language, perplexity_matrix, perplexity_summary
 from .scoring import continuation, sequence_logprobs, token_nll
-from .steering import (DEFAULT_FACTOR, DEFAULT_MODE, DEFAULT_STATISTIC, STEER_MODES, diffmean_sweep,
+from .steering import (DEFAULT_FACTOR, DEFAULT_MODE, DEFAULT_STATISTIC, diffmean_sweep,
                        random_direction_like, steer, steer_summary, steer_sweep, steer_with)
 
 __all__ = ["CONDITIONS", "CONTROLS", "FluencyCriterion", "fluency_criterion", "repetition", "DEFAULT_FACTOR", "DEFAULT_GENERATION", "DEFAULT_MODE", "DEFAULT_STATISTIC",
-           "GenerationConfig", "STEER_MODES", "continuation", "default_prompts", "delta_matrix", "diffmean_sweep",
+           "GenerationConfig", "continuation", "default_prompts", "delta_matrix", "diffmean_sweep",
            "load_facts", "load_mlama", "lss", "lss_summary", "nll_per_language", "per_language", "perplexity_matrix",
            "perplexity_summary", "random_direction_like", "read_prompts", "sequence_logprobs", "steer",
            "steer_summary", "steer_sweep", "steer_with", "token_nll", "wilson"]

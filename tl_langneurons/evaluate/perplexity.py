@@ -10,6 +10,7 @@ from .. import _checks
 from ..errors import LangNeuronsError, choices
 from ..identify import random_like
 from ..intervene import Intervention, as_items, check_positions
+from ..intervene.modes import ZERO
 from ..tokens import Batch, max_length, prepare_batches, tokenizer_of
 from .conditions import check_control, check_neurons
 from .scoring import nll_sums
@@ -111,10 +112,10 @@ def perplexity_matrix(model, corpus, neurons, languages: list[str] | None = None
     for a in tqdm(ablated, desc="ppl matrix", disable=not progress, leave=False):
         n_neurons = len(neurons.neurons[a])
         conds = {"intervention": _nll_frame(languages, *nll_sums(
-            model, batches, K, [Intervention(neurons, "zero", language=a)], "all", f"ppl −{a}", progress))}
+            model, batches, K, [Intervention(neurons, ZERO.name, language=a)], "all", f"ppl −{a}", progress))}
         if ctrl is not None:
             conds["control"] = _nll_frame(languages, *nll_sums(
-                model, batches, K, [Intervention(ctrl, "zero", language=a)], "all", f"ppl −{a} control", progress))
+                model, batches, K, [Intervention(ctrl, ZERO.name, language=a)], "all", f"ppl −{a} control", progress))
         for cond, frame in (("baseline", base), *conds.items()):
             for r in frame.itertuples(index=False):
                 rows.append({"ablated": a, "evaluated": r.language, "condition": cond, "nll": r.nll, "ppl": r.ppl,

@@ -12,6 +12,7 @@ from .. import _checks
 from ..errors import LangNeuronsError, choices
 from ..identify import random_like
 from ..intervene import DiffMean, Intervention, as_items, check_positions, diffmeans
+from ..intervene.modes import SET, get_mode, mode_names
 from ..tokens import encode
 from .conditions import check_control, check_neurons
 from .fluency import FluencyCriterion, fluency_columns
@@ -19,7 +20,6 @@ from .generation import GenerationConfig, check_generation, decode, generate_ids
 from .intervals import wilson
 from .langid import detect
 
-STEER_MODES = ("set", "scale", "add")
 # Defaults of steer(): set the target's neurons to FACTOR × their mean activation on the target
 # language (Kojima-style forcing); decoding is GenerationConfig's default. Measured on the
 # built-in model with steer_sweep (LAPE on en de fr es ru zh ja ar hi th, 1,000 'stats' sentences
@@ -28,20 +28,20 @@ STEER_MODES = ("set", "scale", "add")
 # 43–49%, 41%, 46%, 37% and add × 16 41–49%, so set × 16 is the default; the larger 10% sets need
 # less. The README ("Steering the built-in model") has the commands of the fresh-seed checks:
 # 5% sets at × 16 43%, 10% sets at × 8 52% (baseline 1%, random control 4–6%).
-DEFAULT_MODE = "set"
+DEFAULT_MODE = SET.name
 DEFAULT_FACTOR = 16.0
 DEFAULT_STATISTIC = "mean"
 
 
 def steer_item(neurons, target: str, mode: str, factor, stats, statistic: str) -> Intervention:
-    if mode not in STEER_MODES:
-        raise LangNeuronsError(f"unknown steering mode {mode!r}; allowed: {choices(STEER_MODES)}")
-    if mode in ("set", "add") and stats is None:
+    m = get_mode(mode, mode_names(steers=True), "steering mode")
+    if m.needs_stats and stats is None:
+        free = [n for n in mode_names(steers=True) if not get_mode(n).needs_stats]
         raise LangNeuronsError(f"mode {mode!r} needs stats= (recorded statistics whose {statistic!r} of {target!r} "
-                               "is the value to set/add); mode 'scale' needs none")
-    if mode == "scale":
-        return Intervention(neurons, "scale", factor=factor, language=target)
-    return Intervention(neurons, mode, factor=factor, stats=stats, statistic=statistic, language=target)
+                               f"is the value it writes); {choices(free) or 'no mode'} need none")
+    given = {"factor": factor, "stats": stats, "statistic": statistic}  # what the mode takes of these
+    return Intervention(neurons, mode, language=target,
+                        **{k: v for k, v in given.items() if k in m.takes or (k == "statistic" and "stats" in m.takes)})
 
 
 def check_target(neurons, target) -> str:
@@ -139,7 +139,7 @@ def steer_sweep(model, neurons, targets, factors, modes=(DEFAULT_MODE,), prompts
             for cond, cols in outs.items():
                 for k, (i, s, p, lang) in enumerate(rows):
                     records.append({"target": t, "condition": cond, "mode": mode, "factor": factor,
-                                    "statistic": statistic if mode != "scale" else None, "positions": pos_label,
+                                    "statistic": statistic if "stats" in get_mode(mode).takes else None, "positions": pos_label,
                                     "prompt_id": i, "prompt_language": lang, "prompt": p, "sample": s,
                                     **{c: v[k] for c, v in cols.items()}})
             frames.append(_frame(records, fluency))

@@ -173,7 +173,7 @@ def load_finetuned(folder, merged: bool = True, **load_kwargs):
     exists (written by ``finetune --merged``), else merged now into ``folder/merged``. With
     ``merged=False`` the base model is booted with the adapter unmerged (LoRA layers / deltas in
     the forward pass; TransformerLens ≥ 4.3 only)."""
-    from ..models import load_model
+    from ..loading import load_model
 
     adapter = Adapter.load(folder)
     if merged:
@@ -181,7 +181,7 @@ def load_finetuned(folder, merged: bool = True, **load_kwargs):
         if not (target / "config.json").is_file():
             merged_folder(adapter, target)
         return load_model(str(target), **load_kwargs)
-    from ..models import boot_hf
+    from ..loading import boot_hf
 
     hf, tokenizer, _ = base_model(adapter.base["model"])
     model = apply_adapter(hf, adapter, merged=False)

@@ -111,7 +111,7 @@ def transfer(model: Any, neurons, language, train: list[Example], tasks, methods
     """
     import tempfile
 
-    from ..models import load_model
+    from ..loading import load_model
     from ..tasks import evaluate_tasks
 
     methods = [methods] if isinstance(methods, str) else list(methods)

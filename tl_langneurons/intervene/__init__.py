@@ -1,5 +1,6 @@
 """Interventions on neurons (and on the residual stream), as hooks inside one context manager.
 
+* :mod:`.modes` — the registry of modes: how each rewrites an activation, which arguments it takes;
 * :mod:`.specs` — what to do: :class:`Intervention` (zero / set / scale / add / patch at a site),
   :class:`DiffMean` (residual steering), :class:`SiteCache` (the source of a patch);
 * :mod:`.directions` — what is read from the model for them: :func:`cache_site_activations`,
@@ -9,9 +10,11 @@
 
 from .directions import cache_site_activations, diffmean, diffmeans
 from .hooks import InterventionHandle, intervene, make_hooks
-from .specs import (MODES, POSITIONS, STATISTICS, DiffMean, Intervention, SiteCache, as_items, check_positions,
+from .modes import MODES, Mode, get_mode, mode_names, register_mode, unregister_mode
+from .specs import (POSITIONS, STATISTICS, DiffMean, Intervention, SiteCache, as_items, check_positions,
                     check_statistic, layers_of_dict, stats_values)
 
-__all__ = ["MODES", "POSITIONS", "STATISTICS", "DiffMean", "Intervention", "InterventionHandle", "SiteCache", "as_items",
+__all__ = ["MODES", "Mode", "POSITIONS", "STATISTICS", "DiffMean", "Intervention", "InterventionHandle", "SiteCache", "as_items",
            "cache_site_activations", "check_positions", "check_statistic", "diffmean", "diffmeans", "intervene",
-           "layers_of_dict", "make_hooks", "stats_values"]
+           "get_mode", "layers_of_dict", "make_hooks", "mode_names", "register_mode", "stats_values",
+           "unregister_mode"]

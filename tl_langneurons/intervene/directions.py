@@ -11,7 +11,8 @@ from tqdm.auto import tqdm
 from .. import _checks
 from ..corpus import Corpus
 from ..errors import LangNeuronsError, choices
-from ..models import StopForward, forward_until, identity
+from ..identity import identity
+from ..models import StopForward, forward_until
 from ..neurons import LanguageNeurons
 from ..tokens import max_length, prepare_batches, tokenizer_of
 from ..units import resolve_site

@@ -3,7 +3,11 @@
 Sites: values are written where they were measured, as the unit registry says (:mod:`..units`):
 each unit's part names the hook it is written at and how (a view of the hook's output; ``v ·
 up`` for ``act`` of a gated MLP, whose ``φ(gate)`` has no hook; ``x + (f' − f) W_dec`` for SAE
-features). The modes below write into a ``[batch, pos, width]`` tensor of one part's units.
+features). A mode's rule (:mod:`.modes`) writes into a ``[batch, pos, width]`` tensor of one
+part's units; on a gated ``act`` it is applied to ``hook_post = φ(gate) ⊙ up`` with its operand
+``v`` times ``up`` (``zero``/``scale`` of φ(gate) equal ``zero``/``scale`` of post, ``set``/``add``
+/``patch`` to ``v`` mean ``post := v · up``), ``up`` read from ``mlp.hook_pre_linear`` in the same
+forward pass (METHODS §1).
 
 Positions (``positions=``), in absolute positions of the sequence being processed:
 
@@ -38,10 +42,12 @@ from torch import Tensor
 
 from .. import _checks
 from ..errors import LangNeuronsError, choices
-from ..models import compatible, identity, is_hooked
+from ..backends import is_hooked
+from ..identity import compatible, identity
 from ..units import Part, resolve_site
 from ..neurons import LanguageNeurons
-from .specs import MODES, DiffMean, Intervention, as_items, check_positions
+from .modes import MODES, get_mode
+from .specs import DiffMean, Intervention, as_items, check_positions
 
 class InterventionHandle:
     """What ``with intervene(...) as handle`` gives: the interventions and the position tracker."""
@@ -110,6 +116,7 @@ class _Op:
     def __init__(self, iv: "Intervention", layer: int, positions, part: Part, times_hook: str | None):
         self.iv, self.layer, self.positions, self.part, self.times_hook = iv, layer, positions, part, times_hook
         self.times_up = times_hook is not None
+        self.mode = get_mode(iv.mode)
         full = torch.tensor(iv.layers[layer], dtype=torch.int64)
         keep = (full >= part.offset) & (full < part.offset + part.width)
         amount = iv.amounts.get(layer)
@@ -136,25 +143,17 @@ class _Op:
         if sel is None:
             return
         idx, amount = self.tensors(x.device, x.dtype)
-        ix, mode = _ix(sel, idx), self.iv.mode
-        if mode == "zero":
-            x[ix] = 0.0
-        elif mode == "scale":
-            x[ix] = x[ix] * self.iv.factor
-        else:
-            if mode == "patch":
-                v = self._source(sel, x, handle)
-            else:
-                v = amount
-            if self.times_up:  # gated act: φ(gate) := v means post := v · up
-                if up is None:
-                    raise LangNeuronsError(f"layer {self.layer}: {self.times_hook.rsplit('.', 1)[-1]} did not fire "
-                                           f"before {self.part.writes_at.rsplit('.', 1)[-1]}; cannot write "
-                                           f"{self.iv.site!r}")
-                up = up if up.ndim == 3 else up.reshape(*up.shape[:2], -1)
-                # up comes from the same MLP, so the same device (a no-op) unless a device_map split it
-                v = v * up.to(x.device)[ix]
-            x[ix] = x[ix] + v if mode == "add" else v
+        ix = _ix(sel, idx)
+        v = self._source(sel, x, handle) if self.mode.takes_source else amount
+        if self.times_up:  # gated act: φ(gate) := rule(φ(gate), v) means post := rule(post, v · up)
+            if up is None:
+                raise LangNeuronsError(f"layer {self.layer}: {self.times_hook.rsplit('.', 1)[-1]} did not fire "
+                                       f"before {self.part.writes_at.rsplit('.', 1)[-1]}; cannot write "
+                                       f"{self.iv.site!r}")
+            up = up if up.ndim == 3 else up.reshape(*up.shape[:2], -1)
+            # up comes from the same MLP, so the same device (a no-op) unless a device_map split it
+            v = v * up.to(x.device)[ix]
+        x[ix] = self.mode.rule(x[ix], v, self.iv.factor)
 
     def _source(self, sel, x: Tensor, handle: InterventionHandle) -> Tensor:
         src = self.iv.source.values[self.layer]
@@ -248,7 +247,7 @@ def make_hooks(model: Any, interventions, positions="all", prompt_length=None
     for item in items:
         pos = item.positions if item.positions is not None else positions
         # patching reads the source at absolute positions, so it needs them even at "all"
-        tracked |= pos != "all" or getattr(item, "mode", None) == "patch"
+        tracked |= pos != "all" or (isinstance(item, Intervention) and get_mode(item.mode).takes_source)
         if isinstance(item, DiffMean):
             if item.layer >= n_layers or item.direction.shape != (d_model,):
                 raise LangNeuronsError(f"the diffmean direction (layer {item.layer}, width {item.direction.shape[0]}) "
@@ -261,7 +260,7 @@ def make_hooks(model: Any, interventions, positions="all", prompt_length=None
             raise LangNeuronsError(f"the neuron set is for {shape[0]} layers × {shape[1]} neurons, "
                                    f"this model has {site.n_layers} × {site.d_mlp}")
         item._check_range(site.n_layers, site.d_mlp, "this model")
-        writes_value = item.mode in ("set", "add", "patch")  # zero/scale need no multiplier
+        writes_value = get_mode(item.mode).writes_through_up  # zero/scale need no multiplier
         for layer in item.layers:
             for part in site.parts[layer]:
                 times = part.times_hook if writes_value else None

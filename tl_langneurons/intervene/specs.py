@@ -9,16 +9,8 @@ frozen and validated on construction; :class:`SiteCache`, the source of ``patch`
                            Intervention(neurons["de"], "add", factor=1.0, stats=stats)]):
         ...
 
-Modes (METHODS §5), with ``a`` the neuron's activation at its site:
-
-=========  =====================================================================================
-``zero``   ``a := 0`` (Tang: deactivation)
-``set``    ``a := factor · v``, ``v`` a constant (``value=``) or a statistic of a language
-           (``stats=``, ``statistic=``): Kojima, Rahmanisa, Gurgurov "replacement"
-``scale``  ``a := factor · a`` (Rahmanisa: amplification)
-``add``    ``a := a + factor · v`` (Gurgurov: language arithmetic, ``v`` = the target's mean)
-``patch``  ``a := a'``, ``a'`` from a cached run on another input (:func:`cache_site_activations`)
-=========  =====================================================================================
+The modes (``zero``, ``set``, ``scale``, ``add``, ``patch``, and any registered since) and the
+arguments each takes are :mod:`.modes`'s registry (METHODS §5).
 
 Statistics (``statistic=``): ``mean`` (over tokens), ``median`` / ``max`` / ``min`` (of the
 language's per-sentence means), ``q0.9`` (any quantile over tokens, read from the histogram).
@@ -34,13 +26,16 @@ from torch import Tensor
 
 from .. import _checks
 from ..errors import LangNeuronsError, choices
-from ..models import compatible
+from ..identity import compatible
 from ..neurons import LanguageNeurons
 from ..stats import SENTENCE_STATS, NeuronStats
 from ..units import check_site_name
+from .modes import ARGUMENTS, get_mode
 
-MODES = ("zero", "set", "scale", "add", "patch")
 POSITIONS = ("all", "prompt", "generated", "last")
+# what a missing argument is, in the error naming it
+_WHAT = {"value": " (a constant)", "stats": " (a statistic)"}
+_NEEDS = {"factor": "α", "source": " a SiteCache (from cache_site_activations)"}
 STATISTICS = ("mean", *SENTENCE_STATS[1:], "q<quantile>")  # mean over tokens; median/max/min of sentence means
 
 
@@ -143,7 +138,7 @@ class Intervention:
     Args:
         neurons: a :class:`LanguageNeurons` (one language, or the one named by ``language``) or a
             plain ``{layer: [indices]}`` dict (then ``site`` says where they are; default ``act``).
-        mode: one of ``zero``, ``set``, ``scale``, ``add``, ``patch``.
+        mode: a registered mode's name (:mod:`.modes`: ``zero``, ``set``, ``scale``, ``add``, ``patch``).
         value: the constant ``v`` of ``set``/``add``.
         factor: ``α``: ``scale`` multiplies by it (required); ``set``/``add`` multiply ``v`` by it
             (default 1).
@@ -172,8 +167,7 @@ class Intervention:
 
     def __post_init__(self):
         put = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731  (frozen; normalised once)
-        if self.mode not in MODES:
-            raise LangNeuronsError(f"unknown mode {self.mode!r}; allowed: {choices(MODES)}")
+        mode = get_mode(self.mode)
         # -- neurons, site, language
         lang = self.language
         if isinstance(self.neurons, LanguageNeurons):
@@ -196,23 +190,24 @@ class Intervention:
         if self.positions is not None:
             put("positions", check_positions(self.positions))
         put("statistic", check_statistic(self.statistic))
-        # -- which arguments each mode takes
-        m, given = self.mode, {k for k in ("value", "factor", "stats", "source") if getattr(self, k) is not None}
-        takes = {"zero": set(), "scale": {"factor"}, "set": {"value", "factor", "stats"},
-                 "add": {"value", "factor", "stats"}, "patch": {"source"}}[m]
-        extra = sorted(given - takes)
+        # -- which arguments the mode takes (the registry says)
+        m, given = self.mode, {k for k in ARGUMENTS if getattr(self, k) is not None}
+        extra = sorted(given - set(mode.takes))
         if extra:
             raise LangNeuronsError(f"mode {m!r} takes no {extra[0]} (got {getattr(self, extra[0])!r}); "
-                                   f"it takes: {choices(sorted(takes)) or 'nothing'}")
-        if m == "scale" and self.factor is None:
-            raise LangNeuronsError("mode 'scale' needs factor=α")
-        if m in ("set", "add") and (self.value is None) == (self.stats is None):
-            raise LangNeuronsError(f"mode {m!r} needs exactly one of value= (a constant) or stats= (a statistic); "
-                                   f"got {'both' if self.value is not None else 'neither'}")
+                                   f"it takes: {choices(sorted(mode.takes)) or 'nothing'}")
+        missing = [k for k in mode.required if k not in given]
+        if missing:
+            raise LangNeuronsError(f"mode {m!r} needs {missing[0]}=" + _NEEDS.get(missing[0], ""))
+        got = sorted(given & set(mode.one_of))
+        if mode.one_of and len(got) != 1:
+            raise LangNeuronsError(f"mode {m!r} needs exactly one of "
+                                   + " or ".join(f"{k}={_WHAT.get(k, '')}" for k in mode.one_of)
+                                   + f"; got {'neither' if not got else 'both' if len(got) == 2 else ', '.join(got)}")
         if self.statistic != "mean" and self.stats is None:
             raise LangNeuronsError(f"statistic={self.statistic!r} needs stats= (the recorded statistics to read it from)")
-        if m == "patch" and not isinstance(self.source, SiteCache):
-            raise LangNeuronsError("mode 'patch' needs source= a SiteCache (from cache_site_activations), "
+        if self.source is not None and not isinstance(self.source, SiteCache):
+            raise LangNeuronsError(f"mode {m!r} needs source= a SiteCache (from cache_site_activations), "
                                    f"got {type(self.source).__name__}")
         put("factor", _checks.number("factor", self.factor, allow_none=True))
         put("value", _checks.number("value", self.value, allow_none=True))

@@ -28,7 +28,7 @@ from .. import _checks, analysis
 from .._io import jsonable, make_out_dir, write_csv, write_json
 from ..errors import LangNeuronsError
 from ..languages import LANGUAGES, normalize_code
-from ..models import compatible
+from ..identity import compatible
 from ..neurons import LanguageNeurons
 from ..stats import NeuronStats
 

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from ..errors import LangNeuronsError
-from ..models import is_hooked
+from ..backends import is_hooked
 
 
 class HookedCausalLM(torch.nn.Module):

@@ -26,7 +26,8 @@ from ..errors import LangNeuronsError, choices
 from ..evaluate.conditions import check_control, check_neurons, under
 from ..identify import random_like
 from ..intervene import DiffMean, Intervention
-from ..intervene.specs import MODES, as_items
+from ..intervene.modes import ZERO, get_mode, mode_names
+from ..intervene.specs import as_items
 from ..neurons import LanguageNeurons
 from .compat import install_squad_metrics
 from .lm import task_lm
@@ -111,8 +112,7 @@ def _plan(neurons, targets, mode, value, factor, stats, statistic, interventions
     if missing or not targets:
         raise LangNeuronsError(f"unknown target language {(missing or [None])[0]!r}; the neuron set has: "
                                f"{choices(neurons.languages)}")
-    if mode not in MODES or mode == "patch":
-        raise LangNeuronsError(f"unknown mode {mode!r}; allowed: {choices([m for m in MODES if m != 'patch'])}")
+    get_mode(mode, mode_names(tasks=True))
     plan = {t: [Intervention(neurons, mode, value=value, factor=factor, stats=stats, statistic=statistic,
                              language=t)] for t in targets}
     ctrl_set = random_like(neurons.select(targets), seed) if control == "random" else None
@@ -164,7 +164,7 @@ def _quiet_custom_dataset_notes():
         log.removeFilter(note)
 
 
-def evaluate_tasks(model: Any, tasks, neurons=None, targets=None, mode: str = "zero", *, value=None, factor=None,
+def evaluate_tasks(model: Any, tasks, neurons=None, targets=None, mode: str = ZERO.name, *, value=None, factor=None,
                    stats=None, statistic: str = "mean", interventions: dict | None = None,
                    controls: dict | None = None, control: str | None = "random", seed: int = 0,
                    limit: int | None = None, batch_size: int = 8, num_fewshot: int | None = None,
@@ -179,7 +179,7 @@ def evaluate_tasks(model: Any, tasks, neurons=None, targets=None, mode: str = "z
             package's own (``"tlln_cloze_de"``, ``"tlln_translate_en_de"``; see :mod:`.registry`).
         neurons, targets, mode, value, factor, stats, statistic: the neuron interventions, one per
             target language: ``targets``' neurons of ``neurons`` (a :class:`LanguageNeurons`) under
-            ``mode`` (``zero``, ``set``, ``scale``, ``add``) with ``value``/``factor``/``stats``
+            ``mode`` (a mode that runs under tasks: ``zero``, ``set``, ``scale``, ``add``) with ``value``/``factor``/``stats``
             as in :class:`~.Intervention`. Without ``neurons`` only the baseline runs.
         interventions: instead of the above, ``{label: Intervention | DiffMean | [items]}`` for any
             intervention the package can build (e.g. language arithmetic, a diffmean direction).

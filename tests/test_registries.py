@@ -1,0 +1,99 @@
+"""The extension seams: a toy entry registered with one call runs end to end, touching no other file.
+
+* mode ``negate`` (``a := -a``): through :func:`intervene` on the built-in model it equals negating
+  the neurons' columns of the down projection; the command line offers it and runs it (``lss``).
+"""
+
+import json
+
+import pytest
+import torch
+from conftest import n_hooks
+
+from tl_langneurons import models
+from tl_langneurons.cli import build_parser, main
+from tl_langneurons.errors import LangNeuronsError
+from tl_langneurons.identity import fingerprint
+from tl_langneurons.intervene import Intervention, intervene
+from tl_langneurons.intervene.modes import MODES, Mode, mode_names, register_mode, unregister_mode
+from tl_langneurons.neurons import LanguageNeurons
+
+NEURONS = {0: [3, 17, 200], 4: [1, 1000]}  # built-in model: 6 layers × 1792
+
+
+# ---------------------------------------------------------------------------------------------
+# a toy intervention mode
+
+
+@pytest.fixture
+def negate():
+    mode = register_mode(Mode("negate", lambda a, v, factor: -a, "a := -a", steers=True, tasks=True))
+    yield mode
+    unregister_mode("negate")
+    assert "negate" not in MODES
+
+
+def _logits(model, tokens):
+    with torch.no_grad():
+        return model(tokens)
+
+
+def test_a_registered_mode_runs_through_intervene(negate, builtin_model):
+    model = builtin_model
+    tokens = model.to_tokens(["Der Hund schläft im Garten.", "The cat sat on the mat today."])
+    clean = _logits(model, tokens)
+    with intervene(model, NEURONS, "negate"):  # site act: φ(gate) of a gated MLP, written through post
+        got = _logits(model, tokens)
+    assert n_hooks(model) == 0
+    # the oracle: a := -a for neuron i of layer l is column i of that layer's down projection negated
+    downs = {l: model.original_model.model.layers[l].mlp.down_proj.weight for l in NEURONS}
+    with torch.no_grad():
+        for l, idx in NEURONS.items():
+            downs[l][:, idx] *= -1
+        try:
+            expected = _logits(model, tokens)
+        finally:
+            for l, idx in NEURONS.items():
+                downs[l][:, idx] *= -1  # exact: negation is its own inverse
+    assert torch.equal(_logits(model, tokens), clean)
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
+    assert (got - clean).abs().max() > 1e-2  # it did something
+    # the registry's argument checks apply to it: it takes nothing
+    with pytest.raises(LangNeuronsError, match="mode 'negate' takes no factor"):
+        Intervention(NEURONS, "negate", factor=2.0)
+
+
+def test_a_registered_mode_is_offered_and_run_by_the_command_line(negate, builtin_model, tmp_path, monkeypatch,
+                                                                   capsys):
+    assert "negate" in mode_names(steers=True) and "negate" in mode_names(tasks=True)
+    sub = {a.dest: a for a in build_parser()._subparsers._group_actions[0].choices["lss"]._actions}
+    assert "negate" in sub["mode"].choices and "negate (a := -a)" in sub["mode"].help
+    tasks = {a.dest: a for a in build_parser()._subparsers._group_actions[0].choices["tasks"]._actions}
+    assert "negate" in tasks["mode"].choices
+
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: builtin_model)
+    L, I = builtin_model.cfg.n_layers, builtin_model.cfg.d_mlp
+    pairs = [(l, i) for l, ix in NEURONS.items() for i in ix]
+    path = tmp_path / "neurons.json"
+    LanguageNeurons({"en": pairs[:2], "de": pairs}, "manual", {}, "act", fingerprint(builtin_model), L, I).save(path)
+    from tl_langneurons import evaluate as ev
+
+    facts = tmp_path / "facts.json"
+    facts.write_text(json.dumps({"format": "tl_langneurons.facts/1", "languages": ["en", "de"],
+                                 "items": ev.load_facts(languages=["en", "de"])[:2]}, ensure_ascii=False),
+                     encoding="utf-8")
+    out = tmp_path / "lss"
+    assert main(["lss", "--neurons", str(path), "--source", "en", "--target", "de", "--facts", str(facts),
+                 "--mode", "negate", "--control", "none", "--out", str(out)]) == 0
+    assert n_hooks(builtin_model) == 0
+    import pandas as pd
+
+    df = pd.read_csv(out / "lss.csv")
+    assert set(df["mode"]) == {"negate"}
+    base, iv = (df[df.condition == c].set_index("item") for c in ("baseline", "intervention"))
+    # the intervention rows are the library's own negate on the target's neurons
+    items = ev.load_facts(str(facts), languages=["en", "de"])
+    expected = ev.lss(builtin_model, LanguageNeurons.load(path), items, "en", "de", mode="negate", control=None)
+    pd.testing.assert_series_equal(iv["logp_target"], expected[expected.condition == "intervention"]
+                                   .set_index("item")["logp_target"], check_exact=False, atol=1e-6)
+    assert not (base["logp_target"] - iv["logp_target"]).abs().lt(1e-6).all()
