@@ -312,7 +312,7 @@ def _resid(model, arg):
 
 @pytest.fixture
 def toy_kind():
-    register_unit(UnitKind("resid", _resid, "the residual stream after each block"))
+    register_unit(UnitKind("resid", _resid, "the residual stream after each block"), replace=True)
     yield
     unregister_unit("resid")
 

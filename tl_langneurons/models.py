@@ -4,9 +4,10 @@ Loading a model is :mod:`.loading` (:func:`load_model`, the back ends in :mod:`.
 identity :mod:`.identity` (:func:`weights_hash`, :func:`fingerprint`, :func:`compatible`); their
 public names are importable from here too, as before they moved.
 
-Sites (METHODS §1) are the unit registry's (:mod:`.units`): MLP neurons ``act``/``pre``/``post``
-(:mod:`.units.mlp`), every linear output ``q``/``k``/``v``/``o``/``up``/``down``/``linear``
-(:mod:`.units.linear`) and SAE features ``sae:DIR`` (:mod:`.units.sae`).
+Sites (methods page: [sites](methods.md#sites)) are the unit registry's (:mod:`.units`, page
+[units](units.md)): MLP neurons ``act``/``pre``/``post`` (:mod:`.units.mlp`), every linear output
+``q``/``k``/``v``/``o``/``up``/``down``/``linear`` (:mod:`.units.linear`) and SAE features
+``sae:DIR`` (:mod:`.units.sae`).
 """
 
 from typing import Any

@@ -7,7 +7,7 @@ features). A mode's rule (:mod:`.modes`) writes into a ``[batch, pos, width]`` t
 part's units; on a gated ``act`` it is applied to ``hook_post = φ(gate) ⊙ up`` with its operand
 ``v`` times ``up`` (``zero``/``scale`` of φ(gate) equal ``zero``/``scale`` of post, ``set``/``add``
 /``patch`` to ``v`` mean ``post := v · up``), ``up`` read from ``mlp.hook_pre_linear`` in the same
-forward pass (METHODS §1).
+forward pass (methods page: [sites](methods.md#sites)).
 
 Positions (``positions=``), in absolute positions of the sequence being processed:
 

@@ -1,4 +1,4 @@
-"""The unit registry: where a model's units are read and how they are written (METHODS §1).
+"""The unit registry: where a model's units are read and how they are written (methods page: [sites](methods.md#sites)).
 
 A site string names a registered unit kind, ``"act"``, or a kind with an argument,
 ``"sae:DIR"``. :func:`resolve_site` turns it into a :class:`Site` for one model (no forward

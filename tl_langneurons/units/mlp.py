@@ -1,4 +1,4 @@
-"""MLP neurons: the sites ``act``, ``pre`` and ``post`` (METHODS §1).
+"""MLP neurons: the sites ``act``, ``pre`` and ``post`` (methods page: [sites](methods.md#sites)).
 
 =========  ===============================================  =========================================
 site       gated MLP (Llama, Mistral, Qwen, Gemma)          non-gated MLP (GPT-2, BLOOM, OPT, XGLM)
