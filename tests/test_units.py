@@ -348,3 +348,17 @@ def test_linear_units_on_gemma_equal_forward_hooks_on_the_hugging_face_modules(g
     assert [p["part"] for p in stats.meta["units"]["layout"]] == list(LINEAR)
     assert torch.allclose(stats.sum, want_sum, rtol=1e-4, atol=1e-3)
     assert torch.allclose(stats.sentence_means, want_means, rtol=1e-4, atol=1e-4)
+
+
+def test_top_examples_of_a_multi_part_site_are_its_parts(tiny_llama):
+    """Top examples at `linear` are, column for column, those each single site records."""
+    lin = record(tiny_llama, TEXTS, site="linear", top_examples=2, progress=False)
+    layout = {p["part"]: p for p in lin.meta["units"]["layout"]}
+    for name in ("q", "down"):
+        one = record(tiny_llama, TEXTS, site=name, top_examples=2, progress=False)
+        off, w = layout[name]["offset"], layout[name]["width"]
+        units = lin.top_examples.units
+        keep = (units[:, 1] >= off) & (units[:, 1] < off + w)
+        assert torch.equal(units[keep][:, 1] - off, one.top_examples.units[:, 1])
+        for field in ("value", "sentence", "position", "window"):
+            assert torch.equal(getattr(lin.top_examples, field)[:, keep], getattr(one.top_examples, field)), field
