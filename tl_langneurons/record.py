@@ -36,6 +36,7 @@ from .corpus import Corpus
 from .errors import LangNeuronsError
 from .examples import DEFAULT_CONTEXT, TopKAccumulator, check_context, check_units, finish
 from .identity import fingerprint
+from .importance import DEFAULT_TOP_RATE, IMPORTANCE_TENSORS, ImportanceSums, down_norms
 from .models import StopForward, forward_until
 from .stats import NeuronStats
 from .tokens import Batch, encode, max_length, prepare_batches, tokenizer_of
@@ -61,7 +62,8 @@ class Accumulator:
     """
 
     def __init__(self, n_langs: int, site: Site, n_sentences: int, sentence_means: bool, edges: Tensor | None,
-                 device: Any = "cpu", top: TopKAccumulator | None = None, bos_in_sentence_means: bool = False):
+                 device: Any = "cpu", top: TopKAccumulator | None = None,
+                 importance: ImportanceSums | None = None, bos_in_sentence_means: bool = False):
         L, I = site.n_layers, site.d_mlp
         per_layer = [device] * L if isinstance(device, (str, torch.device)) else list(device)
         if len(per_layer) != L:
@@ -85,6 +87,8 @@ class Accumulator:
         self.bos_in_sentence_means = bos_in_sentence_means  # Kojima: BOS counts in a sentence's mean
         self._n_parts = sum(len(p) for p in site.parts)  # hooks per forward pass; the last one stops it
         self._fired = 0
+        self.stops = True  # False where a later hook (PLND's at hook_post) ends the forward pass instead
+        self.importance = importance  # PLND sums (:mod:`.importance`), read at hook_post by their own hooks
         self.top = top  # top-activating examples (examples.py), fed from the same hooks
         self._top_parts: list = [None] * L  # layer → each part's units, until the layer is whole (top examples)
 
@@ -103,12 +107,16 @@ class Accumulator:
         for name, tensor in self._tensors().items():
             if name not in state or state[name].shape != tensor.shape:
                 raise LangNeuronsError(f"the checkpoint's {name!r} does not fit this recording")
+            if name in IMPORTANCE_TENSORS:
+                continue
             target = getattr(self, name)
             if isinstance(target, list):  # per-layer tensors: layer l is [:, l]
                 for layer, t in enumerate(target):
                     t.copy_(state[name][:, layer])
             else:
                 target.copy_(state[name])
+        if self.importance is not None:
+            self.importance.load(state)
 
     def _tensors(self) -> dict[str, Tensor]:
         """Every statistic as one tensor (the per-layer ones stacked on the host)."""
@@ -121,6 +129,8 @@ class Accumulator:
             out["sentence_means"] = self.sentence_means
         if self.hist is not None:
             out["hist"] = stacked(self.hist)
+        if self.importance is not None:
+            out.update(self.importance.tensors())
         return out
 
     def start_batch(self, batch: Batch) -> None:
@@ -130,6 +140,8 @@ class Accumulator:
         self._rows = {d: rows.to(d, non_blocking=True) for d in set(self.devices)}
         self.n_tokens[batch.language] += float(batch.counted.sum())
         self._fired = 0
+        if self.importance is not None:
+            self.importance.start_batch(batch.language, batch.counted, self._rows)
         if self.top is not None:
             self.top.start_batch(batch)
             self._top_parts = [[None] * len(parts) for parts in self.site.parts]
@@ -184,7 +196,7 @@ class Accumulator:
                         self.top.add(layer, k, whole, whole.reshape(-1, whole.shape[-1])[self._rows[dev]])
                         self._top_parts[layer] = [None] * len(held)
             self._fired += 1
-            if self._fired == self._n_parts:
+            if self.stops and self._fired == self._n_parts:
                 raise StopForward
         return fn
 
@@ -264,6 +276,8 @@ def record(
     top_examples: int | None = None,
     top_units: Any = None,
     top_context: Sequence[int] = DEFAULT_CONTEXT,
+    plnd: bool = False,
+    plnd_top_rate: float = DEFAULT_TOP_RATE,
 ) -> NeuronStats:
     """Stream ``corpus`` through ``model`` and return per-language :class:`NeuronStats`.
 
@@ -294,6 +308,10 @@ def record(
             :class:`LanguageNeurons` (the union of its sets); ``None`` = every unit.
         top_context: ``(before, after)``: the unit's activations kept on the tokens around each
             example (default 8 before, 4 after), for showing it in context.
+        plnd: also accumulate PLND importance (Zhao et al. 2024; :mod:`.importance`) in the same pass,
+            read at ``hook_post`` whatever the site: ``importance_sum``, ``importance_docs``,
+            ``n_documents``.
+        plnd_top_rate: the share of each layer's neurons counted as activated by a document (0.14).
 
     Under ``torch.distributed`` (e.g. ``torchrun``), the processes form the same batches and each
     takes every W-th of them; the sums are all-reduced at the end and every process returns the
@@ -307,6 +325,7 @@ def record(
     pack = _checks.integer("pack", pack, 2, allow_none=True)
     _checks.boolean("sentence_means", sentence_means)
     _checks.boolean("resume", resume)
+    _checks.boolean("plnd", plnd)
     _checks.boolean("bos_in_sentence_means", bos_in_sentence_means)
     if bos_in_sentence_means and not sentence_means:
         raise LangNeuronsError("bos_in_sentence_means=True needs sentence_means=True")
@@ -324,6 +343,9 @@ def record(
         raise LangNeuronsError("the corpus holds no languages")
 
     resolved = check_site(model, site)
+    if plnd and resolved.kind not in ("act", "pre", "post"):
+        # PLND scores MLP neurons (at hook_post); beside other units its sums would not line up
+        raise LangNeuronsError(f"plnd=True scores MLP neurons; record it at site act, pre or post, not {site!r}")
     tokenizer = tokenizer_of(model)
     max_len = max_length(model)
     if pack is not None and pack > max_len:
@@ -335,19 +357,24 @@ def record(
     batches, n_sent, truncated, bos_prepended = prepare_batches(
         tokenizer, texts, batch_size, max_len, max_sentences, pack, rank, world)
     edges = _histogram_edges(histogram_edges)
+    importance = None
+    if plnd:
+        importance = ImportanceSums(len(languages), down_norms(model), list(resolved.devices), plnd_top_rate)
     top = None
     if top_examples is not None:
         firsts = [sum(list(n_sent.values())[:k]) for k in range(len(languages))]
         top = TopKAccumulator(len(languages), check_units(top_units, resolved.n_layers, resolved.d_mlp), top_examples,
                               top_context, firsts, max_len, list(resolved.devices))
     acc = Accumulator(len(languages), resolved, sum(n_sent.values()), sentence_means, edges, resolved.devices, top,
-                      bos_in_sentence_means)
+                      importance, bos_in_sentence_means)
 
     fp = fingerprint(model)
     options = {"batch_size": batch_size, "max_sentences": max_sentences, "pack": pack,
                "sentence_means": sentence_means, "bos_in_sentence_means": bos_in_sentence_means,
                "histogram": edges is not None,
                "bos_prepended": bos_prepended, "special_tokens_counted": False, "world_size": world}
+    if plnd:
+        options["plnd_top_rate"] = float(plnd_top_rate)
     if top is not None:  # in the checkpoint key only when asked for: older checkpoints still resume
         options["top_examples"] = {"k": top_examples, "context": list(top_context),
                                    "units": hashlib.sha256(top.units.numpy().tobytes()).hexdigest()[:16]}
@@ -358,6 +385,12 @@ def record(
     done = load_checkpoint(ckpt, acc, key, rank) if resume else 0
 
     hooks = [(p.hook, acc.hook(l, i)) for l, parts in enumerate(resolved.parts) for i, p in enumerate(parts)]
+    if plnd:
+        # the forward pass stops at the last hook that fires: hook_post comes after the site's hook_pre
+        acc.stops = False
+        hooks += [(f"blocks.{l}.mlp.hook_post", importance.hook(l, StopForward() if l == resolved.n_layers - 1
+                                                                  else None))
+                  for l in range(resolved.n_layers)]
     # one bar over every batch of every language (a resumed run's bar starts where it left off)
     with torch.no_grad(), model.hooks(fwd_hooks=hooks), stage("record", len(batches), "batch",
                                                               progress and rank == 0) as bar:
@@ -389,7 +422,8 @@ def record(
     if sentence_means:
         sl = torch.cat([torch.full((n,), k, dtype=torch.int64) for k, n in enumerate(n_sent.values())])
     stats = NeuronStats(languages, site, state["n_tokens"], state["count_pos"], state["sum"], state["sum_sq"],
-                        state.get("sentence_means"), sl, state.get("hist"), edges, meta, top_result)
+                        state.get("sentence_means"), sl, state.get("hist"), edges, meta, top_result,
+                        **{k: state.get(k) for k in IMPORTANCE_TENSORS})
     if ckpt is not None:
         _ckpt_path(ckpt, rank).unlink(missing_ok=True)
     return stats

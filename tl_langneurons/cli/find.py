@@ -14,6 +14,7 @@ METHOD_OPTIONS = {
     "lape": ("top_rate", "filter_rate", "activation_bar_ratio", "normalize_entropy", "per_layer"),
     "ap": ("n", "n_positive", "n_negative", "languages"),
     "threshold": ("top_m", "min_probability", "all_sentences"),
+    "plnd": ("consistency", "exclude", "top_n"),
 }
 
 
@@ -41,7 +42,7 @@ def cmd_record(args) -> int:
                    sentence_means=args.sentence_means or args.bos_in_sentence_means,
                    bos_in_sentence_means=args.bos_in_sentence_means, histogram_edges=True if args.histograms else None,
                    pack=args.pack, checkpoint_dir=out / ".checkpoint", checkpoint_every=args.checkpoint_every,
-                   resume=args.resume, **top)
+                   resume=args.resume, plnd=args.plnd, plnd_top_rate=args.plnd_top_rate, **top)
     rank, _ = dist_info()
     if rank == 0:
         stats.save(out)
@@ -109,7 +110,7 @@ def cmd_identify(args) -> int:
     if args.method == "threshold" and len(given) != 1:  # the library's message names Python arguments
         raise LangNeuronsError("--method threshold needs exactly one of --top-m, --min-probability, --all-sentences; "
                                f"got {', '.join(flag(k) for k in given) or 'none'}")
-    from ..identify import ap_experts_all, lape, threshold
+    from ..identify import ap_experts_all, lape, plnd, threshold
     from ..stats import NeuronStats
 
     stats = NeuronStats.load(args.stats)
@@ -122,6 +123,8 @@ def cmd_identify(args) -> int:
     elif args.method == "ap":
         languages = parse_languages(given.pop("languages", None))
         neurons = ap_experts_all(stats, languages, **given)
+    elif args.method == "plnd":
+        neurons = plnd(stats, **given)
     else:
         neurons = threshold(stats, **given)
     path = neurons.save(args.out)

@@ -5,8 +5,10 @@ import argparse
 from ..errors import LangNeuronsError
 from ..intervene.modes import ZERO, get_mode, mode_names, modes_help
 from ..units import site_help
+from .compare import add_compare_parser
 from .find import (METHOD_OPTIONS, cmd_analyze, cmd_bench, cmd_browse, cmd_demo, cmd_identify, cmd_models, cmd_plot,
                    cmd_record)
+from .lens import add_lens_parser
 from .measure import cmd_diffmean, cmd_lss, cmd_ppl, cmd_steer, cmd_tasks
 from .tune import cmd_finetune
 
@@ -160,6 +162,10 @@ def build_parser() -> argparse.ArgumentParser:
                                  "context kept before,after each example"), _top_context_default)
     r.add_argument("--checkpoint-every", type=int, default=50, help="batches between checkpoints")
     r.add_argument("--resume", action="store_true", help="continue an interrupted recording in --out")
+    r.add_argument("--plnd", action="store_true", help="also record PLND importance |post_j| x ||W_down[:, j]|| "
+                   "(Zhao et al. 2024), read at hook_post whatever --site is")
+    r.add_argument("--plnd-top-rate", type=float, default=0.14, help="with --plnd: the share of each layer's "
+                   "neurons counted as activated by a document (0.14)")
     r.add_argument("--out", required=True, help="directory the statistics are written to (and a --resume reads)")
     r.set_defaults(func=cmd_record)
 
@@ -169,7 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--stats", required=True, help="directory written by 'record'")
     i.add_argument("--method", required=True, choices=list(METHOD_OPTIONS),
                    help="lape (Tang et al. 2024), ap (Kojima et al. 2024; needs --sentence-means "
-                        "statistics) or threshold (non-contrastive baseline)")
+                        "statistics), threshold (non-contrastive baseline) or plnd (Zhao et al. 2024; needs --plnd "
+                        "statistics)")
     i.add_argument("--out", required=True, help="neurons.json to write (or a directory to write it in)")
     g = i.add_argument_group("lape")
     g.add_argument("--top-rate", type=float, default=None, help="share of all neurons kept (default 0.01)")
@@ -188,6 +195,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--min-probability", type=float, default=None, help="each language's neurons with p >= this")
     g.add_argument("--all-sentences", action="store_true", default=None,
                    help="neurons whose sentence mean is > 0 in every sentence (Rahmanisa et al.)")
+    g = i.add_argument_group("plnd")
+    g.add_argument("--consistency", type=float, default=None, help="share of a language's documents that must "
+                   "activate a neuron (1.0: every document, as Zhao et al.)")
+    g.add_argument("--exclude", default=None, choices=["any", "all"], help="drop neurons activated by any other "
+                   "language (default, the paper) or only those activated by all languages (their released code)")
+    g.add_argument("--top-n", type=int, default=None, help="instead: each language's N neurons of largest "
+                   "activation-share contrast (equal-size sets)")
     i.set_defaults(func=cmd_identify)
 
     for name, func, what in (("analyze", cmd_analyze, "CSV tables and summary.json (with the relatedness tests)"),
@@ -411,6 +425,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--seed", type=int, default=0, help="seeds LoRA's initialisation, the example order and the "
                    "random mask")
     placement_options(c)
+
+    add_lens_parser(sub, placement_options)
+    add_compare_parser(sub, placement_options)
 
     m = sub.add_parser("models", help="list the built-in models")
     m.add_argument("--json", action="store_true", help="print JSON instead of a table")
