@@ -245,3 +245,18 @@ def test_block_runs(block, page_runs):
     run.run_through(block)
     if block.lang == "python" and "print(" in block.code:
         assert run.printed[block.index].strip(), f"{block.id} prints nothing"
+
+
+def test_smoke_sizes_cut_only_when_asked(monkeypatch, capsys):
+    from tl_langneurons import _smoke, load_corpus
+
+    monkeypatch.delenv(_smoke.ENV, raising=False)
+    assert _smoke.cap(300, 2) == 300 and _smoke.cap(None, 2) is None
+    assert len(load_corpus("builtin", languages=["de"], max_sentences=5)["de"]) == 5
+    monkeypatch.setenv(_smoke.ENV, "1")
+    monkeypatch.setattr(_smoke, "_warned", False)
+    assert _smoke.cap(300, 2) == 2 and _smoke.cap(None, 2) == 2 and _smoke.cap(1, 2) == 1
+    assert len(load_corpus("builtin", languages=["de"], max_sentences=5)["de"]) == _smoke.SENTENCES
+    assert "the numbers are not results" in capsys.readouterr().err
+    monkeypatch.setenv(_smoke.ENV, "0")
+    assert _smoke.cap(300, 2) == 300
