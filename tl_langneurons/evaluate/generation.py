@@ -6,12 +6,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from .. import _checks, _smoke, compat
 from ..corpus import load_corpus
 from ..errors import LangNeuronsError
 from ..placement import compute_devices
+from ..progress import track
 from ..tokens import left_pad, pad_id
 from .conditions import under
 
@@ -193,7 +193,8 @@ def generate_ids(model, rows: list[list[int]], items: list, positions, generatio
     eos = model.tokenizer.eos_token_id
     out: list[list[int]] = []
     with torch.no_grad(), seeded(model, seed):
-        for start in tqdm(range(0, len(rows), batch_size), desc=desc, disable=not progress, leave=False):
+        for start in track(range(0, len(rows), batch_size), desc, progress, "generation",
+                           size=lambda s: min(batch_size, len(rows) - s)):
             tokens, mask = left_pad(rows[start:start + batch_size], pad_id(model.tokenizer))
             P = tokens.shape[1]
             with under(model, items, positions):
