@@ -4,7 +4,10 @@ import argparse
 
 from ..errors import LangNeuronsError
 from ..intervene.modes import ZERO, get_mode, mode_names, modes_help
-from .find import METHOD_OPTIONS, cmd_analyze, cmd_bench, cmd_demo, cmd_identify, cmd_models, cmd_plot, cmd_record
+from .compare import add_compare_parser
+from .find import (METHOD_OPTIONS, cmd_analyze, cmd_bench, cmd_browse, cmd_demo, cmd_identify, cmd_models, cmd_plot,
+                   cmd_record)
+from .lens import add_lens_parser
 from .measure import cmd_diffmean, cmd_lss, cmd_ppl, cmd_steer, cmd_tasks
 from .tune import cmd_finetune
 
@@ -68,6 +71,12 @@ def shows_default(action, value) -> None:
     """Show ``value()`` as the default of an option whose ``None`` default means "the library's"
     (read when help is shown, so that parsing imports nothing)."""
     action.shown_default = value
+
+
+def _top_context_default() -> str:
+    from ..examples import DEFAULT_CONTEXT
+
+    return ",".join(map(str, DEFAULT_CONTEXT))
 
 
 def _needing_stats(names, sep: str = " and ") -> str:
@@ -140,8 +149,19 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--sentence-means", action="store_true", help="keep each sentence's mean activation")
     r.add_argument("--histograms", action="store_true", help="keep per-neuron histograms (quantiles)")
     r.add_argument("--pack", type=int, default=None, help="pack sentences into windows of N tokens")
+    r.add_argument("--top-examples", type=int, default=None, metavar="K",
+                   help="also keep each unit's K top-activating tokens per language, with their sentence, position "
+                        "and context (for 'browse'); memory K x units x languages x 68 bytes, not growing with the corpus")
+    r.add_argument("--top-units", default=None, help="with --top-examples: only the units of this neurons.json "
+                   "(the union of its languages' sets) instead of every unit")
+    shows_default(r.add_argument("--top-context", default=None, help="with --top-examples: tokens of activation "
+                                 "context kept before,after each example"), _top_context_default)
     r.add_argument("--checkpoint-every", type=int, default=50, help="batches between checkpoints")
     r.add_argument("--resume", action="store_true", help="continue an interrupted recording in --out")
+    r.add_argument("--plnd", action="store_true", help="also record PLND importance |post_j| x ||W_down[:, j]|| "
+                   "(Zhao et al. 2024), read at hook_post whatever --site is")
+    r.add_argument("--plnd-top-rate", type=float, default=0.14, help="with --plnd: the share of each layer's "
+                   "neurons counted as activated by a document (0.14)")
     r.add_argument("--out", required=True, help="directory the statistics are written to (and a --resume reads)")
     r.set_defaults(func=cmd_record)
 
@@ -151,7 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--stats", required=True, help="directory written by 'record'")
     i.add_argument("--method", required=True, choices=list(METHOD_OPTIONS),
                    help="lape (Tang et al. 2024), ap (Kojima et al. 2024; needs --sentence-means "
-                        "statistics) or threshold (non-contrastive baseline)")
+                        "statistics), threshold (non-contrastive baseline) or plnd (Zhao et al. 2024; needs --plnd "
+                        "statistics)")
     i.add_argument("--out", required=True, help="neurons.json to write (or a directory to write it in)")
     g = i.add_argument_group("lape")
     g.add_argument("--top-rate", type=float, default=None, help="share of all neurons kept (default 0.01)")
@@ -170,6 +191,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--min-probability", type=float, default=None, help="each language's neurons with p >= this")
     g.add_argument("--all-sentences", action="store_true", default=None,
                    help="neurons whose sentence mean is > 0 in every sentence (Rahmanisa et al.)")
+    g = i.add_argument_group("plnd")
+    g.add_argument("--consistency", type=float, default=None, help="share of a language's documents that must "
+                   "activate a neuron (1.0: every document, as Zhao et al.)")
+    g.add_argument("--exclude", default=None, choices=["any", "all"], help="drop neurons activated by any other "
+                   "language (default, the paper) or only those activated by all languages (their released code)")
+    g.add_argument("--top-n", type=int, default=None, help="instead: each language's N neurons of largest "
+                   "activation-share contrast (equal-size sets)")
     i.set_defaults(func=cmd_identify)
 
     for name, func, what in (("analyze", cmd_analyze, "CSV tables and summary.json (with the relatedness tests)"),
@@ -186,6 +214,22 @@ def build_parser() -> argparse.ArgumentParser:
             a.add_argument("--seed", type=int, default=0, help="seeds the permutations")
         a.add_argument("--out", required=True, help="output directory")
         a.set_defaults(func=func)
+
+    w = sub.add_parser("browse", help="a static HTML neuron browser (opens from disk)",
+                       description="Write a self-contained static site: an index of the neurons (sortable, "
+                                   "filterable by language, layer, specificity) and, per neuron, its top-activating "
+                                   "examples in every language (record with --top-examples), its activation "
+                                   "probability across languages, its histograms (record with --histograms) and its "
+                                   "language's ΔNLL (--ppl). Open OUT/index.html in a browser.")
+    w.add_argument("--stats", required=True, help="directory written by 'record' (ideally with --top-examples)")
+    w.add_argument("--neurons", required=True, help="neurons.json written by 'identify'")
+    w.add_argument("--ppl", default=None, help="ppl.csv written by 'ppl' (or its folder): each neuron's page shows "
+                   "its language's ΔNLL")
+    w.add_argument("--title", default=None, help="the site's title (default: 'Language neurons of MODEL')")
+    w.add_argument("--max-neurons", type=int, default=None, help="pages for at most N neurons, the most specific "
+                   "first (default all)")
+    w.add_argument("--out", required=True, help="output directory (index.html and neurons/)")
+    w.set_defaults(func=cmd_browse)
 
     def run_options(c, control: str, seed: str) -> None:
         placement_options(c)
@@ -377,6 +421,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--seed", type=int, default=0, help="seeds LoRA's initialisation, the example order and the "
                    "random mask")
     placement_options(c)
+
+    add_lens_parser(sub, placement_options)
+    add_compare_parser(sub, placement_options)
 
     m = sub.add_parser("models", help="list the built-in models")
     m.add_argument("--json", action="store_true", help="print JSON instead of a table")

@@ -4,12 +4,14 @@
 * :func:`ap_experts` — expert units by average precision (Kojima et al. 2024, NAACL);
 * :func:`threshold` — non-contrastive activation-probability baselines (Mondal et al. 2025,
   Rahmanisa et al. 2025);
+* :func:`plnd` — parallel language-specific neuron detection by importance (Zhao et al. 2024, NeurIPS);
 * :func:`random_like` — random controls with the same per-layer counts.
 """
 
 from .ap import AP_CHUNK_ELEMENTS, ap_experts, ap_experts_all, ap_scores, average_precision
 from .entropy import LapeEntropy, lape, lape_entropy, smallest_indices
 from .baselines import random_like, threshold
+from .plnd import plnd, plnd_scores
 
 __all__ = ["AP_CHUNK_ELEMENTS", "LapeEntropy", "ap_experts", "ap_experts_all", "ap_scores", "average_precision",
-           "lape", "lape_entropy", "random_like", "smallest_indices", "threshold"]
+           "lape", "lape_entropy", "plnd", "plnd_scores", "random_like", "smallest_indices", "threshold"]

@@ -90,7 +90,7 @@ def _ppl_section(d: Path) -> list[str]:
            f"{_fmt(ratio(own, ctl), 1)}× the control's; the own language is the most hurt in "
            f"{int(t.own_most_hurt.sum())} of {len(t)} rows."]
     fig = _figure(d, "ppl/ppl_change.png", "ΔNLL (nats/token) when each language's neurons are switched off "
-                  "(left) and the random control (right)")
+                  "(top) and as many random neurons per layer (bottom, the control); outlined: a language's own text")
     return out + ([fig] if fig else [])
 
 
@@ -111,12 +111,14 @@ def _steer_section(d: Path, sub: str = "steer") -> list[str]:
     if not csv.is_file():
         return []
     title, what, control = _STEERING[sub]
+    strength = "β" if sub == "steer_diffmean" else "factor"  # diffmean's strength is β, not a factor
+    name_of = lambda k: strength if k == "factor" else k  # noqa: E731
     df = pd.read_csv(csv, keep_default_na=False, na_values=[""])
     s = steer_summary(df)
     fluent = "target_fluent_rate" in s.columns
     by = "target_fluent_rate" if fluent else "target_rate"
     if "layer" in df.columns:
-        what += f" (block {int(df['layer'].iloc[0])})"
+        what = what.replace("after one block", f"after block {int(df['layer'].iloc[0])}")
     out = [f"## {title}"]
     extra = [c for c in ("target_fluent_rate", "target_nll", "target_rep") if c in s.columns]
     names = {"target_fluent_rate": "fluent target rate", "target_nll": "NLL", "target_rep": "rep-4"}
@@ -126,7 +128,7 @@ def _steer_section(d: Path, sub: str = "steer") -> list[str]:
         g = s.groupby(cells, sort=True)[cols].mean().reset_index()
         out.append("Mean over the targets, per setting" + (" (NLL: mean NLL per token of the generations under the "
                    "unsteered model; rep-4: share of repeated token 4-grams)" if fluent else "") + ":")
-        out.append(_table(cells + [{"target_rate": "target rate", "baseline_rate": "baseline",
+        out.append(_table([name_of(c) for c in cells] + [{"target_rate": "target rate", "baseline_rate": "baseline",
                                     "control_rate": "control"}.get(c, names.get(c, c)) for c in cols],
                           [[_setting(v) for v in r[:len(cells)]] + list(r[len(cells):])
                            for r in g.itertuples(index=False)]))
@@ -134,10 +136,13 @@ def _steer_section(d: Path, sub: str = "steer") -> list[str]:
         keep = (s[cells] == best[cells]).all(axis=1)
         s = s[keep]
         out.append(f"Per target language at the best setting by {names.get(by, 'target rate')} (" +
-                   ", ".join(f"{k} {_setting(best[k])}" for k in cells) + "):")
+                   ", ".join(f"{name_of(k)} {_setting(best[k])}" for k in cells) + "):")
     setting = {k: s[k].iloc[0] for k in ("mode", "factor", "statistic", "positions") if k in s.columns}
+    if sub == "steer_diffmean":
+        setting.pop("mode", None)  # "diffmean", said by the section
     out.append(f"{what} (" +
-               ", ".join(f"{k} {_setting(v)}" for k, v in setting.items() if isinstance(v, str) or not pd.isna(v)) +
+               ", ".join(f"{name_of(k)} {_setting(v)}" for k, v in setting.items()
+                         if isinstance(v, str) or not pd.isna(v)) +
                f"), without it (baseline) and {control}; the language of the continuation "
                "is identified offline; 95% Wilson intervals." +
                (" A generation counts as *fluent* when its repeated-4-gram share is at most the limit and its "
@@ -152,22 +157,65 @@ def _steer_section(d: Path, sub: str = "steer") -> list[str]:
                       [[r["target"], int(r["n"])] + [iv(r, c) for c in cols] + [f"{r[c]:.2f}" for c in means]
                        for _, r in s.iterrows()]))
     out.append("Mean: " + ", ".join(f"{heads.get(c, c)} {s[c + '_rate'].mean():.2f}" for c in cols) + ".")
-    fig = _figure(d, f"{sub}/steer_rate_vs_factor.png", "Target-language rate vs factor, per language")
+    fig = _figure(d, f"{sub}/steer_rate_vs_factor.png", f"Target-language rate against {strength}, one panel per "
+                  "target language: under the intervention (95% Wilson interval), fluent only, under the random "
+                  "control and without intervention")
     return out + ([fig] if fig else [])
+
+
+def _pct(x) -> str:
+    return f"{100 * x:.3g}%"
+
+
+def method_sentence(method: str, params: dict) -> str:
+    """How a neuron set was identified, as a sentence a reader can follow (the parameters are in
+    the set's neurons.json)."""
+    p = params or {}
+    if method == "lape" and "top_rate" in p:
+        scope = "of each layer" if p.get("per_layer") else "of the model"
+        entropy = "normalised entropy" if p.get("normalize_entropy") else "entropy"
+        text = (f"**LAPE** (Tang et al. 2024) kept the {_pct(p['top_rate'])} of neurons {scope}"
+                + (f" ({p['n_kept']:,})" if isinstance(p.get("n_kept"), int) else "")
+                + f" with the lowest {entropy} of their activation probability over the languages")
+        if isinstance(p.get("tau"), (int, float)):
+            text += (f", among those that fire on more than {p['tau']:.3g} of some language's tokens (the "
+                     f"{100 * p.get('filter_rate', 0.95):g}th percentile of all activation probabilities)")
+        if isinstance(p.get("activation_bar"), (int, float)):
+            text += f"; a neuron belongs to every language on whose tokens it fires more often than {p['activation_bar']:.3g}"
+        return text + "."
+    if method == "ap_experts" and "n" in p:
+        return (f"**Average precision** (Kojima et al. 2024): for each language, the {p['n'] // 2} units whose "
+                f"sentence means best tell its {p.get('n_positive')} sentences from {p.get('n_negative')} of the "
+                f"other languages, and the {p['n'] // 2} that tell them apart worst (lowest average precision).")
+    if method == "threshold":
+        if p.get("all_sentences"):
+            return ("**Threshold** (Rahmanisa et al. 2025): each language's neurons whose mean activation is above 0 "
+                    "in every one of its sentences.")
+        if "top_m" in p:
+            return (f"**Threshold** (Mondal et al. 2025): each language's {p['top_m']} neurons with the highest "
+                    "activation probability on its tokens (not contrastive: no comparison with the other languages).")
+        if "min_probability" in p:
+            return (f"**Threshold**: each language's neurons that fire on at least {p['min_probability']:.3g} of its "
+                    "tokens (not contrastive).")
+    shown = "; ".join(f"{k.replace('_', ' ')} {_fmt(v)}" for k, v in p.items() if not isinstance(v, (dict, list)))
+    return f"Method **{method}**" + (f" ({shown})" if shown else "") + "."
 
 
 def _identification_section(d: Path) -> list[str]:
     a = _read_json(d / "analysis" / "summary.json")
     if a is None:
         return []
-    params = ", ".join(f"{k} {_fmt(v)}" for k, v in a.get("params", {}).items() if not isinstance(v, dict))
     out = ["## Language-specific neurons",
-           f"Method **{a.get('method')}** ({params}) at site `{a.get('site')}`: {a.get('union')} neurons "
+           method_sentence(a.get("method"), a.get("params", {})) + " "
+           f"Activations read at site `{a.get('site')}`: {a.get('union')} neurons "
            f"({100 * a.get('union_share_of_model', 0):.1f}% of the model), "
            f"{100 * (a.get('share_shared_by_2_or_more') or 0):.0f}% of them shared by two or more languages.",
            _table(["language", "neurons"], [[k, v] for k, v in a.get("counts", {}).items()])]
-    for rel, cap in (("figures/layer_placement.png", "Where the neurons sit: share per layer"),
+    for rel, cap in (("figures/layer_placement.png", "Where the neurons sit: each language's neurons per layer "
+                      "(counts), and below, their union per layer"),
                      ("figures/overlap_heatmap.png", "Overlap (Jaccard) of the languages' sets"),
+                     ("figures/overlap_clustermap.png", "The same overlaps with the languages clustered (average "
+                      "linkage), banded by branch, family and script"),
                      ("figures/shared_by_k.png", "Neurons shared by k languages"),
                      ("figures/entropy_distribution.png", "LAPE entropy of all neurons and the selection cutoff")):
         fig = _figure(d, rel, cap)
