@@ -22,6 +22,7 @@ import pandas as pd
 
 from .._io import atomic_write_text
 from ..errors import LangNeuronsError
+from ..identify.methods import method_of
 
 REPORT_NAME = "report.md"
 
@@ -161,8 +162,10 @@ def _identification_section(d: Path) -> list[str]:
     if a is None:
         return []
     params = ", ".join(f"{k} {_fmt(v)}" for k, v in a.get("params", {}).items() if not isinstance(v, dict))
+    method = method_of(str(a.get("method")))  # the registry's description of the method, where it has one
     out = ["## Language-specific neurons",
-           f"Method **{a.get('method')}** ({params}) at site `{a.get('site')}`: {a.get('union')} neurons "
+           f"Method **{a.get('method')}**{f', {method.help},' if method else ''} ({params}) at site "
+           f"`{a.get('site')}`: {a.get('union')} neurons "
            f"({100 * a.get('union_share_of_model', 0):.1f}% of the model), "
            f"{100 * (a.get('share_shared_by_2_or_more') or 0):.0f}% of them shared by two or more languages.",
            _table(["language", "neurons"], [[k, v] for k, v in a.get("counts", {}).items()])]
