@@ -41,7 +41,7 @@ from tl_langneurons.outputs.tables import write_analysis, write_figures  # noqa:
 from tl_langneurons.outputs import atomic_write_text  # noqa: E402
 
 KOJIMA_LANGUAGES = "en,de,fr,es,zh,ja"
-# Kojima et al.'s findings (abstract and METHODS §3): overlap between languages' units < 5%; units
+# Kojima et al.'s findings (abstract and docs/methods.md#ap-experts): overlap between languages' units < 5%; units
 # mainly in the first and last few layers.
 PAPER = {
     "model": "facebook/xglm-564M",

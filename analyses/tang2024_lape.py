@@ -40,7 +40,7 @@ from tl_langneurons.outputs.tables import write_analysis, write_figures  # noqa:
 from tl_langneurons.outputs import atomic_write_text  # noqa: E402
 
 TANG_LANGUAGES = "en,zh,fr,es,vi,id,ja"
-# Tang et al.'s released LLaMA-2-7B sets (METHODS §3): 1.00% of neurons; ~32% shared by >= 2
+# Tang et al.'s released LLaMA-2-7B sets (docs/methods.md#lape): 1.00% of neurons; ~32% shared by >= 2
 # languages; highest Jaccard overlaps; 22% of the neurons in layer 0, the rest in the top layers.
 PAPER = {
     "model": "meta-llama/Llama-2-7b-hf",

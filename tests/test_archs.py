@@ -19,7 +19,8 @@ from conftest import SENTENCES
 from tl_langneurons import Intervention, LangNeuronsError, intervene, load_model, record
 from tl_langneurons.evaluate import GenerationConfig
 from tl_langneurons.evaluate.generation import generate_ids
-from tl_langneurons.models import backend, check_site, mlp_width
+from tl_langneurons.backends import backend
+from tl_langneurons.models import check_site, mlp_width
 from tl_langneurons.tokens import encode
 
 # the TL 3.x back end (tl_langneurons.hooked) builds Llama and Gemma 3 only
@@ -133,3 +134,17 @@ def test_finetune_mask_width_is_the_down_projections(tokenizer):
     expected = f"mask is for 2 layers × 128 neurons, the model has 2 × {archs.WIDTH}$"
     with pytest.raises(LangNeuronsError, match=expected):
         attach(archs.hf_model("llama", tokenizer), config, wide)
+
+
+@pytest.mark.parametrize("name", ["llama", "gpt2"])
+def test_width_under_an_unmerged_lora_adapter_on_the_down_projection(tokenizer, name):
+    """peft wraps the down projection in its own layer (no nn.Linear subclass): the width is still read."""
+    from peft import LoraConfig, get_peft_model
+
+    from tl_langneurons.loading import boot_hf
+
+    target = {"llama": "down_proj", "gpt2": "c_proj"}[name]
+    hf = get_peft_model(archs.hf_model(name, tokenizer), LoraConfig(r=2, target_modules=[target],
+                                                                    fan_in_fan_out=name == "gpt2"))
+    assert type(archs.down_projection(hf.base_model.model, 0)).__module__.startswith("peft")
+    assert check_site(boot_hf(hf, tokenizer, name), "act").d_mlp == archs.WIDTH

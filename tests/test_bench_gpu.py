@@ -10,12 +10,11 @@ import torch
 import archs
 from conftest import SENTENCES
 from tl_langneurons import LangNeuronsError, load_model, record
-from tl_langneurons.models import backend
+from tl_langneurons.backends import backend
 from tl_langneurons.tokens import encode
 
-pytestmark = pytest.mark.skipif(backend() != "bridge", reason="boot_hf needs the TransformerBridge")
 
-
+@pytest.mark.skipif(backend() != "bridge", reason="boot_hf needs the TransformerBridge")
 def test_gpu_script_at_tiny_shape(capsys):
     from tl_langneurons.bench_gpu import PLANS, bench_gpu, main
     from tl_langneurons.cli import main as cli
@@ -33,7 +32,7 @@ def test_gpu_script_at_tiny_shape(capsys):
             assert out[part][run]["s"] > 0 and (out[part][run]["peak_extra_gib"] is None) == on_cpu  # peaks on CUDA
     assert out["steer"]["rows"] == plan.prompts * plan.n_samples
     # the package's baseline NLL equals the plain Hugging Face model's on the same tokens (bfloat16 rounding)
-    assert out["perplexity"]["baseline_nll_max_abs_diff"] < 0.05
+    assert out["perplexity"]["baseline_nll_max_abs_diff"] < 5e-3  # 1.2e-4 when written
     assert out["perplexity"]["forward_passes"] == (1 + 2 * plan.ppl_languages) * len(plan.languages)
     with pytest.raises(LangNeuronsError, match="unknown shape 'llama-70b'; allowed: 'llama-3.1-8b', 'tiny'"):
         bench_gpu("llama-70b")

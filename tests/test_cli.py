@@ -8,6 +8,7 @@ they run while the in-process tests do.
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -153,10 +154,14 @@ def test_identify_lape_equals_api(lape_json, stats_dir, capsys):
 def test_identify_methods_equal_api(argv, call, stats_dir, tmp_path, capsys):
     out = tmp_path / "n.json"
     assert main(["identify", "--stats", str(stats_dir), *argv, "--out", str(out)]) == 0
-    printed = json.loads(capsys.readouterr().out)
+    printed = capsys.readouterr()
     got = LanguageNeurons.load(out)
     assert got == call(NeuronStats.load(stats_dir))
-    assert printed["counts"] == got.counts() and printed["out"] == str(out)
+    # a short summary: the counts (the full set is in the file), where it is and the time taken
+    lines = printed.out.splitlines()
+    assert len(lines) == 2 and lines[0].startswith(f"{got.method}: {len(got.union())} neurons")
+    assert lines[1] == "per language: " + ", ".join(f"{k} {n}" for k, n in got.counts().items())
+    assert re.fullmatch(rf"wrote {re.escape(str(out))}; took \S+", printed.err.strip())
 
 
 def test_identify_into_directory(stats_dir, tmp_path):
@@ -220,7 +225,9 @@ def test_analyze_without_stats_and_unknown_language(tmp_path, capsys):
 def test_plot_writes_png_and_pdf(lape_json, stats_dir, tmp_path, capsys):
     out = tmp_path / "figures"
     assert main(["plot", "--neurons", str(lape_json), "--stats", str(stats_dir), "--out", str(out)]) == 0
-    printed = capsys.readouterr().out.split()
+    printed = capsys.readouterr()
+    assert re.fullmatch(rf"wrote 5 figures \(PNG and PDF\) to {re.escape(str(out))}; took \S+", printed.err.strip())
+    printed = printed.out.split()
     names = FIGURES + ["entropy_distribution"]
     for name in names:
         for ext in ("png", "pdf"):

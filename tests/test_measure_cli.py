@@ -9,6 +9,7 @@ the module and the tests can see whether a hook was left on it.
 """
 
 import json
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -16,7 +17,7 @@ import pytest
 from conftest import n_hooks
 
 from tl_langneurons import evaluate as ev
-from tl_langneurons import models
+from tl_langneurons import models, progress
 from tl_langneurons.cli import main
 from tl_langneurons.corpus import load_corpus
 from tl_langneurons.identify import lape
@@ -75,7 +76,7 @@ def test_ppl(inputs, loads, builtin_model, tmp_path, capsys):
     assert main(["ppl", "--neurons", inputs["neurons"], "--languages", ",".join(LANGS), "--max-sentences", "3",
                  "--batch-size", "4", "--out", str(out)]) == 0
     assert loads == ["act"] and n_hooks(builtin_model) == 0
-    printed = json.loads(capsys.readouterr().out)
+    printed = capsys.readouterr()
 
     df = pd.read_csv(out / "ppl.csv", keep_default_na=False)
     assert list(df.columns) == PPL_COLUMNS and len(df) == 3 * 3 * 3
@@ -96,7 +97,12 @@ def test_ppl(inputs, loads, builtin_model, tmp_path, capsys):
             "diag_over_offdiag", "diag_over_control", "frac_most_hurt", "n_ablated", "n_evaluated",
             "per_language", "ablated", "evaluated", "conditions", "run", "files"} <= set(summary)
     assert summary["run"]["split"] == "eval" and summary["conditions"] == ["baseline", "intervention", "control"]
-    assert {k: summary[k] for k in printed} == printed
+    # a short summary: three headline lines (every number is in summary.json), where, and the time taken
+    lines = printed.out.splitlines()
+    assert len(lines) == 3 and f"{summary['diag_delta_nll']:+.4f} nats/token" in lines[0]
+    assert f"{summary['control_diag_delta_nll']:+.4f}" in lines[1] and f"{summary['frac_most_hurt']:.0%}" in lines[2]
+    assert re.fullmatch(rf"wrote \d+ files to {re.escape(str(out))} \(every number: .*summary.json\); took \S+",
+                        printed.err.strip().splitlines()[-1])
     nll = df.set_index(["ablated", "evaluated", "condition"]).nll
     for lang, per in summary["per_language"].items():
         assert set(per) == {"n_neurons", "baseline_nll", "delta_nll", "offdiag_delta_nll", "control_delta_nll",
@@ -165,7 +171,9 @@ def test_diffmean_command(builtin_model, loads, tmp_path, capsys):
     assert "--layer must be in [0, 6), got 6" in capsys.readouterr().err and not (tmp_path / "x").exists()
 
 
-def test_steer_sweep_over_all_targets(inputs, loads, builtin_model, tmp_path, capsys):
+def test_steer_sweep_over_all_targets(inputs, loads, builtin_model, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)  # progress on, as a user sees it in a log file
+    monkeypatch.setattr(progress, "LOG_EVERY", 0.0)
     out = tmp_path / "sweep"
     assert main(["steer", "--neurons", inputs["neurons"], "--stats", inputs["stats"], "--target", "all",
                  "--factors", "4,16", "--n-prompts", "2", "--n-samples", "1", "--max-new-tokens", "5",
@@ -189,6 +197,12 @@ def test_steer_sweep_over_all_targets(inputs, loads, builtin_model, tmp_path, ca
     assert "fluent" in summary["best"] and summary["run"]["fluency"]["max_rep"] == 0.2
     assert summary["settings"]["factor"] == best["factor"] and summary["targets"] == best["targets"]
     _figure(out, "steer_rate_vs_factor")
+    # one progress bar over the whole sweep (3 targets x 2 prompts x (baseline + 2 factors x 2 conditions)),
+    # as plain lines in a log: no nested bars, no carriage returns or cursor codes
+    err = capsys.readouterr().err
+    bars = [line for line in err.splitlines() if re.match(r"^[^:]+: \d+/\d+ ", line)]
+    assert bars and all(line.startswith("steer: ") for line in bars), bars
+    assert bars[-1].startswith("steer: 30/30 generations (100%)") and "\r" not in err and "\x1b[" not in err
 
 
 def test_lss_with_scale_needs_no_stats(inputs, loads, builtin_model, tmp_path, capsys):

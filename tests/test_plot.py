@@ -78,3 +78,50 @@ def test_save_figure(neurons, tmp_path):
     assert sorted(p.name for p in (tmp_path / "figs").iterdir()) == ["clustermap.pdf", "clustermap.png"]
     with pytest.raises(LangNeuronsError, match="plain file name"):
         plot.save_figure(plot.shared_by_k(neurons), tmp_path, "a/b")
+
+
+def _steer_summary(mode: str, fluent_equals_rate: bool = False):
+    import pandas as pd
+
+    rows = []
+    factors = [0.0, 1.0, 2.0] if mode == "diffmean" else [4.0, 16.0]
+    for k, t in enumerate(["de", "ru", "ja"]):
+        for i, f in enumerate(factors):
+            r = 0.1 + 0.3 * i + 0.05 * k
+            rows.append({"target": t, "mode": mode, "factor": f, "statistic": None if mode == "diffmean" else "mean",
+                         "positions": "all", "n": 16, "target_rate": r, "target_low": r - 0.1, "target_high": r + 0.1,
+                         "target_fluent_rate": r if fluent_equals_rate else r / 2, "control_rate": 0.05,
+                         "baseline_rate": 0.02})
+    return pd.DataFrame(rows)
+
+
+def _style(line) -> tuple:
+    """What tells a line apart in print: colour, dash pattern, marker, marker fill."""
+    from matplotlib.colors import to_hex
+
+    return (to_hex(line.get_color()), line.get_linestyle(), tuple(line.get_dashes() if hasattr(line, "get_dashes")
+            else ()), line.get_marker() or "None", to_hex(line.get_markerfacecolor()))
+
+
+@pytest.mark.parametrize("mode", ["set", "diffmean"])
+def test_steer_rate_vs_factor_small_multiples_and_a_legend_that_matches(mode):
+    """One panel per target on shared axes; every plotted series has exactly the style its
+    legend entry shows (the old figure's legend drew 'fluent only' solid while the plotted lines
+    were dashed); β is labelled β for diffmean; a fluent rate equal to the rate stays visible."""
+    fig = plot.steer_rate_vs_factor(_steer_summary(mode, fluent_equals_rate=True))
+    panels = [ax for ax in fig.axes if ax.get_visible()]
+    assert [ax.get_title() for ax in panels] == ["de", "ru", "ja"]
+    (legend,) = fig.legends
+    shown = {t.get_text(): _style(h) for t, h in zip(legend.get_texts(), legend.legend_handles)}
+    assert set(shown) == {s["label"] for s in plot.STEER_STYLES.values()}
+    for ax in panels:
+        plotted = {line.get_gid(): line for line in ax.get_lines() if line.get_gid()}
+        assert set(plotted) == set(plot.STEER_STYLES)
+        for name, line in plotted.items():
+            assert _style(line) == shown[plot.STEER_STYLES[name]["label"]], name
+        # drawn above the target rate, so that equal rates do not hide it
+        assert plotted["fluent"].get_zorder() > plotted["target"].get_zorder()
+    styles = [v for v in shown.values()]
+    assert len(set(styles)) == len(styles)  # four series, four different looks
+    xlabel = fig.get_supxlabel()
+    assert xlabel.startswith("β") if mode == "diffmean" else xlabel.startswith("factor")

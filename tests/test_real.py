@@ -79,7 +79,7 @@ def test_nll_equals_hugging_face_and_chunking_changes_nothing(gemma, gemma_hf, m
 
 
 def test_set_at_act_writes_v_times_up_at_post(gemma, gemma_hf):
-    """METHODS §1: φ(gate) := v at a gated MLP means post := v · up; the rest of post is untouched."""
+    """docs/methods.md#sites: φ(gate) := v at a gated MLP means post := v · up; the rest of post is untouched."""
     layer, idx, v = 7, [3, 100, 2047], 2.5
     text = SENTENCES["en"][1]
     clean = hf_sites(gemma_hf, gemma.tokenizer, text)

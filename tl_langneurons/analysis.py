@@ -6,7 +6,7 @@ a tidy :class:`pandas.DataFrame` — one row per measurement — or, for the per
 keep the order of ``neurons.languages`` in every output. Pooled rows use the language ``"all"``
 and count the union of the sets, so a neuron shared by several languages is counted once.
 
-Overlap measures of a pair of sets ``A``, ``B`` (METHODS §4): ``intersection = |A∩B|``,
+Overlap measures of a pair of sets ``A``, ``B`` (methods page: [analyses](methods.md#analyses)): ``intersection = |A∩B|``,
 ``jaccard = |A∩B| / |A∪B|``, ``overlap_coefficient = |A∩B| / min(|A|, |B|)``; undefined values
 (two empty sets; an empty set for the overlap coefficient) are NaN.
 """

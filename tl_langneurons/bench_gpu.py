@@ -127,7 +127,7 @@ def build(shape: str, device: str, dtype: torch.dtype, seed: int = 0) -> tuple[A
     """``(bridge, plain Hugging Face copy, tokenizer)``: random weights of ``shape``, made on ``device``."""
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from .models import boot_hf
+    from .loading import boot_hf
     from .sources import builtin_model_path
 
     tok = AutoTokenizer.from_pretrained(builtin_model_path())  # ids < 8,192: valid in every shape's vocabulary
@@ -160,7 +160,8 @@ def bench_gpu(shape: str = "llama-3.1-8b", device: str | None = None, dtype: str
     from .evaluate.conditions import under
     from .evaluate.generation import generate_tokens, seeded
     from .evaluate.steering import steer_item
-    from .models import identity, mlp_width
+    from .identity import identity
+    from .models import mlp_width
     from .record import record
     from .tokens import encode, left_pad, max_length, pad_id, prepare_batches
 

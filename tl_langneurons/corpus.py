@@ -24,7 +24,7 @@ from importlib import resources
 from pathlib import Path
 from collections.abc import Iterator
 
-from . import _checks
+from . import _checks, _smoke
 from .errors import LangNeuronsError, choices
 from .languages import flores_code, normalize_code
 
@@ -245,7 +245,7 @@ def load_corpus(
         max_sentences: keep the first N sentences of each language (after shuffling, if ``seed``).
         seed: if given, shuffle each language's sentences with this seed first.
     """
-    max_sentences = _checks.positive_int("max_sentences", max_sentences, allow_none=True)
+    max_sentences = _smoke.cap(_checks.positive_int("max_sentences", max_sentences, allow_none=True), _smoke.SENTENCES)
     if languages is not None:
         if isinstance(languages, str):
             languages = [x for x in languages.split(",") if x]

@@ -4,7 +4,7 @@ Loading a model is :mod:`.loading` (:func:`load_model`, the back ends in :mod:`.
 identity :mod:`.identity` (:func:`weights_hash`, :func:`fingerprint`, :func:`compatible`); their
 public names are importable from here too, as before they moved.
 
-Sites (METHODS §1):
+Sites (methods page: [sites](methods.md#sites)):
 
 =========  ===============================================  =========================================
 site       gated MLP (Llama, Mistral, Qwen, Gemma)          non-gated MLP (GPT-2, BLOOM, OPT, XGLM)
@@ -122,7 +122,7 @@ def _down_in_features(model: Any, layer: int) -> int:
     down = getattr(mlp, "out", None)  # a bridge's down projection (LinearBridge)
     if down is not None:
         down = getattr(down, "original_component", down)
-        if isinstance(down, torch.nn.Linear):
+        if isinstance(getattr(down, "in_features", None), int):  # nn.Linear, or a peft layer wrapping one
             return int(down.in_features)
         if type(down).__name__ == "Conv1D":  # GPT-2's transposed linear: weight is [in, out]
             return int(down.weight.shape[0])

@@ -152,9 +152,12 @@ def run_demo(out="demo_out", model: str = "builtin", languages=DEMO_LANGUAGES, *
     fluency = fluency_criterion(lm, fluency_corpus, languages=langs, n_tokens=DEFAULT_GENERATION.max_new_tokens,
                                 max_sentences=plan.fluency_sentences, batch_size=plan.eval_batch)
 
-    _step(4, steps, f"steering every language: {DEFAULT_MODE} its neurons to x{','.join(f'{f:g}' for f in plan.factors)} "
-          f"the {DEFAULT_STATISTIC} activation, from BOS only, with and without the intervention and under the "
-          "random control; each generation's language and fluency")
+    which = (f"all {len(found)} languages with neurons" if len(found) == len(langs)
+             else f"{len(found)} of the {len(langs)} languages ({', '.join(found)}"
+             + ("; the plan's targets)" if plan.steer_targets is not None else "; the others have no neurons)"))
+    _step(4, steps, f"steering {which}: {DEFAULT_MODE} a language's neurons to "
+          f"x{','.join(f'{f:g}' for f in plan.factors)} the {DEFAULT_STATISTIC} activation, from BOS only, with and "
+          "without the intervention and under the random control; each generation's language and fluency")
     steer_df = steer_sweep(lm, neurons, found, plan.factors, [DEFAULT_MODE], prompts=[""], stats=stats,
                            n_samples=plan.n_samples, seed=0, fluency=fluency, progress=True)
     steer = write_steer(steer_df, out / "steer", run={"model": model, "neurons": str(neurons_path),
@@ -172,7 +175,8 @@ def run_demo(out="demo_out", model: str = "builtin", languages=DEMO_LANGUAGES, *
                                                          "targets": found, "prompts": "BOS only", "seed": 0,
                                                          "fluency": fluency.as_dict()})
     summary["ppl"] = {k: ppl[k] for k in ("diag_delta_nll", "offdiag_delta_nll", "control_diag_delta_nll",
-                                          "diag_over_offdiag", "diag_over_control", "frac_most_hurt")}
+                                          "diag_over_offdiag", "diag_over_control", "frac_most_hurt",
+                                          "n_ablated", "n_evaluated")}
     summary["fluency"] = fluency.as_dict()
     summary["steer"] = {"settings": steer.get("settings"), "best": steer.get("best"), "mean": steer.get("mean")}
     summary["steer_diffmean"] = {"layer": plan.diffmean_layer, "settings": dm.get("settings"),

@@ -6,7 +6,8 @@ a NaN at a padded position can never reach a sum) and drops it. The forward pass
 the last layer's hook, so nothing after the last MLP — in particular the unembedding — is ever
 computed.
 
-Rules (METHODS §1–2; :mod:`.tokens` has the BOS and padding policy): BOS and padding never count.
+Rules (methods page: [sites](methods.md#sites), [which tokens count](methods.md#tokens),
+[statistics](methods.md#statistics); :mod:`.tokens` has the BOS and padding policy): BOS and padding never count.
 Per-batch sums are taken in float32 and added into float64 accumulators in a fixed order, so a
 resumed run is bit-identical to an uninterrupted one.
 
@@ -26,7 +27,6 @@ from jaxtyping import Float64
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from . import _checks
 from ._io import package_version
@@ -36,6 +36,7 @@ from .identity import fingerprint
 from .models import Site, StopForward, check_site, forward_until
 from .stats import NeuronStats
 from .tokens import Batch, max_length, prepare_batches, tokenizer_of
+from .progress import stage
 
 
 def default_histogram_edges() -> Float64[Tensor, " edge"]:
@@ -284,24 +285,18 @@ def record(
     done = load_checkpoint(ckpt, acc, key, rank) if resume else 0
 
     hooks = [(name, acc.hook(l, l == resolved.n_layers - 1)) for l, name in enumerate(resolved.hook_names)]
-    bars: dict[int, Any] = {}
-    with torch.no_grad(), model.hooks(fwd_hooks=hooks):
+    # one bar over every batch of every language (a resumed run's bar starts where it left off)
+    with torch.no_grad(), model.hooks(fwd_hooks=hooks), stage("record", len(batches), "batch",
+                                                              progress and rank == 0) as bar:
+        bar.advance(done)
         for i, batch in enumerate(batches):
-            if progress and rank == 0 and batch.language not in bars:
-                for b in bars.values():
-                    b.close()
-                total = sum(1 for x in batches if x.language == batch.language)
-                bars[batch.language] = tqdm(total=total, desc=f"record {languages[batch.language]}", leave=False)
             if i >= done:
                 acc.start_batch(batch)
                 forward_until(model, batch.tokens.to(device), batch.attention_mask)
                 acc.end_batch()
                 if ckpt is not None and (i + 1) % checkpoint_every == 0 and i + 1 < len(batches):
                     save_checkpoint(ckpt, acc, i + 1, key, rank)
-            if batch.language in bars:
-                bars[batch.language].update(1)
-    for b in bars.values():
-        b.close()
+                bar.advance(1)
 
     state = acc.state_dict() if world == 1 else _all_reduce(acc, device)
     meta = {"model": fp, "corpus": corpus_spec, "n_sentences": n_sent, "truncated_sentences": truncated,

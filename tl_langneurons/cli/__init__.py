@@ -6,6 +6,7 @@ import sys
 
 from ..errors import LangNeuronsError
 from .args import parse_floats, parse_languages
+from .done import start
 from .parser import build_parser
 
 __all__ = ["build_parser", "main", "parse_floats", "parse_languages"]
@@ -24,6 +25,7 @@ def _as_flags(message: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    start()
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

@@ -5,9 +5,9 @@ import json
 import os
 from pathlib import Path
 
-from .._io import jsonable
 from ..errors import LangNeuronsError
 from .args import parse_floats, parse_languages, placement, positive
+from .done import finish
 
 def cmd_record(args) -> int:
     from ..corpus import load_corpus
@@ -35,7 +35,13 @@ def cmd_record(args) -> int:
     rank, _ = dist_info()
     if rank == 0:
         stats.save(out)
-        print(json.dumps(recording_summary(stats), indent=1))
+        s = recording_summary(stats)
+        tokens = s["tokens"].values()
+        p = s["activation_probability_per_layer"]
+        finish([f"recorded {len(s['languages'])} languages, {sum(tokens):,} tokens ({min(tokens):,} to {max(tokens):,} "
+                f"per language) at site {s['site']} of {s['model']}",
+                f"activation probability per layer: {p[0]:.3f} (first) to {p[-1]:.3f} (last)"],
+               f"wrote the statistics to {out}")
     return 0
 
 
@@ -80,9 +86,11 @@ def cmd_identify(args) -> int:
     neurons = method.run(stats, **given)
     path = neurons.save(args.out)
     counts = neurons.counts()
-    print(json.dumps({"method": neurons.method, "params": neurons.params, "counts": counts,
-                      "union": len(neurons.union()), "out": str(path)}, indent=1))
-    return 0
+    union = len(neurons.union())
+    return finish([f"{neurons.method}: {union:,} neurons ({union / (neurons.n_layers * neurons.d_mlp):.2%} of the "
+                   f"model) over {len(counts)} languages",
+                   "per language: " + ", ".join(f"{k} {n}" for k, n in counts.items())],
+                  f"wrote {path}")
 
 
 def _load_neurons_and_stats(args):
@@ -105,7 +113,7 @@ def _print_analysis(summary: dict, out: Path) -> None:
             else:
                 print(f"{test} by {by}: statistic {r['statistic']:.4g}, p = {r['p_value']:.4g} "
                       f"({rel['n_permutations']} permutations, {r['n_languages']} languages, {rel['metric']})")
-    print(f"wrote {len(summary['files'])} files to {out}")
+    finish([], f"wrote {len(summary['files'])} files to {out}")
 
 
 def cmd_analyze(args) -> int:
@@ -122,9 +130,8 @@ def cmd_plot(args) -> int:
     from ..outputs.tables import write_figures
 
     neurons, stats = _load_neurons_and_stats(args)
-    for path in write_figures(neurons, args.out, stats, metric=args.metric):
-        print(path)
-    return 0
+    paths = write_figures(neurons, args.out, stats, metric=args.metric)
+    return finish([str(path) for path in paths], f"wrote {len(paths) // 2} figures (PNG and PDF) to {args.out}")
 
 
 
@@ -182,6 +189,32 @@ def cmd_demo(args) -> int:
                        eval_sentences=args.eval_sentences, top_rate=args.top_rate,
                        factors=floats("--factors", args.factors), diffmean_layer=args.diffmean_layer,
                        betas=floats("--betas", args.betas), n_samples=args.n_samples)
-    print(json.dumps(jsonable(summary), indent=1))
-    return 0
+    out = Path(args.out)
+    return finish(demo_lines(summary), f"the report: {out / 'report.md'} (every number: {out / 'summary.json'})")
+
+
+def _rate(mean: dict, key: str) -> str:
+    v = mean.get(key)
+    return "n/a" if v is None else f"{v:.0%}"
+
+
+def demo_lines(summary: dict) -> list[str]:
+    """The demo's headline numbers: neurons found, what switching them off and on does, and the
+    baseline; every number is in summary.json and the report."""
+    from .measure import ppl_lines
+
+    lape = summary["lape"]
+    lines = [f"LAPE (top rate {lape['top_rate']:g}): {lape['union']:,} neurons over {len(lape['counts'])} languages, "
+             + ", ".join(f"{k} {n}" for k, n in lape["counts"].items())]
+    lines += ppl_lines(summary["ppl"])[:2]  # own vs others, and vs the random control
+    for key, what in (("steer", "neuron steering"), ("steer_diffmean", "diffmean steering (the baseline)")):
+        cell = summary[key]
+        settings, mean = cell.get("settings") or {}, cell.get("mean") or {}
+        how = (f"beta {settings.get('factor', 0):g} after block {cell['layer']}" if key == "steer_diffmean"
+               else f"{settings.get('mode')} x{settings.get('factor', 0):g}")
+        over = f" (mean over {mean['n_targets']} targets)" if mean.get("n_targets") else ""
+        lines.append(f"{what}, best {how}{over}: target language {_rate(mean, 'target_rate')} of generations, fluent "
+                     f"{_rate(mean, 'target_fluent_rate')} (no intervention {_rate(mean, 'baseline_rate')}, "
+                     f"random control {_rate(mean, 'control_rate')})")
+    return lines
 

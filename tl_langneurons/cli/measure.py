@@ -1,9 +1,10 @@
-"""The commands that measure interventions: ppl, steer, diffmean, lss, tasks (METHODS §6)."""
+"""The commands that measure interventions: ppl, steer, diffmean, lss, tasks (methods page:
+[evaluation](methods.md#evaluation))."""
 
-import json
 import sys
 
 from .._io import check_out_dir
+from .done import finish
 from ..errors import LangNeuronsError
 from .args import (check_model_before_loading, config_shape, control, finite, json_object, parse_floats, parse_languages, placement,
                    positions_arg, positive)
@@ -145,12 +146,24 @@ def cmd_ppl(args) -> int:
            "neurons": str(args.neurons), "site": neurons.site, "method": neurons.method,
            "control": control(args.control), "seed": args.seed}
     summary = write_ppl(df, out, run=run)
-    head = {k: summary[k] for k in ("diag_delta_nll", "offdiag_delta_nll", "control_diag_delta_nll",
-                                    "diag_over_offdiag", "diag_over_control", "frac_most_hurt",
-                                    "n_ablated", "n_evaluated")}
-    print(json.dumps(head, indent=1))
-    print(f"wrote {len(summary['files'])} files to {out}", file=sys.stderr)
-    return 0
+    return _done(ppl_lines(summary), summary, out)
+
+
+def _times(x) -> str:
+    return "n/a" if x is None else f"x{x:.3g}"
+
+
+def ppl_lines(s: dict) -> list[str]:
+    """The perplexity matrix's headline numbers (``ppl`` and the demo)."""
+    lines = [f"switching a language's neurons off changes its own NLL by {s['diag_delta_nll']:+.4f} nats/token, "
+             f"the other languages' by {s['offdiag_delta_nll']:+.4f} ({_times(s['diag_over_offdiag'])})"]
+    if s.get("control_diag_delta_nll") is not None:
+        lines.append(f"as many random neurons per layer off: {s['control_diag_delta_nll']:+.4f} (a language's own "
+                     f"neurons change its NLL {_times(s['diag_over_control'])} as much)")
+    if s.get("frac_most_hurt") is not None:
+        lines.append(f"it hurts that language more than any other for {s['frac_most_hurt']:.0%} of the "
+                     f"{s['n_ablated']} languages switched off ({s['n_evaluated']} evaluated)")
+    return lines
 
 
 def _pct(x) -> str:
@@ -164,11 +177,9 @@ def _rates(mean: dict, control: str = "random control") -> str:
 
 
 def _done(lines: list[str], summary: dict, out) -> int:
-    """Print a measurement's result lines, and where its files went."""
-    for line in lines:
-        print(line)
-    print(f"wrote {len(summary['files'])} files to {out}", file=sys.stderr)
-    return 0
+    """Print a measurement's headline numbers, where its files went (every number is in
+    summary.json) and the time taken."""
+    return finish(lines, f"wrote {len(summary['files'])} files to {out} (every number: {out / 'summary.json'})")
 
 
 def _generation_args(args):

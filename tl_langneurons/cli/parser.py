@@ -161,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--corpus", default="builtin", help="'builtin', a folder of <lang>.txt, or hf:NAME[:CONFIG][:SPLIT]")
     r.add_argument("--split", default=None, help="built-in corpus split (train/stats/eval/parallel); default stats")
     r.add_argument("--languages", default=None, help="comma-separated language codes (default: all)")
-    r.add_argument("--site", default="act", help="where activations are read (METHODS §1): act, pre or post")
+    r.add_argument("--site", default="act", help="where activations are read (docs/methods.md#sites): act, pre or post")
     r.add_argument("--max-sentences", type=int, default=None, help="the first N sentences of each language "
                    "(default: all)")
     r.add_argument("--batch-size", type=int, default=32, help="sentences (or packed windows) per forward pass")

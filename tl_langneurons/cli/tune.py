@@ -1,10 +1,10 @@
 """The fine-tuning command: finetune (neuron-restricted training, its controls, and transfer)."""
 
-import sys
 
 from .._io import check_out_dir
 from ..errors import LangNeuronsError, choices
 from .args import check_model_before_loading, positive
+from .done import finish
 
 CONTROLS = ("random", "attention-only", "full-lora")
 
@@ -82,5 +82,4 @@ def cmd_finetune(args) -> int:
         from ..outputs import plot
 
         plot.save_figure(plot.loss_curves(losses), out, "loss")
-    print(f"wrote {len(runs)} adapter(s) to {out}", file=sys.stderr)
-    return 0
+    return finish([], f"wrote {len(runs)} adapter(s) to {out}")

@@ -1,4 +1,5 @@
-"""Measurements under interventions, each a tidy DataFrame (one row per measurement). METHODS §6.
+"""Measurements under interventions, each a tidy DataFrame (one row per measurement); methods page:
+[evaluation](methods.md#evaluation).
 
 * :mod:`.perplexity` — :func:`nll_per_language`; Tang et al.'s deactivation matrix
   (:func:`perplexity_matrix`, :func:`perplexity_summary`): switch off language *i*'s neurons,

@@ -6,12 +6,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
-from .. import _checks, compat
+from .. import _checks, _smoke, compat
 from ..corpus import load_corpus
 from ..errors import LangNeuronsError
 from ..placement import compute_devices
+from ..progress import track
 from ..tokens import left_pad, pad_id
 from .conditions import under
 
@@ -193,7 +193,8 @@ def generate_ids(model, rows: list[list[int]], items: list, positions, generatio
     eos = model.tokenizer.eos_token_id
     out: list[list[int]] = []
     with torch.no_grad(), seeded(model, seed):
-        for start in tqdm(range(0, len(rows), batch_size), desc=desc, disable=not progress, leave=False):
+        for start in track(range(0, len(rows), batch_size), desc, progress, "generation",
+                           size=lambda s: min(batch_size, len(rows) - s)):
             tokens, mask = left_pad(rows[start:start + batch_size], pad_id(model.tokenizer))
             P = tokens.shape[1]
             with under(model, items, positions):
@@ -218,13 +219,13 @@ def generate(model, rows: list[list[int]], items: list, positions, generation: G
 
 def prompt_list(prompts, target, n_prompts, prompt_words, source, seed) -> list[tuple[str, str | None]]:
     if prompts is None:
-        return default_prompts(target, n_prompts, prompt_words, source, seed)
+        return default_prompts(target, _smoke.cap(n_prompts, _smoke.PROMPTS), prompt_words, source, seed)
     if isinstance(prompts, str):
         prompts = [prompts]
     prompts = list(prompts)
     if not prompts or not all(isinstance(p, str) for p in prompts):
         raise LangNeuronsError(f"prompts must be a non-empty list of strings ('' = BOS only), got {prompts!r}")
-    return [(p, None) for p in prompts]
+    return [(p, None) for p in prompts[:_smoke.cap(len(prompts), _smoke.PROMPTS)]]
 
 
 

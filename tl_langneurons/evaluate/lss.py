@@ -1,5 +1,6 @@
 """Language Steering Shift (Rahmanisa et al. 2025) on parallel facts: does amplifying a target's
-neurons move a fact's object from the prompt's language towards the target's (METHODS §6)?"""
+neurons move a fact's object from the prompt's language towards the target's? (methods page:
+[Language Steering Shift](methods.md#lss))"""
 
 from importlib import resources
 from pathlib import Path

@@ -1,16 +1,17 @@
 """Tang et al.'s deactivation matrix: NLL per language, with each language's neurons switched off
-and under the random control, and the numbers that summarise it (METHODS §6)."""
+and under the random control, and the numbers that summarise it (methods page:
+[the perplexity matrix](methods.md#perplexity-matrix))."""
 
 import math
 
 import pandas as pd
-from tqdm.auto import tqdm
 
 from .. import _checks
 from ..errors import LangNeuronsError, choices
 from ..identify import random_like
 from ..intervene import Intervention, as_items, check_positions
 from ..intervene.modes import ZERO
+from ..progress import stage
 from ..tokens import Batch, max_length, prepare_batches, tokenizer_of
 from .conditions import check_control, check_neurons
 from .scoring import nll_sums
@@ -106,10 +107,17 @@ def perplexity_matrix(model, corpus, neurons, languages: list[str] | None = None
     ctrl = random_like(neurons.select(ablated), seed) if control == "random" else None
 
     batches = _nll_batches(model, texts, languages, batch_size, max_sentences)
+    # one bar over every pass: the baseline, then each ablated language (and its control)
+    passes = 1 + len(ablated) * (2 if ctrl is not None else 1)
+    with stage("ppl matrix", passes * len(batches), "batch", progress):
+        return _matrix(model, neurons, ctrl, batches, languages, ablated, progress)
+
+
+def _matrix(model, neurons, ctrl, batches, languages, ablated, progress) -> pd.DataFrame:
     K = len(languages)
     base = _nll_frame(languages, *nll_sums(model, batches, K, [], "all", "ppl baseline", progress))
     rows = []
-    for a in tqdm(ablated, desc="ppl matrix", disable=not progress, leave=False):
+    for a in ablated:
         n_neurons = len(neurons.neurons[a])
         conds = {"intervention": _nll_frame(languages, *nll_sums(
             model, batches, K, [Intervention(neurons, ZERO.name, language=a)], "all", f"ppl −{a}", progress))}

@@ -1,5 +1,5 @@
 """Log-likelihoods of text under the model: each token's NLL, summed per language, and the
-log-probability of a continuation given its context (METHODS §6).
+log-probability of a continuation given its context (methods page: [evaluation](methods.md#evaluation)).
 
 Memory: one forward pass's ``[rows, pos, vocab]`` logits are the one large tensor, and rows are
 grouped so that it stays within :data:`LOGITS_BUDGET_BYTES` (512 MiB; on a 262k-token vocabulary
@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from jaxtyping import Bool, Float, Float64, Int64
 from torch import Tensor
-from tqdm.auto import tqdm
 
+from ..progress import track
 from ..tokens import Batch, encode, pad_id, right_pad
 from .conditions import under
 
@@ -81,7 +81,7 @@ def nll_sums(model, batches: list[Batch], n_langs: int, items: list, positions="
     sums = torch.zeros(n_langs, dtype=torch.float64)
     counts = torch.zeros(n_langs, dtype=torch.float64)
     with torch.no_grad(), under(model, items, positions) as handle:
-        for b in tqdm(batches, desc=desc, disable=not progress, leave=False):
+        for b in track(batches, desc, progress, "batch"):
             if handle is not None:
                 handle.reset()
             nll = token_nll(model, b.tokens, b.attention_mask)
@@ -122,7 +122,8 @@ def sequence_logprobs(model, seqs: list[tuple[list[int], list[int]]], items: lis
     bs = batch_size if positions == "all" else 1
     order = sorted(range(len(seqs)), key=lambda i: -(len(seqs[i][0]) + len(seqs[i][1])))
     with torch.no_grad(), under(model, items, positions) as handle:
-        for start in tqdm(range(0, len(order), bs), desc=desc, disable=not progress, leave=False):
+        for start in track(range(0, len(order), bs), desc, progress, "sequence",
+                           size=lambda s: min(bs, len(order) - s)):
             idx = order[start:start + bs]
             full = [seqs[i][0] + seqs[i][1] for i in idx]
             tokens, mask = right_pad(full, pad_id(model.tokenizer))

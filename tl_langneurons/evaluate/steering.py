@@ -1,18 +1,20 @@
 """Steering: generate under an intervention (on a target's neurons, or any the caller builds, or a
 residual diffmean direction), identify the continuation's language offline, and compare with no
-intervention and a random control on the same prompts and seed (METHODS §6)."""
+intervention and a random control on the same prompts and seed (methods page:
+[steering by generation](methods.md#steering), [fluency](methods.md#fluency),
+[difference-of-means steering](methods.md#diffmean))."""
 
 from dataclasses import replace
 
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
-from .. import _checks
+from .. import _checks, _smoke
 from ..errors import LangNeuronsError, choices
 from ..identify import random_like
 from ..intervene import DiffMean, Intervention, as_items, check_positions, diffmeans
 from ..intervene.modes import SET, get_mode, mode_names
+from ..progress import stage
 from ..tokens import encode
 from .conditions import check_control, check_neurons
 from .fluency import FluencyCriterion, fluency_columns
@@ -70,6 +72,8 @@ def _decoding(n_samples, batch_size, generation, fluency) -> tuple[int, int, Gen
     gen = check_generation(generation)
     if gen.greedy:
         n_samples = 1  # greedy decoding gives one continuation per prompt
+    n_samples = _smoke.cap(n_samples, _smoke.SAMPLES)
+    gen = replace(gen, max_new_tokens=_smoke.cap(gen.max_new_tokens, _smoke.NEW_TOKENS))
     return n_samples, batch_size, gen, check_fluency(fluency)
 
 
@@ -120,10 +124,20 @@ def steer_sweep(model, neurons, targets, factors, modes=(DEFAULT_MODE,), prompts
                     steer_item(ctrl_all, t, c[0], c[1], stats, statistic) if ctrl_all is not None else None)
                 for c in cells} for t in targets}
 
+    plists = {t: prompt_list(prompts, t, n_prompts, prompt_words, source, seed) for t in targets}
+    # one bar over every generation of the sweep: each target's baseline, then each cell's
+    # intervention (and control)
+    per_prompt = n_samples * (1 + len(cells) * (2 if ctrl_all is not None else 1))
+    with stage("steer", per_prompt * sum(len(p) for p in plists.values()), "generation", progress):
+        return _sweep(model, targets, plists, cells, plan, statistic, n_samples, gen, batch_size, seed, progress,
+                      fluency)
+
+
+def _sweep(model, targets, plists, cells, plan, statistic, n_samples, gen, batch_size, seed, progress,
+           fluency) -> pd.DataFrame:
     frames = []
-    for t in tqdm(targets, desc="steer", disable=not progress, leave=False):
-        plist = prompt_list(prompts, t, n_prompts, prompt_words, source, seed)
-        rows = [(i, s, p, lang) for i, (p, lang) in enumerate(plist) for s in range(n_samples)]
+    for t in targets:
+        rows = [(i, s, p, lang) for i, (p, lang) in enumerate(plists[t]) for s in range(n_samples)]
         toks = [encode(model.tokenizer, p) for _, _, p, _ in rows]
         # the same seed for every condition: they differ only by the intervention (common random numbers)
         run = lambda items, pos, desc: _generations(model, toks, items, pos, gen, batch_size, seed,  # noqa: E731
@@ -250,11 +264,14 @@ def steer_with(model, target: str, interventions, control=None, prompts=None, *,
         conds["control"] = ctrl
     pos_label = pos if isinstance(pos, str) else ",".join(map(str, pos))
     records = []
-    for cond, its in conds.items():
-        cols = _generations(model, toks, its, pos, gen, batch_size, seed, f"steer {target} {cond}", progress, fluency)
-        for k, (i, s, p, lang) in enumerate(rows):
-            records.append({"target": target, "condition": cond, "positions": pos_label, "prompt_id": i,
-                            "prompt_language": lang, "prompt": p, "sample": s, **{c: v[k] for c, v in cols.items()}})
+    with stage(f"steer {target}", len(rows) * len(conds), "generation", progress):
+        for cond, its in conds.items():
+            cols = _generations(model, toks, its, pos, gen, batch_size, seed, f"steer {target} {cond}", progress,
+                                fluency)
+            for k, (i, s, p, lang) in enumerate(rows):
+                records.append({"target": target, "condition": cond, "positions": pos_label, "prompt_id": i,
+                                "prompt_language": lang, "prompt": p, "sample": s,
+                                **{c: v[k] for c, v in cols.items()}})
     return _frame(records, fluency)
 
 
@@ -291,11 +308,21 @@ def diffmean_sweep(model, corpus, targets, layer: int, betas, prompts=None, cont
     if not targets:
         raise LangNeuronsError("targets must hold at least one language")
     betas = _checks.numbers_list("beta", betas)
-    frames = []
     # every target's direction from one pass over the corpus
     directions = diffmeans(model, texts, targets, layer, languages=languages, max_sentences=max_sentences,
                            progress=progress)
-    for t, d in tqdm(list(zip(targets, directions)), desc="diffmean steer", disable=not progress, leave=False):
+    # one bar over every generation: each target's baseline, then each beta's intervention (and control)
+    per_prompt = _decoding(n_samples, batch_size, generation, fluency)[0] * (1 + len(betas) * (2 if control else 1))
+    n_prompts_all = sum(len(prompt_list(prompts, t, n_prompts, prompt_words, source, seed)) for t in targets)
+    with stage("diffmean steer", per_prompt * n_prompts_all, "generation", progress):
+        return _diffmean_cells(model, targets, directions, betas, layer, control, seed, prompts, n_samples,
+                               generation, positions, source, n_prompts, prompt_words, batch_size, fluency, progress)
+
+
+def _diffmean_cells(model, targets, directions, betas, layer, control, seed, prompts, n_samples, generation,
+                    positions, source, n_prompts, prompt_words, batch_size, fluency, progress) -> pd.DataFrame:
+    frames = []
+    for t, d in zip(targets, directions):
         ctrl = random_direction_like(d, seed) if control == "random" else None
         kw = dict(prompts=prompts, n_samples=n_samples, generation=generation, seed=seed, positions=positions,
                   source=source, n_prompts=n_prompts, prompt_words=prompt_words, batch_size=batch_size,

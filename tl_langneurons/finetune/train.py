@@ -4,9 +4,9 @@ import math
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from ..errors import LangNeuronsError
+from ..progress import stage
 from .adapter import Adapter, base_model
 from .data import Example
 from .masks import NeuronMask
@@ -62,7 +62,7 @@ def finetune(model: Any, examples: list[Example], config: FinetuneConfig | None 
     losses = []
     trainable.train()
     n_steps = config.epochs * math.ceil(len(examples) / config.batch_size)
-    with tqdm(total=n_steps, desc=f"finetune {config.method}", disable=not progress, leave=False) as bar:
+    with stage(f"finetune {config.method}", n_steps, "step", progress) as bar:
         for _ in range(config.epochs):
             for ids, am, labels in _batches(examples, config.batch_size, gen, pad):
                 loss = _loss(trainable, ids.to(dev), am.to(dev), labels.to(dev))
@@ -70,8 +70,8 @@ def finetune(model: Any, examples: list[Example], config: FinetuneConfig | None 
                 loss.backward()
                 opt.step()
                 losses.append(float(loss.detach()))
-                bar.update(1)
-                bar.set_postfix(loss=f"{losses[-1]:.3f}")
+                bar.advance(1)
+                bar.note(loss=f"{losses[-1]:.3f}")
     trainable.eval()
     bake(trainable)
     return Adapter.from_trained(trainable, config, mask if config.uses_mask else None, base, losses,

@@ -1,4 +1,5 @@
-"""Expert units by average precision (Kojima et al. 2024, NAACL), METHODS §4.
+"""Expert units by average precision (Kojima et al. 2024, NAACL); methods page:
+[expert units by average precision](methods.md#ap-experts).
 
 Each unit's activations (its per-sentence means) score the sentences of one language (positives)
 against those of the others (negatives); the units of highest AP are experts that fire for the

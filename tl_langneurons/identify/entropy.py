@@ -1,4 +1,5 @@
-"""LAPE: language activation probability entropy (Tang et al. 2024, ACL), METHODS §3.
+"""LAPE: language activation probability entropy (Tang et al. 2024, ACL); methods page:
+[LAPE](methods.md#lape).
 
 The heavy loops run in NumPy on CPU rather than torch: ``np.partition`` and ``np.sort`` use SIMD
 (AVX-512/AVX2) selection and sorting, 10–25× faster than ``torch.kthvalue``/``torch.sort`` on CPU

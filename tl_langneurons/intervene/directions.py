@@ -6,7 +6,6 @@ from typing import Any
 import torch
 from jaxtyping import Float64
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from .. import _checks
 from ..corpus import Corpus
@@ -14,6 +13,7 @@ from ..errors import LangNeuronsError, choices
 from ..identity import identity
 from ..models import StopForward, forward_until, resolve_site
 from ..neurons import LanguageNeurons
+from ..progress import track
 from ..tokens import max_length, prepare_batches, tokenizer_of
 from .specs import DiffMean, Intervention, SiteCache, layers_of_dict
 
@@ -158,7 +158,7 @@ def _resid_sums(model: Any, texts: dict, layer: int, batch_size: int, max_senten
         raise StopForward
 
     with torch.no_grad(), model.hooks(fwd_hooks=[(f"blocks.{layer}.hook_resid_post", hook)]):
-        for b in tqdm(batches, desc=desc, disable=not progress, leave=False):
+        for b in track(batches, desc, progress, "batch"):
             state.update(k=b.language, rows=b.counted.reshape(-1).nonzero().squeeze(1))
             counts[b.language] += float(b.counted.sum())
             forward_until(model, b.tokens.to(device), b.attention_mask)

@@ -5,7 +5,7 @@ Sites: values are written where they were measured. ``pre`` is written on ``mlp.
 ``φ(gate)``, which has no hook of its own: a mode's rule is applied to ``hook_post = φ(gate) ⊙ up``
 with its operand ``v`` times ``up`` (``zero``/``scale`` of φ(gate) equal ``zero``/``scale`` of
 post, ``set``/``add``/``patch`` to ``v`` mean ``post := v · up``; :mod:`.modes`), with ``up``
-read from ``mlp.hook_pre_linear`` in the same forward pass (METHODS §1).
+read from ``mlp.hook_pre_linear`` in the same forward pass (methods page: [sites](methods.md#sites)).
 
 Positions (``positions=``), in absolute positions of the sequence being processed:
 

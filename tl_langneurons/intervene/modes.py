@@ -1,5 +1,5 @@
 """Intervention modes: how a neuron's activation ``a`` is rewritten, one :class:`Mode` per mode, all
-registered here by name (METHODS §5).
+registered here by name (methods page: [interventions](methods.md#interventions)).
 
 =========  =====================================================================================
 ``zero``   ``a := 0`` (Tang: deactivation)

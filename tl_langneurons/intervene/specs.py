@@ -10,7 +10,8 @@ frozen and validated on construction; :class:`SiteCache`, the source of ``patch`
         ...
 
 The modes (``zero``, ``set``, ``scale``, ``add``, ``patch``, and any registered since) and the
-arguments each takes are :mod:`.modes`'s registry (METHODS §5).
+arguments each takes are :mod:`.modes`'s registry (methods page:
+[interventions](methods.md#interventions)).
 
 Statistics (``statistic=``): ``mean`` (over tokens), ``median`` / ``max`` / ``min`` (of the
 language's per-sentence means), ``q0.9`` (any quantile over tokens, read from the histogram).

@@ -368,16 +368,39 @@ def _factor_axis(ax, factors: list[float]) -> None:
     ax.xaxis.set_minor_formatter(NullFormatter())
 
 
-def steer_rate_vs_factor(df: pd.DataFrame) -> Figure:
-    """Target-language rate against the steering factor, one line per target language.
+# The steering figure's four series: one style each, used both to draw them and for the legend
+# (tests check that the legend shows exactly the plotted styles). Distinct in colour, line and
+# marker, so that each can be told apart in greyscale print too; the fluent rate (never above the
+# target rate) is drawn on top with a smaller marker, so where the two coincide both stay visible.
+STEER_STYLES = {
+    "target": {"color": "#1b4f9c", "linestyle": "-", "marker": "o", "markersize": 4.5, "linewidth": 1.3,
+               "zorder": 3, "label": "target language"},
+    "fluent": {"color": "#e36c0a", "linestyle": (0, (3, 1.5)), "marker": "s", "markersize": 2.6, "linewidth": 1.1,
+               "zorder": 4, "label": "target language and fluent"},
+    "control": {"color": "0.45", "linestyle": "-.", "marker": "^", "markersize": 3.2, "linewidth": 1.0,
+                "markerfacecolor": "white", "zorder": 2, "label": "random control"},
+    "baseline": {"color": "black", "linestyle": ":", "marker": "", "markersize": 0, "linewidth": 1.2,
+                 "zorder": 2, "label": "no intervention"},
+}
+_STEER_COLUMNS = {"target": "target_rate", "fluent": "target_fluent_rate", "control": "control_rate",
+                  "baseline": "baseline_rate"}
+
+
+def _strength_label(mode) -> str:
+    return "β, the diffmean strength" if mode == "diffmean" else "factor"
+
+
+def steer_rate_vs_factor(df: pd.DataFrame, columns: int = 5) -> Figure:
+    """Target-language rate against the steering factor (β for diffmean): small multiples, one
+    panel per target language (× setting, where the frame has several modes, statistics or
+    positions), ``columns`` panels per row, the same axes in every panel.
 
     ``df`` is a steering frame (:func:`~.evaluate.steer_sweep`, one row per generation) or its
-    :func:`~.evaluate.steer_summary`. One panel per mode (× statistic × positions, where they vary).
-    Solid lines with Wilson 95% error bars: under the intervention; where the frame has the
-    ``fluent`` column (:mod:`~.evaluate.fluency`), dashed lines with open markers in the same
-    colour: the fluent target-language rate. Dashed black: the random
-    control, mean over targets, its range over targets shaded. Dotted grey: no intervention (it
-    does not depend on the factor), mean and range over targets.
+    :func:`~.evaluate.steer_summary`. Each panel: the target-language rate under the intervention
+    with its Wilson 95% interval; where the frame has the ``fluent`` column
+    (:mod:`~.evaluate.fluency`), the rate of generations in the target language *and* fluent; the
+    random control's rate; and the rate without intervention (it does not depend on the factor).
+    Styles: :data:`STEER_STYLES`, one legend for the figure.
     """
     from ..evaluate import steer_summary
 
@@ -387,54 +410,55 @@ def steer_rate_vs_factor(df: pd.DataFrame) -> Figure:
         raise LangNeuronsError(f"not a steering frame or summary: it lacks the column(s) {sorted(need)}")
     summ = summ.copy()
     keys = [k for k in ("mode", "statistic", "positions") if k in summ.columns]
-    for k in keys:  # scale has no statistic: a missing value is its own panel, not dropped
+    for k in keys:  # scale has no statistic: a missing value is its own setting, not dropped
         summ[k] = summ[k].astype(object).where(summ[k].notna(), "–")
-    panels = list(summ.groupby(keys, sort=False)) if keys else [((), summ)]
+    settings = list(summ.groupby(keys, sort=False)) if keys else [((), summ)]
     targets = list(dict.fromkeys(summ["target"]))
-    colours = dict(zip(targets, sns.color_palette("tab10" if len(targets) <= 10 else "husl", len(targets))))
-    fig = _figure(3.2 * len(panels) + 1.4, 3.2)
-    axes = fig.subplots(1, len(panels), sharey=True, squeeze=False)[0]
-    for ax, (key, g) in zip(axes, panels):
-        factors = sorted(set(float(f) for f in g["factor"]))
-        for t in targets:
-            r = g[g["target"] == t].sort_values("factor")
-            if not len(r):
-                continue
-            err = None
-            if {"target_low", "target_high"} <= set(r.columns):
-                # clipped: float rounding can put a bound a hair inside the rate, and matplotlib refuses negative bars
-                err = np.clip(np.vstack([r["target_rate"] - r["target_low"], r["target_high"] - r["target_rate"]]), 0, None)
-            ax.errorbar(r["factor"], r["target_rate"], yerr=err, color=colours[t], marker="o", markersize=3,
-                        linewidth=1.2, elinewidth=0.6, capsize=0, alpha=0.9, label=t)
-            if "target_fluent_rate" in r.columns:  # the same, counting fluent generations only
-                ax.plot(r["factor"], r["target_fluent_rate"], color=colours[t], marker="o", markersize=3,
-                        markerfacecolor="white", linewidth=0.9, linestyle=(0, (4, 2)), alpha=0.9)
-        for cond, style in (("control", {"color": "black", "linestyle": "--"}),
-                            ("baseline", {"color": "0.55", "linestyle": ":"})):
-            col = f"{cond}_rate"
-            if col not in g.columns or g[col].isna().all():
-                continue
-            per = g.groupby("factor")[col].agg(["mean", "min", "max"]).sort_index()
-            ax.plot(per.index, per["mean"], linewidth=1.2, marker="o" if len(per) == 1 else None, markersize=3,
-                    **style)
-            ax.fill_between(per.index, per["min"], per["max"], color=style["color"], alpha=0.12, linewidth=0)
-        _factor_axis(ax, factors)
-        title = ", ".join(f"{k} {v}" for k, v in zip(keys, key if isinstance(key, tuple) else (key,)) if v != "–")
-        ax.set_title(title, fontsize=8)
-        ax.set_xlabel("factor")
-        ax.set_ylim(-0.02, 1.02)
+    panels = [(key, g, t) for key, g in settings for t in targets if (g["target"] == t).any()]
+    series = [k for k, c in _STEER_COLUMNS.items() if c in summ.columns and not summ[c].isna().all()]
+    ncols = max(1, min(columns, len(panels)))
+    nrows = math.ceil(len(panels) / ncols)
+    fig = _figure(1.45 * ncols + 0.5, 1.3 * nrows + 0.75)
+    axes = fig.subplots(nrows, ncols, sharex=True, sharey=True, squeeze=False).ravel()
+    modes = set()
+    for ax, (key, g, t) in zip(axes, panels):
+        key = key if isinstance(key, tuple) else (key,)
+        setting = dict(zip(keys, key))
+        modes.add(setting.get("mode"))
+        r = g[g["target"] == t].sort_values("factor")
+        x = r["factor"].to_numpy(dtype=float)
+        for name in series:
+            style = dict(STEER_STYLES[name], label=None)
+            y = r[_STEER_COLUMNS[name]].to_numpy(dtype=float)
+            if name == "target" and {"target_low", "target_high"} <= set(r.columns):
+                # clipped: float rounding can put a bound a hair inside the rate; matplotlib refuses negative bars
+                err = np.clip(np.vstack([y - r["target_low"], r["target_high"] - y]), 0, None)
+                bars = ax.errorbar(x, y, yerr=err, elinewidth=0.7, capsize=1.5, ecolor=style["color"], **style)
+                bars.lines[0].set_gid(name)  # the data line (not its caps): what the legend entry shows
+            else:
+                ax.plot(x, y, gid=name, **style)
+        title = t if len(settings) == 1 else f"{t}: " + ", ".join(str(v) for v in key if v != "–")
+        ax.set_title(title, fontsize=8, pad=2)
+        _factor_axis(ax, sorted(set(float(f) for f in summ["factor"])))
+        ax.set_ylim(-0.03, 1.03)
+        ax.yaxis.set_major_locator(FixedLocator([0, 0.5, 1]))
         ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
-        ax.tick_params(labelsize=TICK_FONT)
+        ax.tick_params(labelsize=TICK_FONT, pad=1)
+        ax.grid(axis="y", color="0.9", linewidth=0.5)
         sns.despine(ax=ax)
-    axes[0].set_ylabel("generations in the target language")
-    handles = [Line2D([], [], color=colours[t], marker="o", markersize=3, label=t) for t in targets]
-    if "target_fluent_rate" in summ.columns:
-        handles.append(Line2D([], [], color="0.3", marker="o", markersize=3, markerfacecolor="white",
-                              linestyle=(0, (4, 2)), label="fluent only"))
-    handles += [Line2D([], [], color="black", linestyle="--", label="random control\n(mean, range)"),
-                Line2D([], [], color="0.55", linestyle=":", label="no intervention\n(mean, range)")]
-    fig.legend(handles=handles, title="target", loc="outside right upper", fontsize=7, title_fontsize=8,
-               frameon=False)
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
+    mode = modes.pop() if len(modes) == 1 else None
+    xlabel = _strength_label(mode)
+    if len(settings) == 1 and keys:  # the one setting, said once under the panels
+        key = settings[0][0] if isinstance(settings[0][0], tuple) else (settings[0][0],)
+        what = ", ".join(f"{k} {v}" for k, v in zip(keys, key) if v != "–" and not (k == "mode" and v == "diffmean"))
+        xlabel += f" ({what})" if what else ""
+    fig.supxlabel(xlabel, fontsize=8)
+    fig.supylabel("share of generations", fontsize=8)
+    handles = [Line2D([], [], **STEER_STYLES[name]) for name in series]
+    fig.legend(handles=handles, loc="outside upper center", ncols=len(handles), fontsize=7, frameon=False,
+               handlelength=2.6, columnspacing=1.2)
     return fig
 
 

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from tqdm.auto import tqdm
 
 from .. import _checks
 from ..errors import LangNeuronsError, choices
@@ -29,6 +28,7 @@ from ..intervene import DiffMean, Intervention
 from ..intervene.modes import ZERO, get_mode, mode_names
 from ..intervene.specs import as_items
 from ..neurons import LanguageNeurons
+from ..progress import track
 from .compat import install_squad_metrics
 from .lm import task_lm
 from .naming import task_language
@@ -226,7 +226,7 @@ def evaluate_tasks(model: Any, tasks, neurons=None, targets=None, mode: str = ZE
     from lm_eval import simple_evaluate
 
     rows, samples, configs, versions, hashes = [], {}, {}, {}, None
-    for condition, label, items in tqdm(runs, desc="tasks", disable=not progress or len(runs) == 1):
+    for condition, label, items in track(runs, "tasks", progress and len(runs) > 1, "run"):
         with under(model, items, "all"), _quiet_custom_dataset_notes():
             out = simple_evaluate(model=lm, tasks=load_specs(specs, manager), num_fewshot=num_fewshot, limit=limit,
                                   task_manager=manager, log_samples=True, cache_requests=False,
