@@ -53,6 +53,17 @@ def test_overlap_clustermap(neurons):
     assert titles == {"branch", "script", "family"}
     family = next(leg for leg in fig.legends if leg.get_title().get_text() == "family")
     assert "unknown" in [t.get_text() for t in family.get_texts()]
+    # the three bands in palettes of their own: no colour (but the unknown grey) is in two bands
+    colours = {leg.get_title().get_text(): {tuple(np.round(h.get_facecolor(), 3)) for h, t in
+                                            zip(leg.legend_handles, leg.get_texts()) if t.get_text() != "unknown"}
+               for leg in fig.legends}
+    assert not (colours["branch"] & colours["family"] or colours["family"] & colours["script"]
+                or colours["branch"] & colours["script"])
+    # a colour bar with more than two labelled ticks, at a legible size
+    cbar = next(ax for ax in fig.axes if ax.get_xlabel() == "Jaccard index")
+    fig.canvas.draw()
+    labels = [t for t in cbar.get_xticklabels() if t.get_text()]
+    assert len(labels) >= 3 and min(t.get_fontsize() for t in labels) >= 7
 
 
 def test_shared_by_k(neurons):
@@ -125,3 +136,22 @@ def test_steer_rate_vs_factor_small_multiples_and_a_legend_that_matches(mode):
     assert len(set(styles)) == len(styles)  # four series, four different looks
     xlabel = fig.get_supxlabel()
     assert xlabel.startswith("β") if mode == "diffmean" else xlabel.startswith("factor")
+
+
+def test_ppl_change_cell_numbers_fit_a_column():
+    """The ΔNLL matrix with its control, ten languages: a figure about a column wide (panels stacked)
+    whose cell numbers are at least 6 pt, without a leading zero, never a negative zero."""
+    import pandas as pd
+
+    langs = ["en", "de", "fr", "es", "ru", "zh", "ja", "ar", "hi", "th"]
+    rows = [{"ablated": a, "evaluated": e, "condition": c, "nll": 3.0 + d, "ppl": 20.0, "n_tokens": 10, "n_neurons": 3}
+            for a in langs for e in langs
+            for c, d in (("baseline", 0.0), ("intervention", 0.31 if a == e else -0.0004), ("control", 0.012))]
+    fig = plot.ppl_change_heatmap(pd.DataFrame(rows))
+    assert fig.get_size_inches()[0] <= 5.0
+    heat = [ax for ax in fig.axes if ax.get_title()]
+    assert [ax.get_title() for ax in heat] == ["language neurons off", "random neurons off (control)"]
+    cells = [t for ax in heat for t in ax.texts]
+    assert len(cells) == 2 * len(langs) ** 2 and min(t.get_fontsize() for t in cells) >= 6
+    texts = {t.get_text() for t in cells}
+    assert texts == {".31", ".00", ".01"}  # −0.0004 at two decimals is ".00"

@@ -1,5 +1,6 @@
 """The recorder across processes: killed with SIGKILL at random moments and resumed each time;
-split over two torchrun workers."""
+split over two torchrun workers. Top-activating examples are recorded too: they must come out
+bit-identical in both cases."""
 
 import os
 import random
@@ -32,13 +33,20 @@ def corpus_dir(tmp_path_factory):
 
 def _record_cmd(model_dir, corpus_dir, out, *extra):
     return [sys.executable, "-m", "tl_langneurons", "record", "--model", model_dir, "--corpus", str(corpus_dir),
-            "--languages", ",".join(LANGS), "--batch-size", "1", "--sentence-means", "--out", str(out), *extra]
+            "--languages", ",".join(LANGS), "--batch-size", "1", "--sentence-means", "--top-examples", "3", "--out", str(out), *extra]
 
 
 def _assert_identical(a: NeuronStats, b: NeuronStats):
     assert a.languages == b.languages
     for name, t in a.tensors().items():
         assert torch.equal(t, b.tensors()[name]), name
+    _assert_same_examples(a, b)
+
+
+def _assert_same_examples(a: NeuronStats, b: NeuronStats):
+    for name, t in a.top_examples.tensors().items():
+        assert torch.equal(t, b.top_examples.tensors()[name]), name
+    assert a.top_examples.texts == b.top_examples.texts
 
 
 def test_sigkill_at_five_random_moments_then_resume_is_identical(tiny_llama_dir, corpus_dir, tmp_path):
@@ -90,6 +98,8 @@ def test_torchrun_two_processes_equal_one(tiny_llama_dir, corpus_dir, tmp_path):
     for name in ("sum", "sum_sq"):
         x, y = getattr(a, name), getattr(b, name)
         assert ((x - y).abs() <= 1e-12 * x.abs().clamp_min(1e-30)).all() | torch.equal(x, y), name
-    # each sentence's mean is computed by exactly one process, from the same batch
+    # each sentence's mean is computed by exactly one process, from the same batch; the top examples
+    # of the two processes merge exactly (a top-k under a strict order)
+    _assert_same_examples(a, b)
     assert torch.equal(a.sentence_means, b.sentence_means)
     assert torch.equal(a.sentence_language, b.sentence_language)

@@ -100,9 +100,45 @@ def test_report_diffmean_section(tmp_path):
     text = write_report(tmp_path).read_text()
     assert "## The baseline: residual-stream difference-of-means steering" in text
     assert "## Switching neurons on" not in text  # no steer/
-    assert "(block 3)" in text and "random direction of the same norm" in text
+    assert "added after block 3 at every position" in text and "random direction of the same norm" in text
     assert "| 16 | 0.750 | 0.000 | 0.250 |" in text and "| de | 4 | 0.75 [" in text
+    # diffmean's strength is β, never "factor"; its mode is not repeated as a setting
+    assert "| β | target rate |" in text and "(β 16)" in text and "(β 16, positions all)" in text
+    assert "factor" not in text.split("## The baseline")[1].replace("steer_rate_vs_factor", "")
     (tmp_path / "steer").mkdir()
     _steer_frame().to_csv(tmp_path / "steer" / "steer.csv", index=False)
     text = write_report(tmp_path).read_text()
     assert text.index("## Switching neurons on") < text.index("## The baseline: residual-stream")
+
+
+def test_report_identification_section(tmp_path):
+    """The method as a sentence (not a parameter dump), the layer figure captioned as what it
+    shows (counts), and the clustermap the pipeline writes shown."""
+    params = {"top_rate": 0.01, "filter_rate": 0.95, "activation_bar_ratio": 0.95, "normalize_entropy": False,
+              "per_layer": False, "tau": 0.8628, "activation_bar": 0.8628, "n_kept": 369}
+    (tmp_path / "analysis").mkdir()
+    (tmp_path / "analysis" / "summary.json").write_text(json.dumps(
+        {"method": "lape", "params": params, "site": "act", "union": 369, "union_share_of_model": 0.01,
+         "share_shared_by_2_or_more": 0.3, "counts": {"de": 200, "ja": 169}}))
+    (tmp_path / "figures").mkdir()
+    for name in ("layer_placement", "overlap_clustermap"):
+        (tmp_path / "figures" / f"{name}.png").write_bytes(b"\x89PNG")
+    text = write_report(tmp_path).read_text()
+    assert ("**LAPE** (Tang et al. 2024) kept the 1% of neurons of the model (369) with the lowest entropy of their "
+            "activation probability over the languages, among those that fire on more than 0.863 of some language's "
+            "tokens (the 95th percentile of all activation probabilities)") in text
+    assert "top_rate" not in text and "n_kept" not in text
+    assert "per layer (counts)" in text and "share per layer" not in text
+    assert "](figures/overlap_clustermap.png)" in text
+
+
+@pytest.mark.parametrize("method, params, expected", [
+    ("threshold", {"top_m": 5}, "each language's 5 neurons with the highest activation probability"),
+    ("threshold", {"all_sentences": True}, "above 0 in every one of its sentences"),
+    ("ap_experts", {"n": 8, "n_positive": 6, "n_negative": 14}, "the 4 units whose sentence means best tell its 6"),
+    ("plnd", {"top_k": 100, "batch_size": 8}, "Method **plnd** (top k 100; batch size 8)."),
+])
+def test_method_sentence(method, params, expected):
+    from tl_langneurons.outputs.report import method_sentence
+
+    assert expected in method_sentence(method, params)

@@ -17,9 +17,11 @@ host or to another device, so nothing forces a synchronisation inside the forwar
 to the host once at the end and at each checkpoint.
 """
 
+import hashlib
 import json
 import os
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -32,10 +34,11 @@ from . import _checks
 from ._io import package_version
 from .corpus import Corpus
 from .errors import LangNeuronsError
+from .examples import DEFAULT_CONTEXT, TopKAccumulator, check_context, check_units, finish
 from .identity import fingerprint
 from .models import Site, StopForward, check_site, forward_until
 from .stats import NeuronStats
-from .tokens import Batch, max_length, prepare_batches, tokenizer_of
+from .tokens import Batch, encode, max_length, prepare_batches, tokenizer_of
 from .progress import stage
 
 
@@ -57,7 +60,7 @@ class Accumulator:
     """
 
     def __init__(self, n_langs: int, site: Site, n_sentences: int, sentence_means: bool, edges: Tensor | None,
-                 device: Any = "cpu"):
+                 device: Any = "cpu", top: TopKAccumulator | None = None):
         L, I = site.n_layers, site.d_mlp
         per_layer = [device] * L if isinstance(device, (str, torch.device)) else list(device)
         if len(per_layer) != L:
@@ -78,12 +81,20 @@ class Accumulator:
         self._counted: dict = {}  # device → [batch, pos] mask (sentence means)
         self._row_tokens: dict = {}  # device → counted tokens per row (sentence means)
         self._row_means: list = [None] * L  # layer → [batch, d_mlp] of the current batch (sentence means)
+        self.top = top  # top-activating examples (examples.py), fed from the same hooks
+
+    _TOP = "top."  # prefix of the top examples' tensors in a checkpoint
 
     def state_dict(self) -> dict[str, Tensor]:
-        """The sums, on the host, as ``[lang, layer, ...]`` tensors."""
-        return {k: v.detach().to("cpu").contiguous() for k, v in self._tensors().items()}
+        """The sums, on the host, as ``[lang, layer, ...]`` tensors (and the top examples' state)."""
+        out = {k: v.detach().to("cpu").contiguous() for k, v in self._tensors().items()}
+        if self.top is not None:
+            out.update({self._TOP + k: v for k, v in self.top.state_dict().items()})
+        return out
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        if self.top is not None:
+            self.top.load_state_dict({k[len(self._TOP):]: v for k, v in state.items() if k.startswith(self._TOP)})
         for name, tensor in self._tensors().items():
             if name not in state or state[name].shape != tensor.shape:
                 raise LangNeuronsError(f"the checkpoint's {name!r} does not fit this recording")
@@ -113,6 +124,8 @@ class Accumulator:
         rows = batch.counted.reshape(-1).nonzero().squeeze(1)
         self._rows = {d: rows.to(d, non_blocking=True) for d in set(self.devices)}
         self.n_tokens[batch.language] += float(batch.counted.sum())
+        if self.top is not None:
+            self.top.start_batch(batch)
         if self.sentence_means is not None:
             per_row = batch.counted.sum(1).clamp_min(1).to(torch.float32)
             self._row_tokens = {d: per_row.to(d) for d in set(self.devices)}
@@ -145,6 +158,8 @@ class Accumulator:
                 b = torch.bucketize(x.double(), edges, right=True)  # 0 below edges[0], len(edges) from edges[-1] up
                 flat = b + torch.arange(x.shape[1], device=x.device) * nb
                 self.hist[layer][k] += torch.bincount(flat.reshape(-1), minlength=x.shape[1] * nb).reshape(-1, nb)
+            if self.top is not None:
+                self.top.add(layer, k, a, x)
             if last:
                 raise StopForward
         return fn
@@ -221,6 +236,9 @@ def record(
     checkpoint_every: int = 50,
     resume: bool = False,
     progress: bool = True,
+    top_examples: int | None = None,
+    top_units: Any = None,
+    top_context: Sequence[int] = DEFAULT_CONTEXT,
 ) -> NeuronStats:
     """Stream ``corpus`` through ``model`` and return per-language :class:`NeuronStats`.
 
@@ -240,6 +258,14 @@ def record(
         checkpoint_dir / checkpoint_every / resume: write the running sums every N batches; with
             ``resume=True`` continue from the last checkpoint. The result is bit-identical.
         progress: show a progress bar per language.
+        top_examples: also keep, per unit and language, this many top-activating examples with the
+            sentence and position they occurred at (:mod:`tl_langneurons.examples`; memory
+            ``k × units × languages × (16 + 4 × (before + 1 + after))`` bytes, independent of the
+            corpus); they come back as ``stats.top_examples`` and are saved with the statistics.
+        top_units: the units whose examples are kept: ``(layer, index)`` pairs or a
+            :class:`LanguageNeurons` (the union of its sets); ``None`` = every unit.
+        top_context: ``(before, after)``: the unit's activations kept on the tokens around each
+            example (default 8 before, 4 after), for showing it in context.
 
     Under ``torch.distributed`` (e.g. ``torchrun``), the processes form the same batches and each
     takes every W-th of them; the sums are all-reduced at the end and every process returns the
@@ -255,6 +281,12 @@ def record(
     _checks.boolean("resume", resume)
     if pack is not None and sentence_means:
         raise LangNeuronsError("sentence_means needs one sentence per sequence; it cannot be combined with pack")
+    top_examples = _checks.positive_int("top_examples", top_examples, allow_none=True)
+    if top_examples is None and top_units is not None:
+        raise LangNeuronsError("top_units chooses whose top examples are kept; give top_examples=K too")
+    top_context = check_context(top_context)
+    if pack is not None and top_examples is not None:
+        raise LangNeuronsError("top_examples locates each example by sentence; it cannot be combined with pack")
     if resume and checkpoint_dir is None:
         raise LangNeuronsError("resume=True needs a checkpoint_dir")
     if not texts:
@@ -272,12 +304,20 @@ def record(
     batches, n_sent, truncated, bos_prepended = prepare_batches(
         tokenizer, texts, batch_size, max_len, max_sentences, pack, rank, world)
     edges = _histogram_edges(histogram_edges)
-    acc = Accumulator(len(languages), resolved, sum(n_sent.values()), sentence_means, edges, resolved.devices)
+    top = None
+    if top_examples is not None:
+        firsts = [sum(list(n_sent.values())[:k]) for k in range(len(languages))]
+        top = TopKAccumulator(len(languages), check_units(top_units, resolved.n_layers, resolved.d_mlp), top_examples,
+                              top_context, firsts, max_len, list(resolved.devices))
+    acc = Accumulator(len(languages), resolved, sum(n_sent.values()), sentence_means, edges, resolved.devices, top)
 
     fp = fingerprint(model)
     options = {"batch_size": batch_size, "max_sentences": max_sentences, "pack": pack,
                "sentence_means": sentence_means, "histogram": edges is not None,
                "bos_prepended": bos_prepended, "special_tokens_counted": False, "world_size": world}
+    if top is not None:  # in the checkpoint key only when asked for: older checkpoints still resume
+        options["top_examples"] = {"k": top_examples, "context": list(top_context),
+                                   "units": hashlib.sha256(top.units.numpy().tobytes()).hexdigest()[:16]}
     key = {"model": fp["weights_hash"], "site": site, "languages": languages,
            "corpus": json.dumps(corpus_spec, sort_keys=True, default=str), "n_batches": len(batches),
            "options": options}
@@ -299,13 +339,23 @@ def record(
                 bar.advance(1)
 
     state = acc.state_dict() if world == 1 else _all_reduce(acc, device)
+    top_result = None
+    if top is not None:
+        if world > 1:
+            _gather_top(top, device)
+        # the sentences as prepare_batches numbered them: non-blank, the first max_sentences
+        kept = {lang: [s for s in texts[lang] if s.strip()][:max_sentences] for lang in languages}
+        top_result = finish(top.state_dict(), top, languages, site, kept, tokenizer,
+                            lambda text: encode(tokenizer, text)[:max_len],
+                            {"model": fp, "corpus": corpus_spec, "n_sentences": n_sent,
+                             "bos_prepended": bos_prepended, "package_version": package_version()})
     meta = {"model": fp, "corpus": corpus_spec, "n_sentences": n_sent, "truncated_sentences": truncated,
             "options": options, "package_version": package_version()}
     sl = None
     if sentence_means:
         sl = torch.cat([torch.full((n,), k, dtype=torch.int64) for k, n in enumerate(n_sent.values())])
     stats = NeuronStats(languages, site, state["n_tokens"], state["count_pos"], state["sum"], state["sum_sq"],
-                        state.get("sentence_means"), sl, state.get("hist"), edges, meta)
+                        state.get("sentence_means"), sl, state.get("hist"), edges, meta, top_result)
     if ckpt is not None:
         _ckpt_path(ckpt, rank).unlink(missing_ok=True)
     return stats
@@ -318,7 +368,26 @@ def _all_reduce(acc: Accumulator, device: Any) -> dict[str, Tensor]:
     on_gpu = str(device).startswith("cuda")
     out = {}
     for name, t in acc.state_dict().items():
+        if name.startswith(acc._TOP):  # not sums: merged by _gather_top
+            continue
         moved = t.to(device) if on_gpu else t
         dist.all_reduce(moved, op=dist.ReduceOp.SUM)
         out[name] = moved.cpu()
     return out
+
+
+def _gather_top(top: TopKAccumulator, device: Any) -> None:
+    """Every process's top examples merged into each (exact: a top-k under a strict order)."""
+    import torch.distributed as dist
+
+    on_gpu = str(device).startswith("cuda")
+    mine = top.state_dict()
+    world = dist.get_world_size()
+    for rank in range(world):
+        theirs = {}
+        for name, t in mine.items():
+            buf = (t.to(device) if on_gpu else t).clone()
+            dist.broadcast(buf, src=rank)
+            theirs[name] = buf.cpu()
+        if rank != dist.get_rank():
+            top.merge_state(theirs)

@@ -15,6 +15,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from ._io import atomic_write_text, package_version, sha256
+from .examples import TopExamples
 from .identity import compatible
 from .errors import LangNeuronsError, choices
 
@@ -37,7 +38,9 @@ class NeuronStats:
         activation, with ``sentence_language[s]`` the index of its language in ``languages``;
       * ``hist`` ``[lang, layer, d_mlp, len(hist_edges) + 1]``: counts per bin, bin ``b`` holding
         values in ``[edges[b-1], edges[b])`` (bin 0 is everything below ``edges[0]``, the last bin
-        everything from ``edges[-1]`` up).
+        everything from ``edges[-1]`` up);
+      * ``top_examples``: each unit's top-activating tokens per language (:class:`~.examples.TopExamples`,
+        ``record(..., top_examples=K)``), saved beside the statistics.
     """
 
     languages: list[str]
@@ -51,6 +54,7 @@ class NeuronStats:
     hist: Float64[Tensor, "lang layer d_mlp bin"] | None = None
     hist_edges: Float64[Tensor, " edge"] | None = None
     meta: dict = field(default_factory=dict)
+    top_examples: TopExamples | None = None
 
     def __post_init__(self):
         K = len(self.languages)
@@ -66,6 +70,15 @@ class NeuronStats:
             raise LangNeuronsError("sentence_means and sentence_language must be given together")
         if (self.hist is None) != (self.hist_edges is None):
             raise LangNeuronsError("hist and hist_edges must be given together")
+        top = self.top_examples
+        if top is not None:
+            if top.languages != list(self.languages) or top.site != self.site:
+                raise LangNeuronsError(f"top examples of {top.languages} at site {top.site!r} do not belong to "
+                                       f"statistics of {self.languages} at site {self.site!r}")
+            units = top.units
+            if len(units) and (int(units[:, 0].max()) >= self.n_layers or int(units[:, 1].max()) >= self.d_mlp):
+                raise LangNeuronsError(f"top examples name units outside these statistics' {self.n_layers} layers "
+                                       f"x {self.d_mlp} units")
 
     # -- shape -----------------------------------------------------------------------------
 
@@ -185,7 +198,8 @@ class NeuronStats:
         """
         self.check_compatible(other)
         for name, what in (("sentence_means", "per-sentence means (record with sentence_means=True)"),
-                           ("hist", "histograms (record with histogram_edges=...)")):
+                           ("hist", "histograms (record with histogram_edges=...)"),
+                           ("top_examples", "top examples (record with top_examples=K)")):
             mine, theirs = getattr(self, name) is not None, getattr(other, name) is not None
             if mine != theirs:
                 raise LangNeuronsError(f"cannot merge: only the {'first' if mine else 'second'} statistics hold "
@@ -215,8 +229,13 @@ class NeuronStats:
             n_tokens.index_add_(0, torch.tensor([langs.index(k) for k in src.languages]), src.n_tokens.double())
         meta = dict(self.meta)
         meta["merged_from"] = [self.meta.get("corpus"), other.meta.get("corpus")]
+        top = None
+        if self.top_examples is not None:
+            top = self.top_examples.merge(other.top_examples)
+            if top.languages != langs:  # languages are disjoint here (merge refuses shared ones): same order
+                top = top.select(langs)
         return NeuronStats(langs, self.site, n_tokens, combine("count_pos", (L, I)), combine("sum", (L, I)),
-                           combine("sum_sq", (L, I)), sm, sl, hist, edges, meta)
+                           combine("sum_sq", (L, I)), sm, sl, hist, edges, meta, top)
 
     def select(self, languages: list[str]) -> "NeuronStats":
         """The statistics of a subset of languages, in the given order."""
@@ -230,7 +249,8 @@ class NeuronStats:
             sl = remap[self.sentence_language[keep]]
         return replace(self, languages=list(languages), n_tokens=self.n_tokens[idx], count_pos=self.count_pos[idx],
                        sum=self.sum[idx], sum_sq=self.sum_sq[idx], sentence_means=sm, sentence_language=sl,
-                       hist=None if self.hist is None else self.hist[idx])
+                       hist=None if self.hist is None else self.hist[idx],
+                       top_examples=None if self.top_examples is None else self.top_examples.select(list(languages)))
 
     # -- files -----------------------------------------------------------------------------
 
@@ -254,6 +274,8 @@ class NeuronStats:
         d.mkdir(parents=True, exist_ok=True)
         tmp_t = d / (STATS_TENSORS + ".tmp")
         save_file(self.tensors(), str(tmp_t))
+        # the top examples first, their checksum recorded in stats.json: a stale pair is never read
+        top = None if self.top_examples is None else {"sha256": self.top_examples.save(d)}
         meta = {
             "format_version": FORMAT_VERSION,
             "languages": list(self.languages),
@@ -263,6 +285,7 @@ class NeuronStats:
             **{k: v for k, v in self.meta.items() if k not in ("languages", "site", "n_layers", "d_mlp")},
             "package_version": self.meta.get("package_version", package_version()),
             "tensors_sha256": sha256(tmp_t),
+            "top_examples": top,
         }
         atomic_write_text(d / STATS_JSON, json.dumps(meta, indent=1, ensure_ascii=False))
         os.replace(tmp_t, d / STATS_TENSORS)
@@ -284,8 +307,10 @@ class NeuronStats:
             raise LangNeuronsError(f"{str(tp)!r} does not match {STATS_JSON} (interrupted write?)")
         t = load_file(str(tp))
         langs, site = meta.pop("languages"), meta.pop("site")
+        top_ref = meta.pop("top_examples", None)
         for k in ("format_version", "n_layers", "d_mlp", "tensors_sha256"):
             meta.pop(k, None)
+        top = None if not top_ref else TopExamples.load(d, sha=top_ref["sha256"])
         stats = cls(langs, site, t["n_tokens"], t["count_pos"], t["sum"], t["sum_sq"], t.get("sentence_means"),
-                    t.get("sentence_language"), t.get("hist"), t.get("hist_edges"), meta)
+                    t.get("sentence_language"), t.get("hist"), t.get("hist_edges"), meta, top)
         return stats

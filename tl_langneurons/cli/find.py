@@ -22,6 +22,7 @@ def cmd_record(args) -> int:
     if args.site not in SITES:
         raise LangNeuronsError(f"unknown --site {args.site!r}; allowed: {', '.join(SITES)}")
     resolve_source(args.model)
+    top = _top_options(args)
     placed = placement(args)
     _maybe_init_distributed(args, placed)
     corpus = load_corpus(args.corpus, languages=parse_languages(args.languages), split=args.split,
@@ -31,7 +32,7 @@ def cmd_record(args) -> int:
     stats = record(model, corpus, site=args.site, batch_size=args.batch_size,
                    sentence_means=args.sentence_means, histogram_edges=True if args.histograms else None,
                    pack=args.pack, checkpoint_dir=out / ".checkpoint", checkpoint_every=args.checkpoint_every,
-                   resume=args.resume)
+                   resume=args.resume, **top)
     rank, _ = dist_info()
     if rank == 0:
         stats.save(out)
@@ -43,6 +44,26 @@ def cmd_record(args) -> int:
                 f"activation probability per layer: {p[0]:.3f} (first) to {p[-1]:.3f} (last)"],
                f"wrote the statistics to {out}")
     return 0
+
+
+def _top_options(args) -> dict:
+    """``record``'s top-example keywords from --top-examples/--top-units/--top-context, checked first."""
+    positive("--top-examples", args.top_examples)
+    if args.top_examples is None:
+        if args.top_units is not None:
+            raise LangNeuronsError("--top-units chooses whose top examples are kept; give --top-examples K too")
+        return {}
+    out = {"top_examples": args.top_examples}
+    if args.top_context is not None:  # else the library's default
+        parts = [x.strip() for x in args.top_context.split(",")]
+        if len(parts) != 2 or not all(x.isdigit() for x in parts):
+            raise LangNeuronsError(f"--top-context {args.top_context!r} must be two counts before,after, e.g. 8,4")
+        out["top_context"] = (int(parts[0]), int(parts[1]))
+    if args.top_units is not None:
+        from ..neurons import LanguageNeurons
+
+        out["top_units"] = LanguageNeurons.load(args.top_units)
+    return out
 
 
 def _maybe_init_distributed(args, placed: dict) -> None:
@@ -133,6 +154,16 @@ def cmd_plot(args) -> int:
     paths = write_figures(neurons, args.out, stats, metric=args.metric)
     return finish([str(path) for path in paths], f"wrote {len(paths) // 2} figures (PNG and PDF) to {args.out}")
 
+
+
+def cmd_browse(args) -> int:
+    positive("--max-neurons", args.max_neurons)
+    from ..outputs.browser import write_browser
+
+    neurons, stats = _load_neurons_and_stats(args)
+    index = write_browser(stats, neurons, args.out, ppl=args.ppl, title=args.title, max_neurons=args.max_neurons)
+    print(index)
+    return 0
 
 
 def cmd_models(args) -> int:

@@ -4,7 +4,7 @@ import argparse
 
 from ..errors import LangNeuronsError
 from ..intervene.modes import ZERO, get_mode, mode_names, modes_help
-from .find import cmd_analyze, cmd_bench, cmd_demo, cmd_identify, cmd_models, cmd_plot, cmd_record
+from .find import cmd_analyze, cmd_bench, cmd_browse, cmd_demo, cmd_identify, cmd_models, cmd_plot, cmd_record
 from .measure import cmd_diffmean, cmd_lss, cmd_ppl, cmd_steer, cmd_tasks
 from .tune import cmd_finetune
 
@@ -68,6 +68,12 @@ def shows_default(action, value) -> None:
     """Show ``value()`` as the default of an option whose ``None`` default means "the library's"
     (read when help is shown, so that parsing imports nothing)."""
     action.shown_default = value
+
+
+def _top_context_default() -> str:
+    from ..examples import DEFAULT_CONTEXT
+
+    return ",".join(map(str, DEFAULT_CONTEXT))
 
 
 def _needing_stats(names, sep: str = " and ") -> str:
@@ -170,6 +176,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--sentence-means", action="store_true", help="keep each sentence's mean activation")
     r.add_argument("--histograms", action="store_true", help="keep per-neuron histograms (quantiles)")
     r.add_argument("--pack", type=int, default=None, help="pack sentences into windows of N tokens")
+    r.add_argument("--top-examples", type=int, default=None, metavar="K",
+                   help="also keep each unit's K top-activating tokens per language, with their sentence, position "
+                        "and context (for 'browse'); memory K x units x languages x 68 bytes, not growing with the corpus")
+    r.add_argument("--top-units", default=None, help="with --top-examples: only the units of this neurons.json "
+                   "(the union of its languages' sets) instead of every unit")
+    shows_default(r.add_argument("--top-context", default=None, help="with --top-examples: tokens of activation "
+                                 "context kept before,after each example"), _top_context_default)
     r.add_argument("--checkpoint-every", type=int, default=50, help="batches between checkpoints")
     r.add_argument("--resume", action="store_true", help="continue an interrupted recording in --out")
     r.add_argument("--out", required=True, help="directory the statistics are written to (and a --resume reads)")
@@ -197,6 +210,22 @@ def build_parser() -> argparse.ArgumentParser:
             a.add_argument("--seed", type=int, default=0, help="seeds the permutations")
         a.add_argument("--out", required=True, help="output directory")
         a.set_defaults(func=func)
+
+    w = sub.add_parser("browse", help="a static HTML neuron browser (opens from disk)",
+                       description="Write a self-contained static site: an index of the neurons (sortable, "
+                                   "filterable by language, layer, specificity) and, per neuron, its top-activating "
+                                   "examples in every language (record with --top-examples), its activation "
+                                   "probability across languages, its histograms (record with --histograms) and its "
+                                   "language's ΔNLL (--ppl). Open OUT/index.html in a browser.")
+    w.add_argument("--stats", required=True, help="directory written by 'record' (ideally with --top-examples)")
+    w.add_argument("--neurons", required=True, help="neurons.json written by 'identify'")
+    w.add_argument("--ppl", default=None, help="ppl.csv written by 'ppl' (or its folder): each neuron's page shows "
+                   "its language's ΔNLL")
+    w.add_argument("--title", default=None, help="the site's title (default: 'Language neurons of MODEL')")
+    w.add_argument("--max-neurons", type=int, default=None, help="pages for at most N neurons, the most specific "
+                   "first (default all)")
+    w.add_argument("--out", required=True, help="output directory (index.html and neurons/)")
+    w.set_defaults(func=cmd_browse)
 
     def run_options(c, control: str, seed: str) -> None:
         placement_options(c)

@@ -79,6 +79,9 @@ class Method:
         records_as: the ``method`` its neuron sets record (default: ``name``).
         entropy_cutoff: for the entropy figure, ``params → (lape_entropy kwargs, n_kept or None)``
             from a set's recorded parameters; ``None``: LAPE's defaults and no cutoff is marked.
+        describe: for the report, ``params → a sentence`` saying how a set was found (``None``
+            where the parameters do not say enough); without it the report names the method and
+            its parameters.
     """
 
     name: str
@@ -89,6 +92,7 @@ class Method:
     exactly_one: bool = False
     records_as: str | None = None
     entropy_cutoff: Callable[[dict], tuple[dict, int | None]] | None = None
+    describe: Callable[[dict], str | None] | None = None
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name or self.name.startswith("-") or " " in self.name:
@@ -204,6 +208,47 @@ def _lape_cutoff(params: dict) -> tuple[dict, int | None]:
     return kwargs, n_kept if not params.get("per_layer") and isinstance(n_kept, int) and n_kept > 0 else None
 
 
+def _pct(x) -> str:
+    return f"{100 * x:.3g}%"
+
+
+def _describe_lape(p: dict) -> str | None:
+    if "top_rate" not in p:
+        return None
+    scope = "of each layer" if p.get("per_layer") else "of the model"
+    entropy = "normalised entropy" if p.get("normalize_entropy") else "entropy"
+    text = (f"**LAPE** (Tang et al. 2024) kept the {_pct(p['top_rate'])} of neurons {scope}"
+            + (f" ({p['n_kept']:,})" if isinstance(p.get("n_kept"), int) else "")
+            + f" with the lowest {entropy} of their activation probability over the languages")
+    if isinstance(p.get("tau"), (int, float)):
+        text += (f", among those that fire on more than {p['tau']:.3g} of some language's tokens (the "
+                 f"{100 * p.get('filter_rate', 0.95):g}th percentile of all activation probabilities)")
+    if isinstance(p.get("activation_bar"), (int, float)):
+        text += f"; a neuron belongs to every language on whose tokens it fires more often than {p['activation_bar']:.3g}"
+    return text + "."
+
+
+def _describe_ap(p: dict) -> str | None:
+    if "n" not in p:
+        return None
+    return (f"**Average precision** (Kojima et al. 2024): for each language, the {p['n'] // 2} units whose "
+            f"sentence means best tell its {p.get('n_positive')} sentences from {p.get('n_negative')} of the "
+            f"other languages, and the {p['n'] // 2} that tell them apart worst (lowest average precision).")
+
+
+def _describe_threshold(p: dict) -> str | None:
+    if p.get("all_sentences"):
+        return ("**Threshold** (Rahmanisa et al. 2025): each language's neurons whose mean activation is above 0 "
+                "in every one of its sentences.")
+    if "top_m" in p:
+        return (f"**Threshold** (Mondal et al. 2025): each language's {p['top_m']} neurons with the highest "
+                "activation probability on its tokens (not contrastive: no comparison with the other languages).")
+    if "min_probability" in p:
+        return (f"**Threshold**: each language's neurons that fire on at least {p['min_probability']:.3g} of its "
+                "tokens (not contrastive).")
+    return None
+
+
 register_method(Method(
     "lape", lape, "language activation probability entropy (Tang et al. 2024)",
     options=(Option("top_rate", float, "share of all neurons kept"),
@@ -211,14 +256,14 @@ register_method(Method(
              Option("activation_bar_ratio", float, "quantile of p a language must exceed to own a neuron"),
              Option("normalize_entropy", bool, "divide the entropy by log K"),
              Option("per_layer", bool, "keep top-rate of each layer")),
-    entropy_cutoff=_lape_cutoff))
+    entropy_cutoff=_lape_cutoff, describe=_describe_lape))
 register_method(Method(
     "ap", ap_experts_all, "expert units by average precision (Kojima et al. 2024)",
     options=(Option("n", int, "units per language, half top and half bottom"),
              Option("n_positive", int, "sentences of the language"),
              Option("n_negative", int, "sentences of the other languages together"),
              Option("languages", "languages", "comma-separated languages to find units for (default: all)")),
-    needs=("sentence_means",), records_as="ap_experts"))
+    needs=("sentence_means",), records_as="ap_experts", describe=_describe_ap))
 register_method(Method(
     "threshold", threshold, "non-contrastive activation-probability baseline (Mondal et al. 2025, "
     "Rahmanisa et al. 2025)",
@@ -226,4 +271,4 @@ register_method(Method(
              Option("min_probability", float, "each language's neurons with p >= this"),
              Option("all_sentences", bool, "neurons whose sentence mean is > 0 in every sentence (Rahmanisa et al.)",
                     needs=("sentence_means",))),
-    exactly_one=True))
+    exactly_one=True, describe=_describe_threshold))

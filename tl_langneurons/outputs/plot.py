@@ -116,19 +116,20 @@ def overlap_heatmap(neurons: LanguageNeurons, metric: str = "jaccard", annotate:
     return fig
 
 
-# Qualitative colours, most distinct first (tab20 alternates dark and light shades of ten hues;
-# taking the darks first keeps up to ten groups clearly apart). Scripts and families get different
-# lists so that a colour in one band is not read as a group of the other.
-_FAMILY_COLOURS = sns.color_palette("tab20")[0::2] + sns.color_palette("tab20")[1::2]
-_SCRIPT_COLOURS = sns.color_palette("Dark2") + sns.color_palette("Set1") + sns.color_palette("Pastel2")
-_BRANCH_COLOURS = sns.color_palette("tab20b")[0::4] + sns.color_palette("tab20c")[0::4] + \
-    sns.color_palette("tab20b")[2::4] + sns.color_palette("tab20c")[2::4]
+# One palette family per band, so that a colour in one band is never read as a group of another:
+# branch in light pastels, family in strong saturated colours, script in dark earthy ones (each list
+# most distinct first; beyond its length, evenly spaced hues at that band's lightness).
+_BRANCH_COLOURS = sns.color_palette("Set3") + sns.color_palette("Pastel1")
+_FAMILY_COLOURS = sns.color_palette("bright")
+_SCRIPT_COLOURS = sns.color_palette("dark") + sns.color_palette("Dark2")
+_BAND_FALLBACK = {"branch": (0.8, 0.75), "family": (0.65, 0.55), "script": (0.35, 0.6)}  # (lightness, saturation)
 
 
-def _palette(values: list[str], colours: list) -> dict[str, tuple]:
+def _palette(values: list[str], colours: list, band: str = "family") -> dict[str, tuple]:
     levels = sorted(set(values) - {"unknown"})
     if len(levels) > len(colours):
-        colours = sns.color_palette("husl", len(levels))
+        lightness, saturation = _BAND_FALLBACK[band]
+        colours = sns.hls_palette(len(levels), l=lightness, s=saturation)
     out = dict(zip(levels, colours))
     if "unknown" in values:  # neutral grey: not to be read as one more group
         out["unknown"] = (0.8, 0.8, 0.8)
@@ -144,17 +145,16 @@ def overlap_clustermap(neurons: LanguageNeurons, metric: str = "jaccard") -> Fig
     mat = analysis.overlap_matrix(analysis.overlap(neurons), metric)
     K = len(mat)
     meta = analysis.language_table(list(mat.index), strict=False).set_index("language")
-    palettes = {"branch": _palette(list(meta.branch), _BRANCH_COLOURS),
-                "family": _palette(list(meta.family), _FAMILY_COLOURS),
-                "script": _palette(list(meta.script), _SCRIPT_COLOURS)}
+    palettes = {"branch": _palette(list(meta.branch), _BRANCH_COLOURS, "branch"),
+                "family": _palette(list(meta.family), _FAMILY_COLOURS, "family"),
+                "script": _palette(list(meta.script), _SCRIPT_COLOURS, "script")}
     bands = meta[list(palettes)].apply(lambda col: col.map(palettes[col.name]))
     link = analysis.overlap_linkage(mat)
     side = max(5.0, 0.26 * K + 2.5)
     g = sns.clustermap(mat, row_linkage=link, col_linkage=link, mask=np.eye(K, dtype=bool), cmap="mako_r", vmin=0,
                        row_colors=bands, xticklabels=True, yticklabels=True, figsize=(side, side),
                        dendrogram_ratio=0.12, colors_ratio=0.025,
-                       # horizontal, in the empty corner above the row dendrogram: clear of every label
-                       cbar_pos=(0.03, 0.93, 0.09, 0.018),
+                       cbar_pos=(1.0, 0.0, 0.2, 0.02),  # placed under the legends below
                        cbar_kws={"label": METRIC_LABELS[metric], "orientation": "horizontal"})
     plt.close(g.figure)  # off pyplot's registry: the caller owns the returned figure
     ax = g.ax_heatmap
@@ -164,22 +164,25 @@ def overlap_clustermap(neurons: LanguageNeurons, metric: str = "jaccard") -> Fig
     ax.tick_params(axis="x", rotation=90)
     ax.tick_params(axis="y", rotation=0)
     g.ax_row_colors.tick_params(labelsize=TICK_FONT)
-    g.cax.xaxis.label.set_size(8)
-    g.cax.xaxis.set_label_position("top")
-    g.cax.tick_params(labelsize=6)
-    g.cax.xaxis.set_major_locator(MaxNLocator(2))  # the bar is ~0.5 in wide: room for two numbers
-    g.cax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
     # legends outside the heatmap on the right, beyond the row labels; save_figure uses a tight
     # bounding box so they are kept in the file
     anchor_y = 1.0
     for band in palettes:
-        handles = [Patch(facecolor=c, edgecolor="none", label=k) for k, c in palettes[band].items()]
+        handles = [Patch(facecolor=c, edgecolor="0.6", linewidth=0.3, label=k) for k, c in palettes[band].items()]
         leg = g.figure.legend(handles=handles, title=band, loc="upper left", bbox_to_anchor=(1.0, anchor_y),
-                              fontsize=7, title_fontsize=8, frameon=False, handlelength=1.0, borderaxespad=0)
+                              fontsize=7, title_fontsize=8, frameon=False, handlelength=1.0, borderaxespad=0,
+                              alignment="left")
         # stack each legend under the one before, whatever their heights
         g.figure.canvas.draw()
         bbox = leg.get_window_extent().transformed(g.figure.transFigure.inverted())
-        anchor_y = bbox.y0 - 0.02
+        anchor_y = bbox.y0 - 0.03
+    # the colour bar under the legends, wide enough for four labelled ticks
+    g.cax.set_position([1.005, anchor_y - 0.05, 0.2, 0.022])
+    g.cax.xaxis.label.set_size(8)
+    g.cax.xaxis.set_label_position("top")
+    g.cax.tick_params(labelsize=7)
+    g.cax.xaxis.set_major_locator(MaxNLocator(4))
+    g.cax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
     return g.figure
 
 
@@ -244,12 +247,28 @@ def entropy_distribution(entropy: Float[Tensor, "layer d_mlp"], threshold: float
     return fig
 
 
+def _compact(v: float, decimals: int) -> str:
+    """A cell number that fits a narrow cell: no leading zero (``.084``, ``−.025``), a true minus."""
+    if not math.isfinite(v):
+        return ""
+    v = round(v, decimals) + 0.0  # + 0.0: a value that rounds to zero is ".00", not "−.00"
+    text = f"{v:.{decimals}f}"
+    if text.lstrip("-").startswith("0.") and decimals > 0:
+        text = text.replace("0.", ".", 1)
+    return text.replace("-", "−")
+
+
+CELL_FONT = 6.5  # cell numbers: still ≥ 5 pt when the figure is printed at a column's width (3.3 in)
+
+
 def _change_panels(panels: dict[str, pd.DataFrame], own: dict[str, str], annotate: bool | None, cmap: str, fmt: str,
                    xlabel: str, ylabel: str, cbar_label: str) -> Figure:
-    """Heatmaps of changes side by side (``{title: rows × columns}``) on one symmetric diverging
-    scale; the cell of each row whose ``own`` column is in the matrix is outlined (the language's
-    own text or task). Values are written in the cells when ``annotate`` (default: up to 12 rows
-    and columns)."""
+    """Heatmaps of changes one above the other (``{title: rows × columns}``), on one symmetric
+    diverging scale; the cell of each row whose ``own`` column is in the matrix is outlined (the
+    language's own text or task). Values are written in the cells when ``annotate`` (default: up
+    to 12 rows and columns), without leading zeros and with as many decimals as the scale needs
+    (``fmt`` gives the most), in a font that stays legible when the figure is printed at a column's
+    width: the panels are stacked so that the figure is about a column wide."""
     first = next(iter(panels.values()))
     R, C = first.shape
     annotate = max(R, C) <= 12 if annotate is None else annotate
@@ -257,27 +276,33 @@ def _change_panels(panels: dict[str, pd.DataFrame], own: dict[str, str], annotat
     finite = values[np.isfinite(values)]
     vmax = float(np.abs(finite).max()) if finite.size else 1.0
     vmax = vmax if vmax > 0 else 1.0  # an all-zero matrix still needs a scale
-    cell = 0.42 if annotate else 0.3  # inches; annotated cells hold "-0.012"
-    label_room = max(0.9, 0.06 * max(len(str(i)) for i in first.index))
-    fig = _figure(len(panels) * (cell * C + label_room) + 1.0, cell * R + 1.5)
-    gs = fig.add_gridspec(1, len(panels) + 1, width_ratios=[1] * len(panels) + [0.05])
-    cax = fig.add_subplot(gs[0, -1])
+    most = int(fmt.strip(".f") or 0)
+    decimals = min(most, max(1, 1 - math.floor(math.log10(vmax)))) if vmax < 1 else min(most, 2)
+    cell = 0.32 if annotate else 0.22  # inches; an annotated cell holds "−.025" at CELL_FONT
+    label_room = max(0.5, 0.07 * max(len(str(i)) for i in first.index))
+    n = len(panels)
+    fig = _figure(cell * C + label_room + 0.9, n * (cell * R + 0.35) + 0.2 + 0.08 * max(len(str(c)) for c in first.columns))
+    gs = fig.add_gridspec(n, 2, width_ratios=[1, 0.04], height_ratios=[1] * n)
+    cax = fig.add_subplot(gs[:, 1])
     for k, (title, m) in enumerate(panels.items()):
-        ax = fig.add_subplot(gs[0, k])
+        ax = fig.add_subplot(gs[k, 0])
+        vals = m.to_numpy(dtype=float)
+        annot = np.vectorize(lambda v: _compact(v, decimals))(vals) if annotate else False
         sns.heatmap(m.astype(float), ax=ax, cmap=cmap, vmin=-vmax, vmax=vmax, square=True,
-                    xticklabels=True, yticklabels=True, annot=annotate, fmt=fmt, annot_kws={"fontsize": 5},
+                    xticklabels=k == n - 1, yticklabels=True, annot=annot, fmt="", annot_kws={"fontsize": CELL_FONT},
                     cbar=k == 0, cbar_ax=cax if k == 0 else None, cbar_kws={"label": cbar_label})
         for i, row in enumerate(m.index):
             if own.get(row) in m.columns:
                 ax.add_patch(Rectangle((list(m.columns).index(own[row]), i), 1, 1, fill=False, edgecolor="0.1",
-                                       linewidth=0.8))
-        ax.set_title(title, fontsize=8)
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel(ylabel if k == 0 else "")
-        ax.tick_params(labelsize=TICK_FONT)
+                                       linewidth=0.9))
+        ax.set_title(title, fontsize=8, pad=3)
+        ax.set_xlabel(xlabel if k == n - 1 else "")
+        ax.set_ylabel(ylabel, fontsize=8)
+        ax.tick_params(labelsize=TICK_FONT, length=2, pad=1)
         ax.tick_params(axis="x", rotation=90)
         ax.tick_params(axis="y", rotation=0)
     cax.tick_params(labelsize=TICK_FONT)
+    cax.yaxis.label.set_size(8)
     return fig
 
 

@@ -91,7 +91,7 @@ def _ppl_section(d: Path) -> list[str]:
            f"{_fmt(ratio(own, ctl), 1)}× the control's; the own language is the most hurt in "
            f"{int(t.own_most_hurt.sum())} of {len(t)} rows."]
     fig = _figure(d, "ppl/ppl_change.png", "ΔNLL (nats/token) when each language's neurons are switched off "
-                  "(left) and the random control (right)")
+                  "(top) and as many random neurons per layer (bottom, the control); outlined: a language's own text")
     return out + ([fig] if fig else [])
 
 
@@ -112,12 +112,14 @@ def _steer_section(d: Path, sub: str = "steer") -> list[str]:
     if not csv.is_file():
         return []
     title, what, control = _STEERING[sub]
+    strength = "β" if sub == "steer_diffmean" else "factor"  # diffmean's strength is β, not a factor
+    name_of = lambda k: strength if k == "factor" else k  # noqa: E731
     df = pd.read_csv(csv, keep_default_na=False, na_values=[""])
     s = steer_summary(df)
     fluent = "target_fluent_rate" in s.columns
     by = "target_fluent_rate" if fluent else "target_rate"
     if "layer" in df.columns:
-        what += f" (block {int(df['layer'].iloc[0])})"
+        what = what.replace("after one block", f"after block {int(df['layer'].iloc[0])}")
     out = [f"## {title}"]
     extra = [c for c in ("target_fluent_rate", "target_nll", "target_rep") if c in s.columns]
     names = {"target_fluent_rate": "fluent target rate", "target_nll": "NLL", "target_rep": "rep-4"}
@@ -127,7 +129,7 @@ def _steer_section(d: Path, sub: str = "steer") -> list[str]:
         g = s.groupby(cells, sort=True)[cols].mean().reset_index()
         out.append("Mean over the targets, per setting" + (" (NLL: mean NLL per token of the generations under the "
                    "unsteered model; rep-4: share of repeated token 4-grams)" if fluent else "") + ":")
-        out.append(_table(cells + [{"target_rate": "target rate", "baseline_rate": "baseline",
+        out.append(_table([name_of(c) for c in cells] + [{"target_rate": "target rate", "baseline_rate": "baseline",
                                     "control_rate": "control"}.get(c, names.get(c, c)) for c in cols],
                           [[_setting(v) for v in r[:len(cells)]] + list(r[len(cells):])
                            for r in g.itertuples(index=False)]))
@@ -135,10 +137,13 @@ def _steer_section(d: Path, sub: str = "steer") -> list[str]:
         keep = (s[cells] == best[cells]).all(axis=1)
         s = s[keep]
         out.append(f"Per target language at the best setting by {names.get(by, 'target rate')} (" +
-                   ", ".join(f"{k} {_setting(best[k])}" for k in cells) + "):")
+                   ", ".join(f"{name_of(k)} {_setting(best[k])}" for k in cells) + "):")
     setting = {k: s[k].iloc[0] for k in ("mode", "factor", "statistic", "positions") if k in s.columns}
+    if sub == "steer_diffmean":
+        setting.pop("mode", None)  # "diffmean", said by the section
     out.append(f"{what} (" +
-               ", ".join(f"{k} {_setting(v)}" for k, v in setting.items() if isinstance(v, str) or not pd.isna(v)) +
+               ", ".join(f"{name_of(k)} {_setting(v)}" for k, v in setting.items()
+                         if isinstance(v, str) or not pd.isna(v)) +
                f"), without it (baseline) and {control}; the language of the continuation "
                "is identified offline; 95% Wilson intervals." +
                (" A generation counts as *fluent* when its repeated-4-gram share is at most the limit and its "
@@ -153,24 +158,44 @@ def _steer_section(d: Path, sub: str = "steer") -> list[str]:
                       [[r["target"], int(r["n"])] + [iv(r, c) for c in cols] + [f"{r[c]:.2f}" for c in means]
                        for _, r in s.iterrows()]))
     out.append("Mean: " + ", ".join(f"{heads.get(c, c)} {s[c + '_rate'].mean():.2f}" for c in cols) + ".")
-    fig = _figure(d, f"{sub}/steer_rate_vs_factor.png", "Target-language rate vs factor, per language")
+    fig = _figure(d, f"{sub}/steer_rate_vs_factor.png", f"Target-language rate against {strength}, one panel per "
+                  "target language: under the intervention (95% Wilson interval), fluent only, under the random "
+                  "control and without intervention")
     return out + ([fig] if fig else [])
+
+
+def _pct(x) -> str:
+    return f"{100 * x:.3g}%"
+
+
+def method_sentence(method: str, params: dict) -> str:
+    """How a neuron set was identified, as a sentence a reader can follow (the parameters are in
+    the set's neurons.json): the registered method's own ``describe`` (:mod:`..identify.methods`),
+    or its name and parameters."""
+    p = params or {}
+    registered = method_of(str(method))
+    text = registered.describe(p) if registered is not None and registered.describe is not None else None
+    if text:
+        return text
+    shown = "; ".join(f"{k.replace('_', ' ')} {_fmt(v)}" for k, v in p.items() if not isinstance(v, (dict, list)))
+    return f"Method **{method}**" + (f" ({shown})" if shown else "") + "."
 
 
 def _identification_section(d: Path) -> list[str]:
     a = _read_json(d / "analysis" / "summary.json")
     if a is None:
         return []
-    params = ", ".join(f"{k} {_fmt(v)}" for k, v in a.get("params", {}).items() if not isinstance(v, dict))
-    method = method_of(str(a.get("method")))  # the registry's description of the method, where it has one
     out = ["## Language-specific neurons",
-           f"Method **{a.get('method')}**{f', {method.help},' if method else ''} ({params}) at site "
-           f"`{a.get('site')}`: {a.get('union')} neurons "
+           method_sentence(a.get("method"), a.get("params", {})) + " "
+           f"Activations read at site `{a.get('site')}`: {a.get('union')} neurons "
            f"({100 * a.get('union_share_of_model', 0):.1f}% of the model), "
            f"{100 * (a.get('share_shared_by_2_or_more') or 0):.0f}% of them shared by two or more languages.",
            _table(["language", "neurons"], [[k, v] for k, v in a.get("counts", {}).items()])]
-    for rel, cap in (("figures/layer_placement.png", "Where the neurons sit: share per layer"),
+    for rel, cap in (("figures/layer_placement.png", "Where the neurons sit: each language's neurons per layer "
+                      "(counts), and below, their union per layer"),
                      ("figures/overlap_heatmap.png", "Overlap (Jaccard) of the languages' sets"),
+                     ("figures/overlap_clustermap.png", "The same overlaps with the languages clustered (average "
+                      "linkage), banded by branch, family and script"),
                      ("figures/shared_by_k.png", "Neurons shared by k languages"),
                      ("figures/entropy_distribution.png", "LAPE entropy of all neurons and the selection cutoff")):
         fig = _figure(d, rel, cap)
