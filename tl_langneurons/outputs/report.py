@@ -164,10 +164,6 @@ def _steer_section(d: Path, sub: str = "steer") -> list[str]:
     return out + ([fig] if fig else [])
 
 
-def _pct(x) -> str:
-    return f"{100 * x:.3g}%"
-
-
 def method_sentence(method: str, params: dict) -> str:
     """How a neuron set was identified, as a sentence a reader can follow (the parameters are in
     the set's neurons.json): the registered method's own ``describe`` (:mod:`..identify.methods`),
