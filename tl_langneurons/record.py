@@ -36,6 +36,7 @@ from .corpus import Corpus
 from .errors import LangNeuronsError
 from .examples import DEFAULT_CONTEXT, TopKAccumulator, check_context, check_units, finish
 from .identity import fingerprint
+from .importance import DEFAULT_TOP_RATE, IMPORTANCE_TENSORS, ImportanceSums, down_norms
 from .models import Site, StopForward, check_site, forward_until
 from .stats import NeuronStats
 from .tokens import Batch, encode, max_length, prepare_batches, tokenizer_of
@@ -60,7 +61,8 @@ class Accumulator:
     """
 
     def __init__(self, n_langs: int, site: Site, n_sentences: int, sentence_means: bool, edges: Tensor | None,
-                 device: Any = "cpu", top: TopKAccumulator | None = None):
+                 device: Any = "cpu", top: TopKAccumulator | None = None,
+                 importance: ImportanceSums | None = None):
         L, I = site.n_layers, site.d_mlp
         per_layer = [device] * L if isinstance(device, (str, torch.device)) else list(device)
         if len(per_layer) != L:
@@ -81,6 +83,7 @@ class Accumulator:
         self._counted: dict = {}  # device → [batch, pos] mask (sentence means)
         self._row_tokens: dict = {}  # device → counted tokens per row (sentence means)
         self._row_means: list = [None] * L  # layer → [batch, d_mlp] of the current batch (sentence means)
+        self.importance = importance  # PLND sums (:mod:`.importance`), read at hook_post by their own hooks
         self.top = top  # top-activating examples (examples.py), fed from the same hooks
 
     _TOP = "top."  # prefix of the top examples' tensors in a checkpoint
@@ -98,12 +101,16 @@ class Accumulator:
         for name, tensor in self._tensors().items():
             if name not in state or state[name].shape != tensor.shape:
                 raise LangNeuronsError(f"the checkpoint's {name!r} does not fit this recording")
+            if name in IMPORTANCE_TENSORS:
+                continue
             target = getattr(self, name)
             if isinstance(target, list):  # per-layer tensors: layer l is [:, l]
                 for layer, t in enumerate(target):
                     t.copy_(state[name][:, layer])
             else:
                 target.copy_(state[name])
+        if self.importance is not None:
+            self.importance.load(state)
 
     def _tensors(self) -> dict[str, Tensor]:
         """Every statistic as one tensor (the per-layer ones stacked on the host)."""
@@ -116,6 +123,8 @@ class Accumulator:
             out["sentence_means"] = self.sentence_means
         if self.hist is not None:
             out["hist"] = stacked(self.hist)
+        if self.importance is not None:
+            out.update(self.importance.tensors())
         return out
 
     def start_batch(self, batch: Batch) -> None:
@@ -124,6 +133,8 @@ class Accumulator:
         rows = batch.counted.reshape(-1).nonzero().squeeze(1)
         self._rows = {d: rows.to(d, non_blocking=True) for d in set(self.devices)}
         self.n_tokens[batch.language] += float(batch.counted.sum())
+        if self.importance is not None:
+            self.importance.start_batch(batch.language, batch.counted, self._rows)
         if self.top is not None:
             self.top.start_batch(batch)
         if self.sentence_means is not None:
@@ -239,6 +250,8 @@ def record(
     top_examples: int | None = None,
     top_units: Any = None,
     top_context: Sequence[int] = DEFAULT_CONTEXT,
+    plnd: bool = False,
+    plnd_top_rate: float = DEFAULT_TOP_RATE,
 ) -> NeuronStats:
     """Stream ``corpus`` through ``model`` and return per-language :class:`NeuronStats`.
 
@@ -266,6 +279,10 @@ def record(
             :class:`LanguageNeurons` (the union of its sets); ``None`` = every unit.
         top_context: ``(before, after)``: the unit's activations kept on the tokens around each
             example (default 8 before, 4 after), for showing it in context.
+        plnd: also accumulate PLND importance (Zhao et al. 2024; :mod:`.importance`) in the same pass,
+            read at ``hook_post`` whatever the site: ``importance_sum``, ``importance_docs``,
+            ``n_documents``.
+        plnd_top_rate: the share of each layer's neurons counted as activated by a document (0.14).
 
     Under ``torch.distributed`` (e.g. ``torchrun``), the processes form the same batches and each
     takes every W-th of them; the sums are all-reduced at the end and every process returns the
@@ -279,6 +296,7 @@ def record(
     pack = _checks.integer("pack", pack, 2, allow_none=True)
     _checks.boolean("sentence_means", sentence_means)
     _checks.boolean("resume", resume)
+    _checks.boolean("plnd", plnd)
     if pack is not None and sentence_means:
         raise LangNeuronsError("sentence_means needs one sentence per sequence; it cannot be combined with pack")
     top_examples = _checks.positive_int("top_examples", top_examples, allow_none=True)
@@ -304,17 +322,23 @@ def record(
     batches, n_sent, truncated, bos_prepended = prepare_batches(
         tokenizer, texts, batch_size, max_len, max_sentences, pack, rank, world)
     edges = _histogram_edges(histogram_edges)
+    importance = None
+    if plnd:
+        importance = ImportanceSums(len(languages), down_norms(model), list(resolved.devices), plnd_top_rate)
     top = None
     if top_examples is not None:
         firsts = [sum(list(n_sent.values())[:k]) for k in range(len(languages))]
         top = TopKAccumulator(len(languages), check_units(top_units, resolved.n_layers, resolved.d_mlp), top_examples,
                               top_context, firsts, max_len, list(resolved.devices))
-    acc = Accumulator(len(languages), resolved, sum(n_sent.values()), sentence_means, edges, resolved.devices, top)
+    acc = Accumulator(len(languages), resolved, sum(n_sent.values()), sentence_means, edges, resolved.devices, top,
+                      importance)
 
     fp = fingerprint(model)
     options = {"batch_size": batch_size, "max_sentences": max_sentences, "pack": pack,
                "sentence_means": sentence_means, "histogram": edges is not None,
                "bos_prepended": bos_prepended, "special_tokens_counted": False, "world_size": world}
+    if plnd:
+        options["plnd_top_rate"] = float(plnd_top_rate)
     if top is not None:  # in the checkpoint key only when asked for: older checkpoints still resume
         options["top_examples"] = {"k": top_examples, "context": list(top_context),
                                    "units": hashlib.sha256(top.units.numpy().tobytes()).hexdigest()[:16]}
@@ -324,7 +348,12 @@ def record(
     ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
     done = load_checkpoint(ckpt, acc, key, rank) if resume else 0
 
-    hooks = [(name, acc.hook(l, l == resolved.n_layers - 1)) for l, name in enumerate(resolved.hook_names)]
+    last = resolved.n_layers - 1
+    # the forward pass stops at the last hook that fires: hook_post comes after the site's hook_pre
+    hooks = [(name, acc.hook(l, l == last and not plnd)) for l, name in enumerate(resolved.hook_names)]
+    if plnd:
+        hooks += [(f"blocks.{l}.mlp.hook_post", importance.hook(l, StopForward() if l == last else None))
+                  for l in range(resolved.n_layers)]
     # one bar over every batch of every language (a resumed run's bar starts where it left off)
     with torch.no_grad(), model.hooks(fwd_hooks=hooks), stage("record", len(batches), "batch",
                                                               progress and rank == 0) as bar:
@@ -355,7 +384,8 @@ def record(
     if sentence_means:
         sl = torch.cat([torch.full((n,), k, dtype=torch.int64) for k, n in enumerate(n_sent.values())])
     stats = NeuronStats(languages, site, state["n_tokens"], state["count_pos"], state["sum"], state["sum_sq"],
-                        state.get("sentence_means"), sl, state.get("hist"), edges, meta, top_result)
+                        state.get("sentence_means"), sl, state.get("hist"), edges, meta, top_result,
+                        **{k: state.get(k) for k in IMPORTANCE_TENSORS})
     if ckpt is not None:
         _ckpt_path(ckpt, rank).unlink(missing_ok=True)
     return stats

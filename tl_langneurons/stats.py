@@ -23,6 +23,7 @@ STATS_TENSORS = "stats.safetensors"
 STATS_JSON = "stats.json"
 FORMAT_VERSION = 1
 SENTENCE_STATS = ("mean", "median", "max", "min")
+_IMPORTANCE = ("importance_sum", "importance_docs", "n_documents")  # PLND (record(..., plnd=True))
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,9 @@ class NeuronStats:
       * ``hist`` ``[lang, layer, d_mlp, len(hist_edges) + 1]``: counts per bin, bin ``b`` holding
         values in ``[edges[b-1], edges[b])`` (bin 0 is everything below ``edges[0]``, the last bin
         everything from ``edges[-1]`` up);
+      * PLND importance (``record(..., plnd=True)``, :mod:`.importance`): ``importance_sum``
+        (Σ over tokens of ``|post_j|·‖W_down[:, j]‖``), ``importance_docs`` (documents in which the
+        neuron is among its layer's top ``meta["options"]["plnd_top_rate"]``) and ``n_documents``;
       * ``top_examples``: each unit's top-activating tokens per language (:class:`~.examples.TopExamples`,
         ``record(..., top_examples=K)``), saved beside the statistics.
     """
@@ -55,6 +59,9 @@ class NeuronStats:
     hist_edges: Float64[Tensor, " edge"] | None = None
     meta: dict = field(default_factory=dict)
     top_examples: TopExamples | None = None
+    importance_sum: Float64[Tensor, "lang layer d_mlp"] | None = None
+    importance_docs: Float64[Tensor, "lang layer d_mlp"] | None = None
+    n_documents: Float64[Tensor, " lang"] | None = None
 
     def __post_init__(self):
         K = len(self.languages)
@@ -70,6 +77,16 @@ class NeuronStats:
             raise LangNeuronsError("sentence_means and sentence_language must be given together")
         if (self.hist is None) != (self.hist_edges is None):
             raise LangNeuronsError("hist and hist_edges must be given together")
+        plnd = [getattr(self, n) is None for n in _IMPORTANCE]
+        if any(plnd) != all(plnd):
+            raise LangNeuronsError("importance_sum, importance_docs and n_documents must be given together")
+        if not any(plnd):
+            for name in _IMPORTANCE[:2]:
+                if getattr(self, name).shape != self.count_pos.shape:
+                    raise LangNeuronsError(f"{name} has shape {tuple(getattr(self, name).shape)}, expected "
+                                           f"{tuple(self.count_pos.shape)}")
+            if self.n_documents.shape != (K,):
+                raise LangNeuronsError(f"n_documents has shape {tuple(self.n_documents.shape)}, expected ({K},)")
         top = self.top_examples
         if top is not None:
             if top.languages != list(self.languages) or top.site != self.site:
@@ -199,6 +216,7 @@ class NeuronStats:
         self.check_compatible(other)
         for name, what in (("sentence_means", "per-sentence means (record with sentence_means=True)"),
                            ("hist", "histograms (record with histogram_edges=...)"),
+                           ("importance_sum", "PLND importance (record with plnd=True)"),
                            ("top_examples", "top examples (record with top_examples=K)")):
             mine, theirs = getattr(self, name) is not None, getattr(other, name) is not None
             if mine != theirs:
@@ -227,6 +245,14 @@ class NeuronStats:
         n_tokens = torch.zeros(K, dtype=torch.float64)
         for src in (self, other):
             n_tokens.index_add_(0, torch.tensor([langs.index(k) for k in src.languages]), src.n_tokens.double())
+        plnd = {}
+        if self.importance_sum is not None:
+            rates = [(s.meta.get("options") or {}).get("plnd_top_rate") for s in (self, other)]
+            if rates[0] != rates[1]:
+                raise LangNeuronsError(f"cannot merge PLND importance recorded with different plnd_top_rate: {rates}")
+            plnd = {"importance_sum": combine("importance_sum", (L, I)),
+                    "importance_docs": combine("importance_docs", (L, I)),
+                    "n_documents": combine("n_documents", ())}
         meta = dict(self.meta)
         meta["merged_from"] = [self.meta.get("corpus"), other.meta.get("corpus")]
         top = None
@@ -235,7 +261,7 @@ class NeuronStats:
             if top.languages != langs:  # languages are disjoint here (merge refuses shared ones): same order
                 top = top.select(langs)
         return NeuronStats(langs, self.site, n_tokens, combine("count_pos", (L, I)), combine("sum", (L, I)),
-                           combine("sum_sq", (L, I)), sm, sl, hist, edges, meta, top)
+                           combine("sum_sq", (L, I)), sm, sl, hist, edges, meta, top, **plnd)
 
     def select(self, languages: list[str]) -> "NeuronStats":
         """The statistics of a subset of languages, in the given order."""
@@ -247,10 +273,12 @@ class NeuronStats:
             remap = torch.full((len(self.languages),), -1, dtype=torch.int64)
             remap[idx] = torch.arange(len(languages))
             sl = remap[self.sentence_language[keep]]
+        plnd = {n: None if getattr(self, n) is None else getattr(self, n)[idx] for n in _IMPORTANCE}
         return replace(self, languages=list(languages), n_tokens=self.n_tokens[idx], count_pos=self.count_pos[idx],
                        sum=self.sum[idx], sum_sq=self.sum_sq[idx], sentence_means=sm, sentence_language=sl,
                        hist=None if self.hist is None else self.hist[idx],
-                       top_examples=None if self.top_examples is None else self.top_examples.select(list(languages)))
+                       top_examples=None if self.top_examples is None else self.top_examples.select(list(languages)),
+                       **plnd)
 
     # -- files -----------------------------------------------------------------------------
 
@@ -262,6 +290,9 @@ class NeuronStats:
         if self.hist is not None:
             out["hist"] = self.hist
             out["hist_edges"] = self.hist_edges
+        for name in _IMPORTANCE:
+            if getattr(self, name) is not None:
+                out[name] = getattr(self, name)
         return {k: v.contiguous() for k, v in out.items()}
 
     def save(self, directory: str | os.PathLike) -> Path:
@@ -312,5 +343,6 @@ class NeuronStats:
             meta.pop(k, None)
         top = None if not top_ref else TopExamples.load(d, sha=top_ref["sha256"])
         stats = cls(langs, site, t["n_tokens"], t["count_pos"], t["sum"], t["sum_sq"], t.get("sentence_means"),
-                    t.get("sentence_language"), t.get("hist"), t.get("hist_edges"), meta, top)
+                    t.get("sentence_language"), t.get("hist"), t.get("hist_edges"), meta, top,
+                    **{n: t.get(n) for n in _IMPORTANCE})
         return stats

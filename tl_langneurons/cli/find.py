@@ -32,7 +32,7 @@ def cmd_record(args) -> int:
     stats = record(model, corpus, site=args.site, batch_size=args.batch_size,
                    sentence_means=args.sentence_means, histogram_edges=True if args.histograms else None,
                    pack=args.pack, checkpoint_dir=out / ".checkpoint", checkpoint_every=args.checkpoint_every,
-                   resume=args.resume, **top)
+                   resume=args.resume, plnd=args.plnd, plnd_top_rate=args.plnd_top_rate, **top)
     rank, _ = dist_info()
     if rank == 0:
         stats.save(out)
@@ -97,10 +97,7 @@ def cmd_identify(args) -> int:
     given = {k: getattr(args, k) for k in options if getattr(args, k, None) is not None}
     method.check_given(given)  # before the statistics are read: mistakes fail at once
     stats = NeuronStats.load(args.stats)
-    for need, who in method.needs_for(given):
-        if need == "sentence_means" and stats.sentence_means is None:
-            raise LangNeuronsError(f"{who} needs per-sentence means, which {args.stats!r} does not hold: record the "
-                                   "statistics again with --sentence-means")
+    method.check_statistics(stats, given, repr(args.stats))
     for k, o in options.items():
         if k in given and o.type == "languages":
             given[k] = parse_languages(given[k])

@@ -4,7 +4,9 @@ import argparse
 
 from ..errors import LangNeuronsError
 from ..intervene.modes import ZERO, get_mode, mode_names, modes_help
+from .compare import add_compare_parser
 from .find import cmd_analyze, cmd_bench, cmd_browse, cmd_demo, cmd_identify, cmd_models, cmd_plot, cmd_record
+from .lens import add_lens_parser
 from .measure import cmd_diffmean, cmd_lss, cmd_ppl, cmd_steer, cmd_tasks
 from .tune import cmd_finetune
 
@@ -84,11 +86,11 @@ def _needing_stats(names, sep: str = " and ") -> str:
 def identify_methods(c) -> None:
     """``--method`` and each registered method's options (:mod:`..identify.methods`), one group per
     method; an option two methods share is listed under the first, its help naming both."""
-    from ..identify.methods import METHODS
+    from ..identify.methods import METHODS, STATISTICS_NEEDED
 
     c.add_argument("--method", required=True, choices=list(METHODS),
-                   help="; ".join(f"{m.name}: {m.help}" + (" (needs --sentence-means statistics)"
-                                                          if "sentence_means" in m.needs else "")
+                   help="; ".join(f"{m.name}: {m.help}" + "".join(f" (needs {STATISTICS_NEEDED[n][2]} statistics)"
+                                                                  for n in m.needs)
                                   for m in METHODS.values()))
     seen: set[str] = set()
     for m in METHODS.values():
@@ -103,7 +105,7 @@ def identify_methods(c) -> None:
                 action = g.add_argument(o.flag, action="store_true", default=None, help=text)
             else:
                 action = g.add_argument(o.flag, type=o.type if o.type in (int, float) else str, default=None,
-                                        help=text)
+                                        choices=o.choices, help=text)
             defaults = {x.name: x.default(o.name) for x in owners}
             if any(v is not None and v is not False for v in defaults.values()):
                 shown = (f"{next(iter(defaults.values()))}" if len(set(map(repr, defaults.values()))) == 1
@@ -185,6 +187,10 @@ def build_parser() -> argparse.ArgumentParser:
                                  "context kept before,after each example"), _top_context_default)
     r.add_argument("--checkpoint-every", type=int, default=50, help="batches between checkpoints")
     r.add_argument("--resume", action="store_true", help="continue an interrupted recording in --out")
+    r.add_argument("--plnd", action="store_true", help="also record PLND importance |post_j| x ||W_down[:, j]|| "
+                   "(Zhao et al. 2024), read at hook_post whatever --site is")
+    r.add_argument("--plnd-top-rate", type=float, default=0.14, help="with --plnd: the share of each layer's "
+                   "neurons counted as activated by a document (0.14)")
     r.add_argument("--out", required=True, help="directory the statistics are written to (and a --resume reads)")
     r.set_defaults(func=cmd_record)
 
@@ -417,6 +423,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--seed", type=int, default=0, help="seeds LoRA's initialisation, the example order and the "
                    "random mask")
     placement_options(c)
+
+    add_lens_parser(sub, placement_options)
+    add_compare_parser(sub, placement_options)
 
     m = sub.add_parser("models", help="list the built-in models")
     m.add_argument("--json", action="store_true", help="print JSON instead of a table")

@@ -33,8 +33,11 @@ from typing import Any
 
 from ..errors import LangNeuronsError, choices
 
-OPTION_TYPES = (float, int, bool, "languages")  # bool: a flag; "languages": a comma-separated list
-STATISTICS_NEEDED = ("sentence_means",)  # what a method may need beyond the per-token counts
+OPTION_TYPES = (float, int, str, bool, "languages")  # bool: a flag; "languages": a comma-separated list
+# What a method may need beyond the per-token counts: the NeuronStats field that holds it, what it
+# is, and the record command's flag that records it.
+STATISTICS_NEEDED = {"sentence_means": ("sentence_means", "per-sentence means", "--sentence-means"),
+                     "plnd": ("importance_sum", "PLND importance", "--plnd")}
 
 
 @dataclass(frozen=True)
@@ -46,12 +49,14 @@ class Option:
         type: one of :data:`OPTION_TYPES`.
         help: one line for ``identify --help``.
         needs: statistics needed when the option is given (e.g. ``all_sentences``: sentence means).
+        choices: the values allowed (a ``str`` option), if only some are.
     """
 
     name: str
     type: Any
     help: str
     needs: tuple[str, ...] = ()
+    choices: tuple | None = None
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name.isidentifier():
@@ -124,6 +129,14 @@ class Method:
         out = [(s, f"--method {self.name}") for s in self.needs]
         out += [(s, o.flag) for o in self.options if o.name in given for s in o.needs]
         return out
+
+    def check_statistics(self, stats, given, where: str) -> None:
+        """Refuse statistics that lack what this run needs, naming the flag that records it."""
+        for need, who in self.needs_for(given):
+            field, what, flag = STATISTICS_NEEDED[need]
+            if getattr(stats, field, None) is None:
+                raise LangNeuronsError(f"{who} needs {what}, which {where} does not hold: record the statistics "
+                                       f"again with {flag}")
 
     def check_given(self, given) -> None:
         """Refuse options of other methods and, for ``exactly_one``, anything but one option."""
@@ -198,6 +211,7 @@ def method_of(neurons) -> Method | None:
 from .ap import ap_experts_all  # noqa: E402
 from .baselines import threshold  # noqa: E402
 from .entropy import lape  # noqa: E402
+from .plnd import EXCLUDE, plnd  # noqa: E402
 
 
 def _lape_cutoff(params: dict) -> tuple[dict, int | None]:
@@ -272,3 +286,12 @@ register_method(Method(
              Option("all_sentences", bool, "neurons whose sentence mean is > 0 in every sentence (Rahmanisa et al.)",
                     needs=("sentence_means",))),
     exactly_one=True, describe=_describe_threshold))
+register_method(Method(
+    "plnd", plnd, "parallel language-specific neuron detection by importance (Zhao et al. 2024)",
+    options=(Option("consistency", float, "share of a language's documents that must activate a neuron (1.0: every "
+                    "document, as Zhao et al.)"),
+             Option("exclude", str, "drop neurons activated by any other language (the paper) or only those "
+                    "activated by all languages (their released code)", choices=EXCLUDE),
+             Option("top_n", int, "instead: each language's N neurons of largest activation-share contrast "
+                    "(equal-size sets)")),
+    needs=("plnd",)))
