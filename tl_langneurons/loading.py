@@ -38,8 +38,9 @@ def load_model(
             Hugging Face hub id (needs a network, or a warm cache).
         device: torch device for the whole model (default ``cpu``). Excludes ``device_map``.
         dtype: weights and compute dtype (``float32``, ``bfloat16``, ``float16``).
-        site: the neuron site to check at load (``act``, ``pre``, ``post``): its hooks must exist,
-            fire, and have the MLP's width (read from its down projection, :func:`mlp_width`).
+        site: the unit site to check at load (``act``, ``pre``, ``post``, a linear output, ``linear``,
+            ``sae:DIR``: :mod:`.units`): its hooks must exist, fire, and have the width read from
+            the model's weights (for MLP neurons its down projection's, :func:`mlp_width`).
         device_map: dispatch one copy of a model too large for one device over several, through
             Hugging Face/accelerate: ``"auto"`` (or ``"balanced"``, ``"balanced_low_0"``,
             ``"sequential"``) or a ``{module name: GPU index | device | "disk"}`` dict. The bridge

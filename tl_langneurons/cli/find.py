@@ -11,7 +11,8 @@ from .done import finish
 
 def cmd_record(args) -> int:
     from ..corpus import load_corpus
-    from ..models import SITES, load_model
+    from ..models import load_model
+    from ..units import check_site_name
     from ..sources import resolve_source
     from ..pipeline import recording_summary
     from ..record import dist_info, record
@@ -19,8 +20,7 @@ def cmd_record(args) -> int:
     positive("--max-sentences", args.max_sentences)
     positive("--batch-size", args.batch_size)
     # checked before the corpus is read and transformer_lens imported (~30 s): mistakes fail at once
-    if args.site not in SITES:
-        raise LangNeuronsError(f"unknown --site {args.site!r}; allowed: {', '.join(SITES)}")
+    check_site_name(args.site)
     resolve_source(args.model)
     top = _top_options(args)
     placed = placement(args)
@@ -30,7 +30,8 @@ def cmd_record(args) -> int:
     model = load_model(args.model, dtype=args.dtype, site=args.site, **placed)
     out = Path(args.out)
     stats = record(model, corpus, site=args.site, batch_size=args.batch_size,
-                   sentence_means=args.sentence_means, histogram_edges=True if args.histograms else None,
+                   sentence_means=args.sentence_means or args.bos_in_sentence_means,
+                   bos_in_sentence_means=args.bos_in_sentence_means, histogram_edges=True if args.histograms else None,
                    pack=args.pack, checkpoint_dir=out / ".checkpoint", checkpoint_every=args.checkpoint_every,
                    resume=args.resume, plnd=args.plnd, plnd_top_rate=args.plnd_top_rate, **top)
     rank, _ = dist_info()

@@ -4,6 +4,7 @@ import argparse
 
 from ..errors import LangNeuronsError
 from ..intervene.modes import ZERO, get_mode, mode_names, modes_help
+from ..units import site_help
 from .compare import add_compare_parser
 from .find import cmd_analyze, cmd_bench, cmd_browse, cmd_demo, cmd_identify, cmd_models, cmd_plot, cmd_record
 from .lens import add_lens_parser
@@ -169,13 +170,16 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--corpus", default="builtin", help="'builtin', a folder of <lang>.txt, or hf:NAME[:CONFIG][:SPLIT]")
     r.add_argument("--split", default=None, help="built-in corpus split (train/stats/eval/parallel); default stats")
     r.add_argument("--languages", default=None, help="comma-separated language codes (default: all)")
-    r.add_argument("--site", default="act", help="where activations are read (docs/methods.md#sites): act, pre or post")
+    r.add_argument("--site", default="act", help="where units are read (docs/methods.md#sites, docs/units.md): "
+                   + site_help())
     r.add_argument("--max-sentences", type=int, default=None, help="the first N sentences of each language "
                    "(default: all)")
     r.add_argument("--batch-size", type=int, default=32, help="sentences (or packed windows) per forward pass")
     placement_options(r)
     dtype_option(r)
     r.add_argument("--sentence-means", action="store_true", help="keep each sentence's mean activation")
+    r.add_argument("--bos-in-sentence-means", action="store_true",
+                   help="count BOS in each sentence's mean, as Kojima et al. did (implies --sentence-means)")
     r.add_argument("--histograms", action="store_true", help="keep per-neuron histograms (quantiles)")
     r.add_argument("--pack", type=int, default=None, help="pack sentences into windows of N tokens")
     r.add_argument("--top-examples", type=int, default=None, metavar="K",
