@@ -113,7 +113,7 @@ def averages(summary: pd.DataFrame) -> pd.DataFrame:
 
 
 def figure(summary: pd.DataFrame, out: Path) -> None:
-    """Rate against α: one line per source→target pair, one panel per δ."""
+    """Rate against α: one panel per source→target pair and δ."""
     from tl_langneurons.outputs import plot  # matplotlib: only when a figure is drawn
 
     panels = summary.assign(target=summary.source + "→" + summary.target,

@@ -419,3 +419,25 @@ def test_write_steer_sweep_across_modes_and_a_zero_factor(tmp_path):
     summary = write_steer(plain, tmp_path / "plain")
     assert summary["sweep"] is False and summary["settings"] == {"positions": "all"}
     assert summary["mean"]["target_rate"] == 1.0 and set(summary["targets"]) == {"de", "ru"}
+
+
+def test_progress_is_one_bar_per_stage_and_survives_an_error(capsys, monkeypatch):
+    """Loops inside a stage advance its one bar; an error inside a stage or a loop leaves no stage
+    running that would silence the bars after it."""
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    monkeypatch.setattr(progress, "LOG_EVERY", 1e9)  # the closing line only
+    with progress.stage("outer", 6, "item"):
+        for _ in progress.track(range(3), "inner", unit="item", size=lambda i: 2):
+            for _ in progress.track(range(5), "other units", unit="token"):
+                pass
+    with pytest.raises(ZeroDivisionError):
+        with progress.stage("failing", 2, "item"):
+            1 / 0
+    with pytest.raises(ZeroDivisionError):
+        for i in progress.track(range(3), "failing loop", unit="item"):
+            1 / i
+    for _ in progress.track(range(2), "after", unit="item"):
+        pass
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0] == "outer: 6/6 items (100%), 0s" and lines[1].startswith("failing: 0/2 items")
+    assert lines[-1] == "after: 2/2 items (100%), 0s" and not any(line.startswith("inner") for line in lines)

@@ -198,7 +198,15 @@ def test_tasks_command(tmp_path, builtin_model, capsys):
     assert set(pd.read_csv(tmp_path / "b" / "tasks.csv").condition) == {"baseline"}
 
 
-def test_tasks_command_errors(tmp_path, capsys):
+def test_tasks_command_errors(tmp_path, capsys, monkeypatch):
+    from tl_langneurons import models
+
+    def no_load(*a, **k):
+        raise AssertionError("the model was loaded before the arguments were checked")
+
+    monkeypatch.setattr(models, "load_model", no_load)
+    assert main(["tasks", "--tasks", "tlln_clozee_de", "--out", str(tmp_path / "o")]) == 2
+    assert "unknown lm-eval task 'tlln_clozee_de'" in capsys.readouterr().err
     for argv, msg in ((["--target", "de"], "--target needs --neurons"),
                       (["--neurons", "n.json"], "--neurons needs --target"),
                       (["--limit", "0"], "--limit"),

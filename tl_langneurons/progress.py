@@ -5,7 +5,7 @@ matrix, a recording — counted in one unit (generations, batches) over its whol
 estimate of the time left covers the whole stage. The loops inside the functions a stage calls
 (one ``generate`` call per batch, one NLL pass per condition) use :func:`track`: inside a stage
 they advance its bar by the units they complete and draw nothing of their own (no nested bars, no
-"0/1" bar per cell); called alone, outside any stage, a loop is a stage of its own.
+"0/1" bar per cell); called alone, outside any stage, a loop has a bar of its own.
 
 On a terminal a stage is a tqdm bar. Elsewhere (a log file, a pipe, a notebook's captured stderr)
 it is a plain line every :data:`LOG_EVERY` seconds and one at the end — no carriage returns or
@@ -141,7 +141,7 @@ def track(iterable: Iterable, desc: str, enabled: bool = True, unit: str = "step
           size: Callable = _one) -> Iterator:
     """Iterate over ``iterable``, ``size(item)`` units of work per item. Inside a stage counted in
     ``unit``, advance it after each item; inside a stage counted in another unit, silently (the
-    stage counts the work in its own units); outside any stage, as a stage of its own."""
+    stage counts the work in its own units); outside any stage, with a bar of its own."""
     if _current is not None:
         s = _current
         for item in iterable:
@@ -151,7 +151,12 @@ def track(iterable: Iterable, desc: str, enabled: bool = True, unit: str = "step
         return
     if total is None and hasattr(iterable, "__len__"):
         total = sum(size(x) for x in iterable) if size is not _one else len(iterable)
-    with stage(desc, total, unit, enabled) as s:
+    # a bar of its own, not made the running stage: a generator abandoned by an exception is closed
+    # only when it is collected, and a stage left running would silence every later bar
+    s = Stage(desc, total, unit, enabled)
+    try:
         for item in iterable:
             yield item
             s.advance(size(item))
+    finally:
+        s.close()

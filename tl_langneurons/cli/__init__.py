@@ -24,11 +24,24 @@ def _as_flags(message: str) -> str:
     return message
 
 
+def _plain_log() -> None:
+    """Not on a terminal (a log file, a pipe): the libraries' own progress bars (transformers'
+    weight loading and GGUF conversion, the hub's downloads, datasets') would write carriage returns
+    into the log; the package's own bars print plain lines there (:mod:`..progress`). Set before
+    those libraries are imported, which is when they read it."""
+    import os
+
+    if not sys.stderr.isatty():
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+
+
 def main(argv: list[str] | None = None) -> int:
     start()
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
+        _plain_log()
         return args.func(args)
     except LangNeuronsError as e:
         print(f"tl-langneurons: error: {_as_flags(str(e))}", file=sys.stderr)

@@ -432,6 +432,7 @@ def _tasks(args, rf, tasks, sources) -> int:
     from ..models import load_model, weights_hash
     from ..outputs.measurements import write_tasks
     from ..tasks import evaluate_tasks
+    from ..tasks.registry import task_manager, task_specs
 
     neurons = stats = targets = None
     if args.neurons is not None:
@@ -441,11 +442,13 @@ def _tasks(args, rf, tasks, sources) -> int:
 
         _check_mode(args.mode, mode_names(tasks=True), stats=args.stats, factor=args.factor, statistic=args.statistic)
         neurons, stats, targets = _measure_inputs(args, args.mode, [t.strip() for t in args.target.split(",")])
-        model = _load_for(args, neurons)
     elif args.target is not None:
         raise LangNeuronsError("--target needs --neurons (the neuron set whose target neurons are intervened on)")
-    else:
-        model = load_model(args.model, dtype=args.dtype, **placement(args))
+    # task names, local data and few-shot settings checked before the model is loaded (the task
+    # index is cached: evaluate_tasks reuses it)
+    task_specs(tasks, task_manager(tasks, args.include_path), sources, args.num_fewshot)
+    model = _load_for(args, neurons) if neurons is not None else load_model(args.model, dtype=args.dtype,
+                                                                             **placement(args))
     run = evaluate_tasks(model, tasks, neurons, targets, args.mode, factor=args.factor, stats=stats,
                          statistic=args.statistic, control=control(args.control), seed=args.seed, limit=args.limit,
                          batch_size=args.batch_size, num_fewshot=args.num_fewshot, sources=sources,

@@ -296,7 +296,7 @@ def _change_panels(panels: dict[str, pd.DataFrame], own: dict[str, str], annotat
                 ax.add_patch(Rectangle((list(m.columns).index(own[row]), i), 1, 1, fill=False, edgecolor="0.1",
                                        linewidth=0.9))
         ax.set_title(title, fontsize=8, pad=3)
-        ax.set_xlabel(xlabel if k == n - 1 else "")
+        ax.set_xlabel(xlabel if k == n - 1 else "", fontsize=8)
         ax.set_ylabel(ylabel, fontsize=8)
         ax.tick_params(labelsize=TICK_FONT, length=2, pad=1)
         ax.tick_params(axis="x", rotation=90)
@@ -439,14 +439,25 @@ def steer_rate_vs_factor(df: pd.DataFrame, columns: int = 5) -> Figure:
         summ[k] = summ[k].astype(object).where(summ[k].notna(), "–")
     settings = list(summ.groupby(keys, sort=False)) if keys else [((), summ)]
     targets = list(dict.fromkeys(summ["target"]))
-    panels = [(key, g, t) for key, g in settings for t in targets if (g["target"] == t).any()]
     series = [k for k, c in _STEER_COLUMNS.items() if c in summ.columns and not summ[c].isna().all()]
-    ncols = max(1, min(columns, len(panels)))
-    nrows = math.ceil(len(panels) / ncols)
+    if len(settings) == 1:  # one setting: the targets' panels wrapped, `columns` to a row
+        panels = [(settings[0][0], settings[0][1], t) for t in targets]
+        ncols = max(1, min(columns, len(panels)))
+        nrows = math.ceil(len(panels) / ncols)
+        slots = list(range(len(panels)))
+    else:  # several settings: one row per setting, one column per target
+        ncols, nrows = len(targets), len(settings)
+        panels, slots = [], []
+        for i, (key, g) in enumerate(settings):
+            for j, t in enumerate(targets):
+                if (g["target"] == t).any():
+                    panels.append((key, g, t))
+                    slots.append(i * ncols + j)
     fig = _figure(1.45 * ncols + 0.5, 1.3 * nrows + 0.75)
     axes = fig.subplots(nrows, ncols, sharex=True, sharey=True, squeeze=False).ravel()
     modes = set()
-    for ax, (key, g, t) in zip(axes, panels):
+    for slot, (key, g, t) in zip(slots, panels):
+        ax = axes[slot]
         key = key if isinstance(key, tuple) else (key,)
         setting = dict(zip(keys, key))
         modes.add(setting.get("mode"))
@@ -462,8 +473,10 @@ def steer_rate_vs_factor(df: pd.DataFrame, columns: int = 5) -> Figure:
                 bars.lines[0].set_gid(name)  # the data line (not its caps): what the legend entry shows
             else:
                 ax.plot(x, y, gid=name, **style)
-        title = t if len(settings) == 1 else f"{t}: " + ", ".join(str(v) for v in key if v != "–")
-        ax.set_title(title, fontsize=8, pad=2)
+        if len(settings) == 1 or slot < ncols:
+            ax.set_title(t, fontsize=8, pad=2)
+        if len(settings) > 1 and slot % ncols == 0:  # the row's setting, left of its first panel
+            ax.set_ylabel("\n".join(str(v) for v in key if v != "–"), fontsize=7)
         _factor_axis(ax, sorted(set(float(f) for f in summ["factor"])))
         ax.set_ylim(-0.03, 1.03)
         ax.yaxis.set_major_locator(FixedLocator([0, 0.5, 1]))
@@ -471,8 +484,12 @@ def steer_rate_vs_factor(df: pd.DataFrame, columns: int = 5) -> Figure:
         ax.tick_params(labelsize=TICK_FONT, pad=1)
         ax.grid(axis="y", color="0.9", linewidth=0.5)
         sns.despine(ax=ax)
-    for ax in axes[len(panels):]:
-        ax.set_visible(False)
+    used = set(slots)
+    for i, ax in enumerate(axes):
+        if i not in used:
+            ax.set_visible(False)
+        elif i + ncols >= len(axes) or i + ncols not in used:  # nothing below: its own factor labels
+            ax.xaxis.set_tick_params(labelbottom=True)
     mode = modes.pop() if len(modes) == 1 else None
     xlabel = _strength_label(mode)
     if len(settings) == 1 and keys:  # the one setting, said once under the panels
