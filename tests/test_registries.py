@@ -1,7 +1,11 @@
 """The extension seams: a toy entry registered with one call runs end to end, touching no other file.
 
 * mode ``negate`` (``a := -a``): through :func:`intervene` on the built-in model it equals negating
-  the neurons' columns of the down projection; the command line offers it and runs it (``lss``).
+  the neurons' columns of the down projection; the command line offers it and runs it (``lss``);
+* method ``top-p-by-mean``: ``identify --method top-p-by-mean`` equals a hand-computed ranking, its
+  option shared with LAPE's;
+* the back-end objects under the TransformerBridge: ownership, the wrapped model, generation (= the
+  Hugging Face model's own ``generate``), the lm-eval adapter.
 """
 
 import json
@@ -163,3 +167,36 @@ def test_a_registered_method_runs_through_identify(toy_method, tmp_path, capsys)
     assert main(["identify", "--stats", str(tmp_path / "nowhere"), "--method", "top-p-by-mean", "--top-m", "3",
                  "--out", str(out)]) == 2
     assert "--top-m is an option of --method threshold, not of --method top-p-by-mean" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# the back-end objects, under the TransformerBridge
+
+
+@pytest.mark.skipif(models.backend() != "bridge", reason="the TransformerBridge back end (TL >= 4.3)")
+def test_the_bridge_back_end(builtin_model):
+    from tl_langneurons.backends import BACKENDS, BRIDGE, HOOKED, backend_of, installed_backend
+    from tl_langneurons.evaluate.generation import GenerationConfig, generate_tokens
+
+    model = builtin_model
+    assert installed_backend() is BRIDGE and backend_of(model) is BRIDGE and not HOOKED.owns(model)
+    assert [b.name for b in BACKENDS] == ["bridge", "hooked"] and not HOOKED.installed()
+    assert BRIDGE.hf_model(model) is model.original_model and BRIDGE.dispatches and BRIDGE.wraps_in_memory
+    assert BRIDGE.call_start[0] in model.hook_dict
+    with pytest.raises(LangNeuronsError, match="got Linear"):
+        backend_of(torch.nn.Linear(2, 2))
+    # generation is the wrapped Hugging Face model's own generate
+    from tl_langneurons.tokens import encode, left_pad, pad_id
+
+    tokens, mask = left_pad([encode(model.tokenizer, p) for p in ("Der Hund", "The cat sat on")], pad_id(model.tokenizer))
+    gen = GenerationConfig(greedy=True, max_new_tokens=3, stop_at_eos=False)
+    with torch.no_grad():
+        hf = model.original_model.generate(input_ids=tokens, attention_mask=mask, max_new_tokens=3, min_new_tokens=3,
+                                           do_sample=False, pad_token_id=pad_id(model.tokenizer))
+    assert torch.equal(BRIDGE.generate(model, tokens, mask, gen), hf)
+    assert torch.equal(generate_tokens(model, tokens, mask, gen), hf)
+    # lm-eval scores the wrapped model
+    pytest.importorskip("lm_eval")
+    from tl_langneurons.tasks.lm import task_lm
+
+    assert task_lm(model, batch_size=2).model is model.original_model

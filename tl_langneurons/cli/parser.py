@@ -9,6 +9,7 @@ from .compare import add_compare_parser
 from .find import cmd_analyze, cmd_bench, cmd_browse, cmd_demo, cmd_identify, cmd_models, cmd_plot, cmd_record
 from .lens import add_lens_parser
 from .measure import cmd_diffmean, cmd_lss, cmd_ppl, cmd_steer, cmd_tasks
+from .steerbench import add_parser as add_steer_bench
 from .tune import cmd_finetune
 
 class _Formatter(argparse.HelpFormatter):
@@ -430,6 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_lens_parser(sub, placement_options)
     add_compare_parser(sub, placement_options)
+    add_steer_bench(sub, placement_options)
 
     m = sub.add_parser("models", help="list the built-in models")
     m.add_argument("--json", action="store_true", help="print JSON instead of a table")

@@ -42,7 +42,7 @@ from torch import Tensor
 
 from .. import _checks
 from ..errors import LangNeuronsError, choices
-from ..backends import is_hooked
+from ..backends import backend_of
 from ..identity import compatible, identity
 from ..units import Part, resolve_site
 from ..neurons import LanguageNeurons
@@ -273,9 +273,9 @@ def make_hooks(model: Any, interventions, positions="all", prompt_length=None
     stash: dict[str, Tensor] = {}
     hooks: list[tuple[str, Callable]] = []
     if tracked:
-        # a HookedTransformer's generate embeds outside forward, without hook_embed: it is tracked
-        # where every forward call starts, the first block's input
-        order = ("blocks.0.hook_resid_pre",) if is_hooked(model) else ("hook_embed", "blocks.0.hook_resid_pre")
+        # where every forward call starts, as the back end says (a HookedTransformer's generate
+        # embeds outside forward, without hook_embed: there, the first block's input)
+        order = backend_of(model).call_start
         start = next((n for n in order if n in model.hook_dict), None)
         if start is None:
             raise LangNeuronsError("this model has no 'hook_embed' to track positions; use positions='all' or 'last'")
