@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from ..errors import LangNeuronsError
-from .args import flag, parse_floats, parse_languages, placement, positive
+from .args import flag, flags_in_errors, parse_floats, parse_languages, placement, positive
 from .done import finish
 
 # Method options of `identify`, each owned by one method (its defaults are the function's).
@@ -117,15 +117,16 @@ def cmd_identify(args) -> int:
         what = "--method ap" if args.method == "ap" else "--all-sentences"
         raise LangNeuronsError(f"{what} needs per-sentence means, which {args.stats!r} does not hold: record the "
                                "statistics again with --sentence-means")
-    if args.method == "lape":
-        neurons = lape(stats, **given)
-    elif args.method == "ap":
-        languages = parse_languages(given.pop("languages", None))
-        neurons = ap_experts_all(stats, languages, **given)
-    elif args.method == "plnd":
-        neurons = plnd(stats, **given)
-    else:
-        neurons = threshold(stats, **given)
+    with flags_in_errors(METHOD_OPTIONS[args.method]):  # "top_rate must be ..." → "--top-rate must be ..."
+        if args.method == "lape":
+            neurons = lape(stats, **given)
+        elif args.method == "ap":
+            languages = parse_languages(given.pop("languages", None))
+            neurons = ap_experts_all(stats, languages, **given)
+        elif args.method == "plnd":
+            neurons = plnd(stats, **given)
+        else:
+            neurons = threshold(stats, **given)
     path = neurons.save(args.out)
     counts = neurons.counts()
     union = len(neurons.union())
@@ -232,11 +233,17 @@ def cmd_bench(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from ..pipeline import run_demo
+    from ..pipeline import demo_plan, run_demo
 
     langs = parse_languages(args.languages)
     given = {} if langs is None else {"languages": langs}  # else pipeline.DEMO_LANGUAGES
     floats = lambda opt, v: None if v is None else tuple(parse_floats(opt, v))  # noqa: E731
+    # the plan's checks name its fields (top_rate, factor): in the flags' spelling here
+    names = {k: k for k in ("max_sentences", "eval_sentences", "top_rate", "diffmean_layer", "n_samples")}
+    with flags_in_errors({**names, "factor": "factors", "beta": "betas"}):
+        demo_plan(args.model, max_sentences=args.max_sentences, eval_sentences=args.eval_sentences,
+                  top_rate=args.top_rate, factors=floats("--factors", args.factors),
+                  diffmean_layer=args.diffmean_layer, betas=floats("--betas", args.betas), n_samples=args.n_samples)
     summary = run_demo(args.out, model=args.model, **given, max_sentences=args.max_sentences,
                        eval_sentences=args.eval_sentences, top_rate=args.top_rate,
                        factors=floats("--factors", args.factors), diffmean_layer=args.diffmean_layer,
