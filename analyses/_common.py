@@ -47,7 +47,8 @@ def add_model_args(p: argparse.ArgumentParser, *, languages: str, who: str, max_
     if pack is not None:
         p.add_argument("--pack", type=int, default=pack,
                        help="pack text into windows of N tokens (Tang: 4096); 0 = one sentence per row")
-    p.add_argument("--site", default="act")
+    p.add_argument("--site", default="act", help="where units are read: act, pre, post, q, k, v, o, up, down, "
+                   "linear (all linear outputs), sae:DIR (default act)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32")
     p.add_argument("--batch-size", type=int, default=batch_size, help="sequences per forward pass")
@@ -143,8 +144,9 @@ def get_stats(args, out: Path, model=None, sentence_means: bool = False) -> Neur
                                "sequence: add --pack 0")
     corpus = load_corpus(args.corpus, languages=langs, max_sentences=args.max_sentences)
     model = get_model(args) if model is None else model
+    bos = bool(getattr(args, "bos_in_sentence_means", False)) and sentence_means
     stats = record(model, corpus, site=args.site, batch_size=args.batch_size, sentence_means=sentence_means,
-                   pack=pack, checkpoint_dir=out / "stats" / ".checkpoint", resume=args.resume)
+                   bos_in_sentence_means=bos, pack=pack, checkpoint_dir=out / "stats" / ".checkpoint", resume=args.resume)
     stats.save(out / "stats")
     return stats
 

@@ -15,12 +15,16 @@ per language, the top 1,000 and bottom 1,000 units by AP; needs the internet)::
 (FLORES+ is gated on the Hugging Face hub: accept its terms and log in first. ``--stats DIR`` skips
 recording and reuses statistics recorded with per-sentence means.)
 
-A unit's response to a sentence is its mean activation over the sentence's tokens (the recorder
-keeps these with ``sentence_means``); each unit gets the average precision of its responses for
-"the sentence is in language k", ranked over the whole model; the top n/2 and the bottom n/2 are
-language k's experts. Kojima scored every Linear output; we read the MLP site ``act`` (φ(W₁x) for
-XGLM), as for every other method. The defaults suit the built-in model: n = 200 units per language
-is ~2% of its 10,752, the share that Kojima's 2,000 is of XGLM-564M's 98,304 MLP units.
+Kojima's units are every output of every linear projection — the attention's q, k, v and o and
+the MLP's projections (gate, up, down on a gated MLP; fc1, fc2 on XGLM's) — and this script reads
+exactly that set by default (``--site linear``, one forward pass; ``--site act`` for MLP neurons
+only). A unit's response to a sentence is its mean output over the sentence's tokens, BOS
+included as in Kojima's code (``--no-bos`` leaves it out, the package's default elsewhere); each
+unit gets the average precision of its responses for "the sentence is in language k", ranked over
+all units of the model at once; the top n/2 and the bottom n/2 are language k's experts. The
+defaults suit the built-in model: n = 260 units per language is 0.9% of its 29,184 linear units
+(6 layers × (4 × 256 + 3 × 1,792)), the share Kojima's 2,000 is of XGLM-564M's 221,184
+(24 × (4 × 1,024 + 4,096 + 1,024)).
 
 Writes into ``--out``: ``stats/``, ``neurons.json``, ``analysis/`` (CSV tables and
 ``summary.json`` with the relatedness tests), ``figures/`` (PNG + PDF), and ``kojima2024.json``:
@@ -55,7 +59,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = common.parser(__doc__)
     common.add_model_args(p, languages=KOJIMA_LANGUAGES, who="Kojima", max_sentences=200, batch_size=32,
                           out="results/kojima2024_builtin")
-    p.add_argument("--n", type=int, default=200, help="units per language, half top and half bottom (Kojima: 2000)")
+    p.set_defaults(site="linear")  # Kojima's unit set: every linear output
+    p.add_argument("--n", type=int, default=260, help="units per language, half top and half bottom (Kojima: 2000)")
+    p.add_argument("--no-bos", dest="bos_in_sentence_means", action="store_false",
+                   help="leave BOS out of each sentence's mean (Kojima counted it)")
     p.add_argument("--n-positive", type=int, default=500, help="sentences of the language (Kojima: 500)")
     p.add_argument("--n-negative", type=int, default=2500, help="sentences of the others together (Kojima: 2500)")
     p.add_argument("--permutations", type=int, default=10000, help="permutations of the relatedness tests")
@@ -71,6 +78,7 @@ def compare_with_paper(neurons, summary: dict) -> dict:
     ours = {
         "model": summary["model"],
         "n_units_per_language": neurons.params["n"],
+        "site": neurons.site,
         "share_of_units_per_language": neurons.params["n"] / (neurons.n_layers * neurons.d_mlp),
         # sentences each language's AP was computed on (fewer than asked where fewer were recorded)
         "sentences_used": {k: {"positive": u[k], "negative": sum(v for o, v in u.items() if o != k)}
@@ -88,6 +96,22 @@ def compare_with_paper(neurons, summary: dict) -> dict:
     return {"paper": PAPER, "ours": ours}
 
 
+def experts_per_part(neurons, stats) -> dict | None:
+    """How many of each language's experts lie in each part (q, k, v, o, gate, up, down) of a
+    layer's units, where the statistics record the layout (sites with several parts)."""
+    layout = (stats.meta.get("units") or {}).get("layout") or []
+    if len(layout) < 2:
+        return None
+    out = {}
+    for lang in neurons.languages:
+        counts = {p["part"]: 0 for p in layout}
+        for _, j in neurons.neurons[lang]:
+            part = next(p for p in layout if p["offset"] <= j < p["offset"] + p["width"])
+            counts[part["part"]] += 1
+        out[lang] = counts
+    return out
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     out = Path(args.out)
@@ -99,6 +123,8 @@ def main(argv=None) -> int:
     # no stats here: the entropy figure is LAPE's quantity, not what AP ranks by
     figures = write_figures(neurons, out / "figures", metric="overlap_coefficient")
     comparison = compare_with_paper(neurons, summary)
+    comparison["ours"]["bos_in_sentence_means"] = bool(stats.meta.get("options", {}).get("bos_in_sentence_means"))
+    comparison["ours"]["experts_per_part"] = experts_per_part(neurons, stats)
     atomic_write_text(out / "kojima2024.json", json.dumps(comparison, indent=1) + "\n")
     print(json.dumps(comparison, indent=1))
     print(f"wrote {neurons_path}, {out / 'analysis'}, {len(figures)} figure files in {out / 'figures'}, "

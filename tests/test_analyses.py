@@ -40,6 +40,10 @@ def test_kojima2024_experts(tmp_path, capsys):
     result = json.loads((out / "kojima2024.json").read_text())
     assert result["ours"]["n_units_per_language"] == 40
     assert result["ours"]["sentences_used"]["de"] == {"positive": 16, "negative": 80}
+    # Kojima's unit set: every linear output, BOS counted in sentence means
+    assert result["ours"]["site"] == "linear" and result["ours"]["bos_in_sentence_means"] is True
+    assert sum(result["ours"]["experts_per_part"]["de"].values()) == 40
+    assert list(result["ours"]["experts_per_part"]["de"]) == ["q", "k", "v", "o", "gate", "up", "down"]
     # reusing the statistics gives the same sets
     first = (out / "neurons.json").read_text()
     assert analysis_script("kojima2024_experts").main(["--stats", str(out / "stats"), "--n", "40", "--permutations", "200",

@@ -147,16 +147,16 @@ def test_auto_map_with_a_memory_budget(builtin_model, tmp_path):
 
 
 def test_each_layers_sums_live_on_its_activations_device():
-    from tl_langneurons.models import Site
+    from tl_langneurons.units import Part, Site
 
-    s = Site("pre", True, 3, 4, ("a", "b", "c"), None, ("cpu", "cpu", "meta"))
+    s = Site("pre", "pre", True, 3, 4, tuple((Part(h, 4),) for h in ("a", "b", "c")), ("cpu", "cpu", "meta"))
     acc = Accumulator(2, s, 0, False, None, s.devices)
     assert [t.device.type for t in acc.sum] == ["cpu", "cpu", "meta"]
     with pytest.raises(LangNeuronsError, match="one device per layer"):
         Accumulator(2, s, 0, False, None, ["cpu"])
     # an activation that is not where the layer's sums are is refused, not copied
     with pytest.raises(LangNeuronsError, match="activation is on cpu, its sums on meta"):
-        acc.hook(2, False)(torch.zeros(1, 2, 4))
+        acc.hook(2)(torch.zeros(1, 2, 4))
 
 
 @pytest.mark.parametrize("kwargs, message", [

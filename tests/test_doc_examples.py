@@ -11,6 +11,10 @@ are then read once, not once per command), anything else in ``bash``. Two things
 
 * a block preceded by ``<!-- not-run: REASON -->`` (it needs a GPU, the internet, an hour, or it is
   the test suite itself): its test is skipped with the reason, so ``pytest -ra`` lists each one;
+* by default, the blocks of docs/*.md: together they cost minutes (every command of the command-line
+  guide, each paper's script, fine-tuning), past what the suite can spend on them, so ``.ci/run``
+  runs them in a step of their own with ``TL_LANGNEURONS_DOC_EXAMPLES=all``; the README's blocks
+  (the demo and the Python example) always run;
 * ``pip install …`` inside a block: it would change the environment the tests run in (and takes
   tens of seconds even as a dry run). Its arguments are checked instead — the torch version is the
   one ``.ci/run`` installs and every extra it names exists in ``pyproject.toml``; ``.ci/run``
@@ -33,6 +37,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+ALL = os.environ.get("TL_LANGNEURONS_DOC_EXAMPLES") == "all"  # also the docs pages' blocks (.ci/run)
 NOT_RUN = re.compile(r"^<!--\s*not-run:\s*(.+?)\s*-->\s*$", re.M)  # a line of its own
 FENCE = re.compile(r"^```(\w*)\s*$")
 
@@ -241,7 +246,24 @@ def test_pip_check_refuses_an_unknown_extra():
 def test_block_runs(block, page_runs):
     if block.not_run is not None:
         pytest.skip(f"not-run: {block.not_run}")
+    if block.page.name != "README.md" and not ALL:
+        pytest.skip("a docs page's example: .ci/run runs these with TL_LANGNEURONS_DOC_EXAMPLES=all")
     run = page_runs(block.page)
     run.run_through(block)
     if block.lang == "python" and "print(" in block.code:
         assert run.printed[block.index].strip(), f"{block.id} prints nothing"
+
+
+def test_smoke_sizes_cut_only_when_asked(monkeypatch, capsys):
+    from tl_langneurons import _smoke, load_corpus
+
+    monkeypatch.delenv(_smoke.ENV, raising=False)
+    assert _smoke.cap(300, 2) == 300 and _smoke.cap(None, 2) is None
+    assert len(load_corpus("builtin", languages=["de"], max_sentences=5)["de"]) == 5
+    monkeypatch.setenv(_smoke.ENV, "1")
+    monkeypatch.setattr(_smoke, "_warned", False)
+    assert _smoke.cap(300, 2) == 2 and _smoke.cap(None, 2) == 2 and _smoke.cap(1, 2) == 1
+    assert len(load_corpus("builtin", languages=["de"], max_sentences=5)["de"]) == _smoke.SENTENCES
+    assert "the numbers are not results" in capsys.readouterr().err
+    monkeypatch.setenv(_smoke.ENV, "0")
+    assert _smoke.cap(300, 2) == 300

@@ -4,7 +4,7 @@ items, so that a command or an example runs in seconds on the built-in model.
 This is how the test suite runs the README's and the documentation's code blocks *as written*
 (``tests/test_doc_examples.py``): the blocks name the sizes a reader should use, and the test never
 edits them. The cuts sit where sizes enter the package — sentences per language when a corpus is
-loaded, prompts, generations per prompt and new tokens when steering — so every command and
+loaded, prompts, generations per prompt and new tokens when steering, documents per lm-eval task — so every command and
 function obeys them. A process that applies a cut says so once on stderr: its numbers are not
 results.
 """
@@ -13,10 +13,11 @@ import os
 import sys
 
 ENV = "TL_LANGNEURONS_SMOKE"
-SENTENCES = 8  # per language, for any corpus and split
+SENTENCES = 2  # per language, for any corpus and split
 PROMPTS = 2  # steering prompts per target
 SAMPLES = 1  # generations per prompt, condition and setting
 NEW_TOKENS = 4  # new tokens per generation
+DOCUMENTS = 4  # documents per lm-eval task
 
 _warned = False
 
@@ -33,6 +34,7 @@ def cap(value: int | None, limit: int) -> int | None:
     if not _warned:
         _warned = True
         print(f"{ENV} is set: sizes cut to {SENTENCES} sentences per language, {PROMPTS} prompts, "
-              f"{SAMPLES} generation per prompt, {NEW_TOKENS} new tokens; the numbers are not results",
+              f"{SAMPLES} generation per prompt, {NEW_TOKENS} new tokens, {DOCUMENTS} documents per task; "
+              "the numbers are not results",
               file=sys.stderr)
     return limit

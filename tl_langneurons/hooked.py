@@ -14,6 +14,7 @@ numbers, so a Gemma ``HookedTransformer`` has another weights hash than its brid
 """
 
 import warnings
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -149,3 +150,77 @@ def build(hf_model: Any, tokenizer: Any, name: str, device: str, dtype: torch.dt
     model.load_and_process_state_dict(state, fold_ln=False, center_writing_weights=False, center_unembed=False,
                                       fold_value_biases=False)
     return model.to(device, print_details=False).eval()
+
+
+# ---------------------------------------------------------------------------------------------
+# Generation and lm-eval on a HookedTransformer (its back end in :mod:`.backends` calls these)
+
+
+def generate(model, tokens, attention_mask, generation):
+    """A ``HookedTransformer``'s own KV-cached ``generate``. It takes no attention mask: it finds
+    the left padding itself, as the leading pad tokens (BOS unmasked where BOS = pad), so the mask
+    it will use is checked against ours first; it has no repetition penalty (its ``freq_penalty``
+    is another rule), so one other than 1 is refused."""
+    from transformer_lens.utilities import get_attention_mask
+
+    if generation.repetition_penalty != 1.0:
+        raise LangNeuronsError(f"repetition_penalty={generation.repetition_penalty} needs the TransformerBridge "
+                               "(TransformerLens >= 4.3); a HookedTransformer generates with repetition_penalty=1.0 only")
+    theirs = get_attention_mask(model.tokenizer, tokens, True, padding_side="left")
+    if not torch.equal(theirs.to(attention_mask.dtype), attention_mask):
+        raise LangNeuronsError("a HookedTransformer infers the attention mask from pad tokens and would get it wrong "
+                               "for this batch (a prompt token equals the pad token); use batch_size=1")
+    kw = generation.generate_kwargs()
+    del kw["repetition_penalty"]
+    return model.generate(tokens, return_type="tokens", verbose=False, use_past_kv_cache=True,
+                          prepend_bos=True, padding_side="left", **kw)
+
+
+class HookedCausalLM(torch.nn.Module):
+    """A ``HookedTransformer`` seen through the few attributes ``HFLM`` uses on a ready model."""
+
+    def __init__(self, ht: Any):
+        from transformers import PretrainedConfig
+
+        super().__init__()
+        self.ht = ht
+        # HFLM reads the config for its back end (given as "causal") and the pad-token rule (it
+        # only special-cases Qwen); max_length is passed explicitly
+        self.config = PretrainedConfig()
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device(self.ht.cfg.device)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.ht.cfg.dtype
+
+    def tie_weights(self) -> None:  # HFLM calls it on every model; a HookedTransformer's are its own
+        return None
+
+    def forward(self, input_ids: torch.Tensor, **_: Any) -> SimpleNamespace:
+        return SimpleNamespace(logits=self.ht(input_ids, return_type="logits"))
+
+    def generate(self, input_ids: torch.Tensor, max_length: int, stopping_criteria=None, pad_token_id=None,
+                 use_cache: bool = True, do_sample: bool = False, attention_mask: torch.Tensor | None = None,
+                 **kw: Any) -> torch.Tensor:
+        unknown = set(kw) - {"temperature", "top_p", "top_k"}
+        if unknown:
+            raise LangNeuronsError(f"a HookedTransformer cannot generate with {sorted(unknown)[0]}=; "
+                                   "it supports do_sample, temperature, top_p and top_k")
+        opts = dict(max_new_tokens=max(max_length - input_ids.shape[1], 1), do_sample=do_sample, stop_at_eos=True,
+                    use_past_kv_cache=use_cache, return_type="tokens", padding_side="left", verbose=False, **kw)
+        with torch.no_grad():
+            if attention_mask is None or bool(attention_mask.all()):
+                return self.ht.generate(input_ids, **opts)
+            # HFLM left-pads a batch and passes its attention mask: each row is generated on its
+            # own, without its pads (so none is attended to), and put back behind them; rows are
+            # filled up with EOS, as the HookedTransformer fills a finished row (lm-eval stops at EOS)
+            rows = []
+            for ids, mask in zip(input_ids, attention_mask.bool()):
+                out = self.ht.generate(ids[mask][None], **opts)[0]
+                rows.append(torch.cat([ids, out[int(mask.sum()):]]))
+            width = max(len(r) for r in rows)
+            eos = self.ht.tokenizer.eos_token_id
+            return torch.stack([torch.nn.functional.pad(r, (0, width - len(r)), value=eos) for r in rows])

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from .backends import backend, boot_bridge
+from .backends import BRIDGE, installed_backend
 from .errors import LangNeuronsError, choices
 from .models import check_site
 from .placement import check_map_covers, check_placement
@@ -38,8 +38,9 @@ def load_model(
             Hugging Face hub id (needs a network, or a warm cache).
         device: torch device for the whole model (default ``cpu``). Excludes ``device_map``.
         dtype: weights and compute dtype (``float32``, ``bfloat16``, ``float16``).
-        site: the neuron site to check at load (``act``, ``pre``, ``post``): its hooks must exist,
-            fire, and have the MLP's width (read from its down projection, :func:`mlp_width`).
+        site: the unit site to check at load (``act``, ``pre``, ``post``, a linear output, ``linear``,
+            ``sae:DIR``: :mod:`.units`): its hooks must exist, fire, and have the width read from
+            the model's weights (for MLP neurons its down projection's, :func:`mlp_width`).
         device_map: dispatch one copy of a model too large for one device over several, through
             Hugging Face/accelerate: ``"auto"`` (or ``"balanced"``, ``"balanced_low_0"``,
             ``"sequential"``) or a ``{module name: GPU index | device | "disk"}`` dict. The bridge
@@ -56,7 +57,8 @@ def load_model(
     # TL 4.3's boot_transformers refuses device_map together with hf_model=: the map goes to
     # from_pretrained, and the bridge reads the realized hf_device_map (and does not move the model)
     hf_kwargs = {k: v for k, v in placed.items() if k != "device"}
-    if hf_kwargs and backend() != "bridge":
+    be = installed_backend()
+    if hf_kwargs and not be.dispatches:
         raise LangNeuronsError(f"device_map={device_map!r} needs TransformerLens >= 4.3 (TransformerBridge); a TL 3.x "
                                "HookedTransformer is loaded onto one device only")
     kind, where = local_folder(model)
@@ -79,13 +81,8 @@ def load_model(
         raise LangNeuronsError(f"could not dispatch {model!r} with device_map={device_map!r}: "
                                f"{str(e).splitlines()[0]}") from None
     hf_model.eval()
-    if backend() == "bridge":
-        tl_model = boot_bridge(model, where, hf_model, tokenizer, torch_dtype, placed, hf_kwargs, device_map)
-    else:  # TransformerLens 3.x
-        from .hooked import build
-
-        tl_model = build(hf_model, tokenizer, model, placed.get("device") or "cpu", torch_dtype)
-        del hf_model
+    tl_model = be.build(model, where, hf_model, tokenizer, torch_dtype, placed, hf_kwargs, device_map)
+    del hf_model  # a back end that copied the weights (TL 3.x) frees the Hugging Face model here
     tl_model.eval()
     # Remember what the user asked for: the fingerprint and the artifacts name the model by it.
     tl_model._tl_langneurons_name = model
@@ -96,13 +93,13 @@ def boot_hf(hf_model: Any, tokenizer: Any, name: str, site: str = "act") -> Any:
     """A TransformerBridge on a Hugging Face model already in memory (e.g. one with an unmerged
     peft adapter or parametrized weights in its modules: the bridge wraps them and their forward
     runs). ``name`` is what artifacts made on it record. TransformerLens >= 4.3 only."""
-    if backend() != "bridge":
+    if not installed_backend().wraps_in_memory:
         raise LangNeuronsError("an in-memory model (an unmerged adapter) needs TransformerLens >= 4.3; with TL 3.x "
                                "use the merged model folder")
     inner = getattr(getattr(hf_model, "base_model", None), "model", None)
     hf = inner if inner is not None and hasattr(hf_model, "peft_config") else hf_model
     dtype = next(hf.parameters()).dtype
-    bridge = boot_bridge(name, hf.name_or_path or name, hf.eval(), tokenizer, dtype, {"device": None}, {}, None)
+    bridge = BRIDGE.build(name, hf.name_or_path or name, hf.eval(), tokenizer, dtype, {"device": None}, {}, None)
     bridge.eval()
     bridge._tl_langneurons_name = name
     check_site(bridge, site)

@@ -185,7 +185,9 @@ def tied_placeholders(model: Any, params: list[tuple[str, torch.Tensor]]) -> set
     re-create each module's placeholder after every forward pass, which splits a tie into two
     placeholders of the same offloaded values. Hashing both would tell a dispatched model from the
     same model loaded whole, so the tied copy is left out."""
-    hf = getattr(model, "original_model", None)
+    from .backends import backend_of  # the back ends import this module
+
+    hf = backend_of(model).hf_model(model)
     tied = getattr(hf, "all_tied_weights_keys", None) or getattr(hf, "_tied_weights_keys", None)
     if not isinstance(tied, dict):
         return set()

@@ -37,10 +37,11 @@ from .errors import LangNeuronsError
 from .examples import DEFAULT_CONTEXT, TopKAccumulator, check_context, check_units, finish
 from .identity import fingerprint
 from .importance import DEFAULT_TOP_RATE, IMPORTANCE_TENSORS, ImportanceSums, down_norms
-from .models import Site, StopForward, check_site, forward_until
+from .models import StopForward, forward_until
 from .stats import NeuronStats
 from .tokens import Batch, encode, max_length, prepare_batches, tokenizer_of
 from .progress import stage
+from .units import Site, check_site
 
 
 def default_histogram_edges() -> Float64[Tensor, " edge"]:
@@ -62,7 +63,7 @@ class Accumulator:
 
     def __init__(self, n_langs: int, site: Site, n_sentences: int, sentence_means: bool, edges: Tensor | None,
                  device: Any = "cpu", top: TopKAccumulator | None = None,
-                 importance: ImportanceSums | None = None):
+                 importance: ImportanceSums | None = None, bos_in_sentence_means: bool = False):
         L, I = site.n_layers, site.d_mlp
         per_layer = [device] * L if isinstance(device, (str, torch.device)) else list(device)
         if len(per_layer) != L:
@@ -82,9 +83,14 @@ class Accumulator:
         self._rows: dict = {}  # device → flat indices of the counted tokens there
         self._counted: dict = {}  # device → [batch, pos] mask (sentence means)
         self._row_tokens: dict = {}  # device → counted tokens per row (sentence means)
-        self._row_means: list = [None] * L  # layer → [batch, d_mlp] of the current batch (sentence means)
+        self._row_means: list = [None] * L  # layer → each part's [batch, width] of the current batch
+        self.bos_in_sentence_means = bos_in_sentence_means  # Kojima: BOS counts in a sentence's mean
+        self._n_parts = sum(len(p) for p in site.parts)  # hooks per forward pass; the last one stops it
+        self._fired = 0
+        self.stops = True  # False where a later hook (PLND's at hook_post) ends the forward pass instead
         self.importance = importance  # PLND sums (:mod:`.importance`), read at hook_post by their own hooks
         self.top = top  # top-activating examples (examples.py), fed from the same hooks
+        self._top_parts: list = [None] * L  # layer → each part's units, until the layer is whole (top examples)
 
     _TOP = "top."  # prefix of the top examples' tensors in a checkpoint
 
@@ -133,45 +139,64 @@ class Accumulator:
         rows = batch.counted.reshape(-1).nonzero().squeeze(1)
         self._rows = {d: rows.to(d, non_blocking=True) for d in set(self.devices)}
         self.n_tokens[batch.language] += float(batch.counted.sum())
+        self._fired = 0
         if self.importance is not None:
             self.importance.start_batch(batch.language, batch.counted, self._rows)
         if self.top is not None:
             self.top.start_batch(batch)
+            self._top_parts = [[None] * len(parts) for parts in self.site.parts]
         if self.sentence_means is not None:
-            per_row = batch.counted.sum(1).clamp_min(1).to(torch.float32)
+            counted = batch.counted
+            if self.bos_in_sentence_means:  # one sentence per row: its BOS, where there is one, is at 0
+                counted = counted | (batch.attention_mask.bool() & (torch.arange(counted.shape[1]) == 0))
+            per_row = counted.sum(1).clamp_min(1).to(torch.float32)
             self._row_tokens = {d: per_row.to(d) for d in set(self.devices)}
-            self._counted = {d: batch.counted.to(d) for d in set(self.devices)}
-            self._row_means = [None] * self.site.n_layers
+            self._counted = {d: counted.to(d) for d in set(self.devices)}
+            self._row_means = [[None] * len(parts) for parts in self.site.parts]
 
     def end_batch(self) -> None:
         if self.sentence_means is not None:  # one copy per layer and batch, after the forward pass
-            self.sentence_means[self._batch.sentence_ids] = torch.stack([m.cpu() for m in self._row_means], 1)
+            rows = [(m[0] if len(m) == 1 else torch.cat(m, -1)).cpu() for m in self._row_means]
+            self.sentence_means[self._batch.sentence_ids] = torch.stack(rows, 1)
 
-    def hook(self, layer: int, last: bool):
+    def hook(self, layer: int, part: int = 0):
+        """The hook that adds part ``part`` of layer ``layer``'s units (its columns of the sums); the
+        last of a forward pass's hooks to fire stops it."""
         dev = self.devices[layer]
+        p = self.site.parts[layer][part]
+        cols = slice(None) if len(self.site.parts[layer]) == 1 else slice(p.offset, p.offset + p.width)
 
         def fn(act: Tensor, hook: Any = None) -> None:
             if act.device != dev:  # the device check_site saw; anything else would be a silent copy
                 raise LangNeuronsError(f"layer {layer}'s activation is on {act.device}, its sums on {dev}: the "
                                        "model moved after the recording started")
-            a = self.site.read(act).to(torch.float32)  # [B, T, I]
+            a = p.read(act).to(torch.float32)  # [B, T, width]
             k = self._batch.language
             x = a.reshape(-1, a.shape[-1])[self._rows[dev]]  # the counted tokens only (a gather)
-            self.count_pos[layer][k] += (x > 0).sum(0, dtype=torch.float32)
-            self.sum[layer][k] += x.sum(0)
-            self.sum_sq[layer][k] += (x * x).sum(0)
+            self.count_pos[layer][k, cols] += (x > 0).sum(0, dtype=torch.float32)
+            self.sum[layer][k, cols] += x.sum(0)
+            self.sum_sq[layer][k, cols] += (x * x).sum(0)
             if self.sentence_means is not None:
                 masked = torch.where(self._counted[dev][..., None], a, torch.zeros((), device=a.device))
-                self._row_means[layer] = masked.sum(1) / self._row_tokens[dev][:, None]
+                self._row_means[layer][part] = masked.sum(1) / self._row_tokens[dev][:, None]
             if self.hist is not None:
                 edges = self.edges[dev]
                 nb = len(edges) + 1
                 b = torch.bucketize(x.double(), edges, right=True)  # 0 below edges[0], len(edges) from edges[-1] up
                 flat = b + torch.arange(x.shape[1], device=x.device) * nb
-                self.hist[layer][k] += torch.bincount(flat.reshape(-1), minlength=x.shape[1] * nb).reshape(-1, nb)
+                self.hist[layer][k, cols] += torch.bincount(flat.reshape(-1), minlength=x.shape[1] * nb).reshape(-1, nb)
             if self.top is not None:
-                self.top.add(layer, k, a, x)
-            if last:
+                if len(self.site.parts[layer]) == 1:
+                    self.top.add(layer, k, a, x)
+                else:  # the top examples read a whole layer's units: fed once its last part has come
+                    held = self._top_parts[layer]
+                    held[part] = a
+                    if all(h is not None for h in held):
+                        whole = torch.cat(held, -1)
+                        self.top.add(layer, k, whole, whole.reshape(-1, whole.shape[-1])[self._rows[dev]])
+                        self._top_parts[layer] = [None] * len(held)
+            self._fired += 1
+            if self.stops and self._fired == self._n_parts:
                 raise StopForward
         return fn
 
@@ -241,6 +266,7 @@ def record(
     batch_size: int = 32,
     max_sentences: int | None = None,
     sentence_means: bool = False,
+    bos_in_sentence_means: bool = False,
     histogram_edges: Tensor | bool | None = None,
     pack: int | None = None,
     checkpoint_dir: str | os.PathLike | None = None,
@@ -258,11 +284,14 @@ def record(
     Args:
         model: a TransformerLens ``TransformerBridge`` (from :func:`load_model`) or ``HookedTransformer``.
         corpus: a :class:`Corpus` or ``{language: [sentences]}``.
-        site: ``act`` (default), ``pre`` or ``post`` (see :mod:`tl_langneurons.models`).
+        site: ``act`` (default), ``pre``, ``post``, a linear output (``q`` … ``down``, ``linear``
+            for all), ``sae:DIR`` or any registered unit kind (see :mod:`tl_langneurons.units`).
         batch_size: sentences per forward pass.
         max_sentences: use only the first N sentences of each language.
         sentence_means: also keep each sentence's mean activation (needed by average precision and
             by "set to the median/max of sentence means").
+        bos_in_sentence_means: count the BOS token in each sentence's mean, as Kojima et al. did
+            (default: BOS never counts). Token statistics are unchanged either way.
         histogram_edges: also keep per-neuron histograms with these bin edges (``True`` = defaults),
             from which :meth:`NeuronStats.quantile` reads medians and quantiles.
         pack: instead of one sentence per sequence, concatenate each language's sentences into
@@ -297,6 +326,9 @@ def record(
     _checks.boolean("sentence_means", sentence_means)
     _checks.boolean("resume", resume)
     _checks.boolean("plnd", plnd)
+    _checks.boolean("bos_in_sentence_means", bos_in_sentence_means)
+    if bos_in_sentence_means and not sentence_means:
+        raise LangNeuronsError("bos_in_sentence_means=True needs sentence_means=True")
     if pack is not None and sentence_means:
         raise LangNeuronsError("sentence_means needs one sentence per sequence; it cannot be combined with pack")
     top_examples = _checks.positive_int("top_examples", top_examples, allow_none=True)
@@ -311,6 +343,9 @@ def record(
         raise LangNeuronsError("the corpus holds no languages")
 
     resolved = check_site(model, site)
+    if plnd and resolved.kind not in ("act", "pre", "post"):
+        # PLND scores MLP neurons (at hook_post); beside other units its sums would not line up
+        raise LangNeuronsError(f"plnd=True scores MLP neurons; record it at site act, pre or post, not {site!r}")
     tokenizer = tokenizer_of(model)
     max_len = max_length(model)
     if pack is not None and pack > max_len:
@@ -331,11 +366,12 @@ def record(
         top = TopKAccumulator(len(languages), check_units(top_units, resolved.n_layers, resolved.d_mlp), top_examples,
                               top_context, firsts, max_len, list(resolved.devices))
     acc = Accumulator(len(languages), resolved, sum(n_sent.values()), sentence_means, edges, resolved.devices, top,
-                      importance)
+                      importance, bos_in_sentence_means)
 
     fp = fingerprint(model)
     options = {"batch_size": batch_size, "max_sentences": max_sentences, "pack": pack,
-               "sentence_means": sentence_means, "histogram": edges is not None,
+               "sentence_means": sentence_means, "bos_in_sentence_means": bos_in_sentence_means,
+               "histogram": edges is not None,
                "bos_prepended": bos_prepended, "special_tokens_counted": False, "world_size": world}
     if plnd:
         options["plnd_top_rate"] = float(plnd_top_rate)
@@ -348,11 +384,12 @@ def record(
     ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
     done = load_checkpoint(ckpt, acc, key, rank) if resume else 0
 
-    last = resolved.n_layers - 1
-    # the forward pass stops at the last hook that fires: hook_post comes after the site's hook_pre
-    hooks = [(name, acc.hook(l, l == last and not plnd)) for l, name in enumerate(resolved.hook_names)]
+    hooks = [(p.hook, acc.hook(l, i)) for l, parts in enumerate(resolved.parts) for i, p in enumerate(parts)]
     if plnd:
-        hooks += [(f"blocks.{l}.mlp.hook_post", importance.hook(l, StopForward() if l == last else None))
+        # the forward pass stops at the last hook that fires: hook_post comes after the site's hook_pre
+        acc.stops = False
+        hooks += [(f"blocks.{l}.mlp.hook_post", importance.hook(l, StopForward() if l == resolved.n_layers - 1
+                                                                  else None))
                   for l in range(resolved.n_layers)]
     # one bar over every batch of every language (a resumed run's bar starts where it left off)
     with torch.no_grad(), model.hooks(fwd_hooks=hooks), stage("record", len(batches), "batch",
@@ -379,7 +416,8 @@ def record(
                             {"model": fp, "corpus": corpus_spec, "n_sentences": n_sent,
                              "bos_prepended": bos_prepended, "package_version": package_version()})
     meta = {"model": fp, "corpus": corpus_spec, "n_sentences": n_sent, "truncated_sentences": truncated,
-            "options": options, "package_version": package_version()}
+            "options": options, "units": {"kind": resolved.kind, "layout": resolved.layout(), **resolved.info},
+            "package_version": package_version()}
     sl = None
     if sentence_means:
         sl = torch.cat([torch.full((n,), k, dtype=torch.int64) for k, n in enumerate(n_sent.values())])

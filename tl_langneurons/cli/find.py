@@ -6,21 +6,13 @@ import os
 from pathlib import Path
 
 from ..errors import LangNeuronsError
-from .args import flag, flags_in_errors, parse_floats, parse_languages, placement, positive
+from .args import flags_in_errors, parse_floats, parse_languages, placement, positive
 from .done import finish
-
-# Method options of `identify`, each owned by one method (its defaults are the function's).
-METHOD_OPTIONS = {
-    "lape": ("top_rate", "filter_rate", "activation_bar_ratio", "normalize_entropy", "per_layer"),
-    "ap": ("n", "n_positive", "n_negative", "languages"),
-    "threshold": ("top_m", "min_probability", "all_sentences"),
-    "plnd": ("consistency", "exclude", "top_n"),
-}
-
 
 def cmd_record(args) -> int:
     from ..corpus import load_corpus
-    from ..models import SITES, load_model
+    from ..models import load_model
+    from ..units import check_site_name
     from ..sources import resolve_source
     from ..pipeline import recording_summary
     from ..record import dist_info, record
@@ -28,8 +20,7 @@ def cmd_record(args) -> int:
     positive("--max-sentences", args.max_sentences)
     positive("--batch-size", args.batch_size)
     # checked before the corpus is read and transformer_lens imported (~30 s): mistakes fail at once
-    if args.site not in SITES:
-        raise LangNeuronsError(f"unknown --site {args.site!r}; allowed: {', '.join(SITES)}")
+    check_site_name(args.site)
     resolve_source(args.model)
     top = _top_options(args)
     placed = placement(args)
@@ -39,7 +30,8 @@ def cmd_record(args) -> int:
     model = load_model(args.model, dtype=args.dtype, site=args.site, **placed)
     out = Path(args.out)
     stats = record(model, corpus, site=args.site, batch_size=args.batch_size,
-                   sentence_means=args.sentence_means, histogram_edges=True if args.histograms else None,
+                   sentence_means=args.sentence_means or args.bos_in_sentence_means,
+                   bos_in_sentence_means=args.bos_in_sentence_means, histogram_edges=True if args.histograms else None,
                    pack=args.pack, checkpoint_dir=out / ".checkpoint", checkpoint_every=args.checkpoint_every,
                    resume=args.resume, plnd=args.plnd, plnd_top_rate=args.plnd_top_rate, **top)
     rank, _ = dist_info()
@@ -96,37 +88,22 @@ def _maybe_init_distributed(args, placed: dict) -> None:
             torch.cuda.set_device(local)
 
 
-# Method options of `identify`, each owned by one method (its defaults are the function's).
-
 def cmd_identify(args) -> int:
-    given = {k: getattr(args, k) for opts in METHOD_OPTIONS.values() for k in opts if getattr(args, k) is not None}
-    for k in given:
-        if k not in METHOD_OPTIONS[args.method]:
-            owner = next(m for m, opts in METHOD_OPTIONS.items() if k in opts)
-            allowed = ", ".join(flag(o) for o in METHOD_OPTIONS[args.method])
-            raise LangNeuronsError(f"{flag(k)} is an option of --method {owner}, not of --method {args.method} "
-                                   f"(whose options are {allowed})")
-    if args.method == "threshold" and len(given) != 1:  # the library's message names Python arguments
-        raise LangNeuronsError("--method threshold needs exactly one of --top-m, --min-probability, --all-sentences; "
-                               f"got {', '.join(flag(k) for k in given) or 'none'}")
-    from ..identify import ap_experts_all, lape, plnd, threshold
+    """Run the registered method ``--method`` (:mod:`..identify.methods`) with the options given."""
+    from ..identify.methods import METHODS, get_method
     from ..stats import NeuronStats
 
+    method = get_method(args.method)
+    options = {o.name: o for m in METHODS.values() for o in m.options}
+    given = {k: getattr(args, k) for k in options if getattr(args, k, None) is not None}
+    method.check_given(given)  # before the statistics are read: mistakes fail at once
     stats = NeuronStats.load(args.stats)
-    if (args.method == "ap" or given.get("all_sentences")) and stats.sentence_means is None:
-        what = "--method ap" if args.method == "ap" else "--all-sentences"
-        raise LangNeuronsError(f"{what} needs per-sentence means, which {args.stats!r} does not hold: record the "
-                               "statistics again with --sentence-means")
-    with flags_in_errors(METHOD_OPTIONS[args.method]):  # "top_rate must be ..." → "--top-rate must be ..."
-        if args.method == "lape":
-            neurons = lape(stats, **given)
-        elif args.method == "ap":
-            languages = parse_languages(given.pop("languages", None))
-            neurons = ap_experts_all(stats, languages, **given)
-        elif args.method == "plnd":
-            neurons = plnd(stats, **given)
-        else:
-            neurons = threshold(stats, **given)
+    method.check_statistics(stats, given, repr(args.stats))
+    for k, o in options.items():
+        if k in given and o.type == "languages":
+            given[k] = parse_languages(given[k])
+    with flags_in_errors([o.name for o in method.options]):  # "top_rate must be ..." → "--top-rate must be ..."
+        neurons = method.run(stats, **given)
     path = neurons.save(args.out)
     counts = neurons.counts()
     union = len(neurons.union())

@@ -4,11 +4,12 @@ import argparse
 
 from ..errors import LangNeuronsError
 from ..intervene.modes import ZERO, get_mode, mode_names, modes_help
+from ..units import site_help
 from .compare import add_compare_parser
-from .find import (METHOD_OPTIONS, cmd_analyze, cmd_bench, cmd_browse, cmd_demo, cmd_identify, cmd_models, cmd_plot,
-                   cmd_record)
+from .find import cmd_analyze, cmd_bench, cmd_browse, cmd_demo, cmd_identify, cmd_models, cmd_plot, cmd_record
 from .lens import add_lens_parser
 from .measure import cmd_diffmean, cmd_lss, cmd_ppl, cmd_steer, cmd_tasks
+from .steerbench import add_parser as add_steer_bench
 from .tune import cmd_finetune
 
 class _Formatter(argparse.HelpFormatter):
@@ -84,6 +85,36 @@ def _needing_stats(names, sep: str = " and ") -> str:
     return sep.join(n for n in names if get_mode(n).needs_stats) or "none of them"
 
 
+def identify_methods(c) -> None:
+    """``--method`` and each registered method's options (:mod:`..identify.methods`), one group per
+    method; an option two methods share is listed under the first, its help naming both."""
+    from ..identify.methods import METHODS, STATISTICS_NEEDED
+
+    c.add_argument("--method", required=True, choices=list(METHODS),
+                   help="; ".join(f"{m.name}: {m.help}" + "".join(f" (needs {STATISTICS_NEEDED[n][2]} statistics)"
+                                                                  for n in m.needs)
+                                  for m in METHODS.values()))
+    seen: set[str] = set()
+    for m in METHODS.values():
+        g = c.add_argument_group(m.name + (" (give exactly one)" if m.exactly_one else ""))
+        for o in m.options:
+            if o.name in seen:
+                continue
+            seen.add(o.name)
+            owners = [x for x in METHODS.values() if any(p.name == o.name for p in x.options)]
+            text = o.help + (f" (--method {', '.join(x.name for x in owners)})" if len(owners) > 1 else "")
+            if o.type is bool:
+                action = g.add_argument(o.flag, action="store_true", default=None, help=text)
+            else:
+                action = g.add_argument(o.flag, type=o.type if o.type in (int, float) else str, default=None,
+                                        choices=o.choices, help=text)
+            defaults = {x.name: x.default(o.name) for x in owners}
+            if any(v is not None and v is not False for v in defaults.values()):
+                shown = (f"{next(iter(defaults.values()))}" if len(set(map(repr, defaults.values()))) == 1
+                         else "; ".join(f"{k} {v}" for k, v in defaults.items()))
+                shows_default(action, lambda shown=shown: shown)
+
+
 def placement_options(c) -> None:
     c.add_argument("--device", default=None, help="the device of the whole model, e.g. cuda or cuda:1 (default cpu)")
     c.add_argument("--device-map", default=None,
@@ -140,13 +171,16 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--corpus", default="builtin", help="'builtin', a folder of <lang>.txt, or hf:NAME[:CONFIG][:SPLIT]")
     r.add_argument("--split", default=None, help="built-in corpus split (train/stats/eval/parallel); default stats")
     r.add_argument("--languages", default=None, help="comma-separated language codes (default: all)")
-    r.add_argument("--site", default="act", help="where activations are read (docs/methods.md#sites): act, pre or post")
+    r.add_argument("--site", default="act", help="where units are read (docs/methods.md#sites, docs/units.md): "
+                   + site_help())
     r.add_argument("--max-sentences", type=int, default=None, help="the first N sentences of each language "
                    "(default: all)")
     r.add_argument("--batch-size", type=int, default=32, help="sentences (or packed windows) per forward pass")
     placement_options(r)
     dtype_option(r)
     r.add_argument("--sentence-means", action="store_true", help="keep each sentence's mean activation")
+    r.add_argument("--bos-in-sentence-means", action="store_true",
+                   help="count BOS in each sentence's mean, as Kojima et al. did (implies --sentence-means)")
     r.add_argument("--histograms", action="store_true", help="keep per-neuron histograms (quantiles)")
     r.add_argument("--pack", type=int, default=None, help="pack sentences into windows of N tokens")
     r.add_argument("--top-examples", type=int, default=None, metavar="K",
@@ -166,38 +200,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=cmd_record)
 
     i = sub.add_parser("identify", help="find language-specific neurons in recorded statistics",
-                       description="Find language-specific neurons in recorded statistics. Each method option "
-                                   "belongs to one method; the defaults are the papers'.")
+                       description="Find language-specific neurons in recorded statistics with a registered method. "
+                                   "Each option belongs to the method it is listed under; the defaults are the papers'.")
     i.add_argument("--stats", required=True, help="directory written by 'record'")
-    i.add_argument("--method", required=True, choices=list(METHOD_OPTIONS),
-                   help="lape (Tang et al. 2024), ap (Kojima et al. 2024; needs --sentence-means "
-                        "statistics), threshold (non-contrastive baseline) or plnd (Zhao et al. 2024; needs --plnd "
-                        "statistics)")
+    identify_methods(i)
     i.add_argument("--out", required=True, help="neurons.json to write (or a directory to write it in)")
-    g = i.add_argument_group("lape")
-    g.add_argument("--top-rate", type=float, default=None, help="share of all neurons kept (default 0.01)")
-    g.add_argument("--filter-rate", type=float, default=None, help="quantile of p for the eligibility threshold (0.95)")
-    g.add_argument("--activation-bar-ratio", type=float, default=None,
-                   help="quantile of p a language must exceed to own a neuron (0.95)")
-    g.add_argument("--normalize-entropy", action="store_true", default=None, help="divide the entropy by log K")
-    g.add_argument("--per-layer", action="store_true", default=None, help="keep top-rate of each layer")
-    g = i.add_argument_group("ap")
-    g.add_argument("--n", type=int, default=None, help="units per language, half top and half bottom (2000)")
-    g.add_argument("--n-positive", type=int, default=None, help="sentences of the language (500)")
-    g.add_argument("--n-negative", type=int, default=None, help="sentences of the other languages together (2500)")
-    g.add_argument("--languages", default=None, help="comma-separated languages to find units for (default: all)")
-    g = i.add_argument_group("threshold (give exactly one)")
-    g.add_argument("--top-m", type=int, default=None, help="each language's m neurons of highest p (Mondal et al.)")
-    g.add_argument("--min-probability", type=float, default=None, help="each language's neurons with p >= this")
-    g.add_argument("--all-sentences", action="store_true", default=None,
-                   help="neurons whose sentence mean is > 0 in every sentence (Rahmanisa et al.)")
-    g = i.add_argument_group("plnd")
-    g.add_argument("--consistency", type=float, default=None, help="share of a language's documents that must "
-                   "activate a neuron (1.0: every document, as Zhao et al.)")
-    g.add_argument("--exclude", default=None, choices=["any", "all"], help="drop neurons activated by any other "
-                   "language (default, the paper) or only those activated by all languages (their released code)")
-    g.add_argument("--top-n", type=int, default=None, help="instead: each language's N neurons of largest "
-                   "activation-share contrast (equal-size sets)")
     i.set_defaults(func=cmd_identify)
 
     for name, func, what in (("analyze", cmd_analyze, "CSV tables and summary.json (with the relatedness tests)"),
@@ -424,6 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_lens_parser(sub, placement_options)
     add_compare_parser(sub, placement_options)
+    add_steer_bench(sub, placement_options)
 
     m = sub.add_parser("models", help="list the built-in models")
     m.add_argument("--json", action="store_true", help="print JSON instead of a table")

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import torch
 
-from .. import _checks, _smoke, compat
+from .. import _checks, _smoke
+from ..backends import backend_of
 from ..corpus import load_corpus
 from ..errors import LangNeuronsError
 from ..placement import compute_devices
@@ -136,46 +137,14 @@ def generate_tokens(model, tokens, attention_mask, generation: GenerationConfig)
     (``model.original_model.generate``): the bridge replaced that model's submodules in place, so
     every TransformerLens hook fires inside it, and Hugging Face's own loop handles left padding,
     position ids, sliding-window caches and sampling. A TL 3.x ``HookedTransformer`` has no wrapped
-    model and uses its own cached ``generate`` (:func:`_hooked_generate`). With transformers ≥ 5.24 the bridge needs
-    :mod:`..compat`'s shim to write its KV cache: installed here too (it is idempotent), so a
-    bridge the caller booted without :func:`~tl_langneurons.load_model` is cached correctly.
+    model and uses its own cached ``generate`` (:func:`..hooked.generate`). Each is its back end's
+    ``generate`` (:mod:`..backends`); the bridge's installs :mod:`..compat`'s KV-cache shim for
+    transformers ≥ 5.24 (idempotent), so a bridge booted without :func:`~tl_langneurons.load_model`
+    is cached correctly.
     """
     device = model.cfg.device
     tokens, attention_mask = tokens.to(device), attention_mask.to(device)
-    hf = getattr(model, "original_model", None)
-    if hf is None:
-        return _hooked_generate(model, tokens, attention_mask, generation)
-    compat.install()
-    tok = model.tokenizer
-    kw = {"max_new_tokens": generation.max_new_tokens, "repetition_penalty": generation.repetition_penalty,
-          "pad_token_id": pad_id(tok), "use_cache": True}
-    if not generation.stop_at_eos:
-        kw["min_new_tokens"] = generation.max_new_tokens
-    if generation.greedy:
-        kw.update(do_sample=False, temperature=None, top_k=None, top_p=None)
-    else:
-        kw.update(do_sample=True, temperature=generation.temperature, top_k=generation.top_k or 0, top_p=None)
-    return hf.generate(input_ids=tokens, attention_mask=attention_mask, **kw)
-
-
-def _hooked_generate(model, tokens, attention_mask, generation: GenerationConfig):
-    """A ``HookedTransformer``'s own KV-cached ``generate``. It takes no attention mask: it finds
-    the left padding itself, as the leading pad tokens (BOS unmasked where BOS = pad), so the mask
-    it will use is checked against ours first; it has no repetition penalty (its ``freq_penalty``
-    is another rule), so one other than 1 is refused."""
-    from transformer_lens.utilities import get_attention_mask
-
-    if generation.repetition_penalty != 1.0:
-        raise LangNeuronsError(f"repetition_penalty={generation.repetition_penalty} needs the TransformerBridge "
-                               "(TransformerLens >= 4.3); a HookedTransformer generates with repetition_penalty=1.0 only")
-    theirs = get_attention_mask(model.tokenizer, tokens, True, padding_side="left")
-    if not torch.equal(theirs.to(attention_mask.dtype), attention_mask):
-        raise LangNeuronsError("a HookedTransformer infers the attention mask from pad tokens and would get it wrong "
-                               "for this batch (a prompt token equals the pad token); use batch_size=1")
-    kw = generation.generate_kwargs()
-    del kw["repetition_penalty"]
-    return model.generate(tokens, return_type="tokens", verbose=False, use_past_kv_cache=True,
-                          prepend_bos=True, padding_side="left", **kw)
+    return backend_of(model).generate(model, tokens, attention_mask, generation)
 
 
 def generate_ids(model, rows: list[list[int]], items: list, positions, generation: GenerationConfig,

@@ -48,6 +48,11 @@ def neuron_mask(neurons: LanguageNeurons, languages) -> NeuronMask:
     """The union of ``languages``' neurons in ``neurons``."""
     if not isinstance(neurons, LanguageNeurons):
         raise LangNeuronsError(f"neurons must be a LanguageNeurons set, got {type(neurons).__name__}")
+    if neurons.site not in ("act", "pre", "post"):
+        # the mask selects MLP neurons (down-projection columns); a linear output or an SAE feature
+        # of the same width (`up` has d_mlp of them) is another unit and must not pass as one
+        raise LangNeuronsError(f"fine-tuning masks select MLP neurons (sites act, pre, post); this neuron set is at "
+                               f"site {neurons.site!r}")
     languages = [languages] if isinstance(languages, str) else list(languages)
     missing = [k for k in languages if k not in neurons]
     if missing or not languages:

@@ -11,10 +11,11 @@ from .. import _checks
 from ..corpus import Corpus
 from ..errors import LangNeuronsError, choices
 from ..identity import identity
-from ..models import StopForward, forward_until, resolve_site
+from ..models import StopForward, forward_until
 from ..neurons import LanguageNeurons
 from ..progress import track
 from ..tokens import max_length, prepare_batches, tokenizer_of
+from ..units import resolve_site
 from .specs import DiffMean, Intervention, SiteCache, layers_of_dict
 
 def _to_tokens(model: Any, tokens) -> Tensor:
@@ -58,19 +59,24 @@ def cache_site_activations(model: Any, tokens, neurons=None, *, site: str | None
     if bad:
         raise LangNeuronsError(f"layer {bad[0]} out of range [0, {resolved.n_layers})")
     toks = _to_tokens(model, tokens)
-    values: dict[int, Tensor] = {}
+    read: dict[tuple[int, int], Tensor] = {}
+    n_parts = sum(len(resolved.parts[l]) for l in layers)
 
-    def make(layer: int, last: bool):
+    def make(layer: int, i: int):
+        part = resolved.parts[layer][i]
+
         def hook(act: Tensor, hook: Any = None) -> None:
-            values[layer] = resolved.read(act).detach().clone()
-            if last:
+            read[layer, i] = part.read(act).detach().clone()
+            if len(read) == n_parts:  # the last of the hooks needed: nothing after it is computed
                 raise StopForward
         return hook
 
-    hooks = [(resolved.hook_names[l], make(l, i == len(layers) - 1)) for i, l in enumerate(layers)]
+    hooks = [(p.hook, make(l, i)) for l in layers for i, p in enumerate(resolved.parts[l])]
     if hooks:
         with torch.no_grad(), model.hooks(fwd_hooks=hooks):
             forward_until(model, toks, attention_mask)
+    values = {l: read[l, 0] if len(resolved.parts[l]) == 1 else
+              torch.cat([read[l, i] for i in range(len(resolved.parts[l]))], -1) for l in layers}
     return SiteCache(site_name, values, toks.detach().cpu().long(), identity(model))
 
 

@@ -1,11 +1,13 @@
 """The hooks that carry out interventions, and the one context manager that adds and removes them.
 
-Sites: values are written where they were measured. ``pre`` is written on ``mlp.hook_pre``;
-``post``, and ``act`` of a non-gated MLP, on ``mlp.hook_post``. ``act`` of a gated MLP is
-``φ(gate)``, which has no hook of its own: a mode's rule is applied to ``hook_post = φ(gate) ⊙ up``
-with its operand ``v`` times ``up`` (``zero``/``scale`` of φ(gate) equal ``zero``/``scale`` of
-post, ``set``/``add``/``patch`` to ``v`` mean ``post := v · up``; :mod:`.modes`), with ``up``
-read from ``mlp.hook_pre_linear`` in the same forward pass (methods page: [sites](methods.md#sites)).
+Sites: values are written where they were measured, as the unit registry says (:mod:`..units`):
+each unit's part names the hook it is written at and how (a view of the hook's output; ``v ·
+up`` for ``act`` of a gated MLP, whose ``φ(gate)`` has no hook; ``x + (f' − f) W_dec`` for SAE
+features). A mode's rule (:mod:`.modes`) writes into a ``[batch, pos, width]`` tensor of one
+part's units; on a gated ``act`` it is applied to ``hook_post = φ(gate) ⊙ up`` with its operand
+``v`` times ``up`` (``zero``/``scale`` of φ(gate) equal ``zero``/``scale`` of post, ``set``/``add``
+/``patch`` to ``v`` mean ``post := v · up``), ``up`` read from ``mlp.hook_pre_linear`` in the same
+forward pass (methods page: [sites](methods.md#sites)).
 
 Positions (``positions=``), in absolute positions of the sequence being processed:
 
@@ -40,9 +42,9 @@ from torch import Tensor
 
 from .. import _checks
 from ..errors import LangNeuronsError, choices
-from ..backends import is_hooked
+from ..backends import backend_of
 from ..identity import compatible, identity
-from ..models import is_gated, mlp_width, resolve_site
+from ..units import Part, resolve_site
 from ..neurons import LanguageNeurons
 from .modes import MODES, get_mode
 from .specs import DiffMean, Intervention, as_items, check_positions
@@ -102,19 +104,32 @@ def _ix(sel, idx: Tensor) -> tuple:
 
 
 class _Op:
-    """One intervention at one layer, applied inside a hook point's combined hook.
+    """One intervention at one part of one layer, applied inside a hook point's combined hook.
 
     Its tensors (indices, values, a patch source) are moved to the device and dtype of the
     activation they act on the first time they meet it, and kept there: on a model dispatched
     over several devices each layer's live where that layer computes, copied once per context.
+    ``idx_cpu`` are the part's own indices (the layer's minus the part's offset); a patch source
+    holds whole layers, read at the layer's indices ``src_idx_cpu``.
     """
 
-    def __init__(self, iv: "Intervention", layer: int, positions, times_up: bool):
-        self.iv, self.layer, self.positions, self.times_up = iv, layer, positions, times_up
+    def __init__(self, iv: "Intervention", layer: int, positions, part: Part, times_hook: str | None):
+        self.iv, self.layer, self.positions, self.part, self.times_hook = iv, layer, positions, part, times_hook
+        self.times_up = times_hook is not None
         self.mode = get_mode(iv.mode)
-        self.idx_cpu = torch.tensor(iv.layers[layer], dtype=torch.int64)
-        self.amount_cpu = iv.amounts.get(layer)
+        full = torch.tensor(iv.layers[layer], dtype=torch.int64)
+        keep = (full >= part.offset) & (full < part.offset + part.width)
+        amount = iv.amounts.get(layer)
+        if bool(keep.all()):  # the whole layer's indices (a one-part site): used as given
+            self.src_idx_cpu, self.amount_cpu = full, amount
+        else:
+            self.src_idx_cpu, self.amount_cpu = full[keep], None if amount is None else amount[keep]
+        self.idx_cpu = self.src_idx_cpu - part.offset if part.offset else self.src_idx_cpu
         self._dev: dict = {}
+
+    @property
+    def empty(self) -> bool:
+        return self.idx_cpu.numel() == 0
 
     def tensors(self, device, dtype) -> tuple[Tensor, Tensor | None]:
         key = (str(device), dtype)
@@ -132,8 +147,10 @@ class _Op:
         v = self._source(sel, x, handle) if self.mode.takes_source else amount
         if self.times_up:  # gated act: φ(gate) := rule(φ(gate), v) means post := rule(post, v · up)
             if up is None:
-                raise LangNeuronsError(f"layer {self.layer}: hook_pre_linear did not fire before hook_post; "
-                                       "cannot write φ(gate)")
+                raise LangNeuronsError(f"layer {self.layer}: {self.times_hook.rsplit('.', 1)[-1]} did not fire "
+                                       f"before {self.part.writes_at.rsplit('.', 1)[-1]}; cannot write "
+                                       f"{self.iv.site!r}")
+            up = up if up.ndim == 3 else up.reshape(*up.shape[:2], -1)
             # up comes from the same MLP, so the same device (a no-op) unless a device_map split it
             v = v * up.to(x.device)[ix]
         x[ix] = self.mode.rule(x[ix], v, self.iv.factor)
@@ -148,11 +165,14 @@ class _Op:
             raise LangNeuronsError(f"the patch source holds {src.shape[1]} positions; position {need - 1} was asked for")
         if src.shape[0] not in (1, B):
             raise LangNeuronsError(f"the patch source has batch size {src.shape[0]}, the input {B}")
-        idx, _ = self.tensors(x.device, x.dtype)
         key = ("source", str(x.device), x.dtype)
         if key not in self._dev:  # the whole source layer, once per device (not once per call)
             self._dev[key] = src.to(x.device, x.dtype)
         src = self._dev[key]
+        skey = ("source_idx", str(x.device))
+        if skey not in self._dev:
+            self._dev[skey] = self.src_idx_cpu.to(x.device)
+        idx = self._dev[skey]
         pos = (local + off).to(x.device)
         return src[:, pos[:, None], idx[None, :]].expand(B, -1, -1)
 
@@ -172,26 +192,32 @@ class _SteerOp:
         x[(slice(None), sel)] += self._dev[key]
 
 
-def _point_hook(ops: list, handle: InterventionHandle, up_stash: dict | None, layer: int | None):
-    """One hook per hook point: copy the activation once, apply the interventions in order."""
+def _point_hook(ops: list, handle: InterventionHandle, stash: dict):
+    """One hook per hook point: copy the activation once, apply the interventions in order (each
+    through its part's ``edit``: at one hook point, each sees the result of the ones before it)."""
+    needs = sorted({op.times_hook for op in ops if getattr(op, "times_hook", None) is not None})
 
     def hook(act: Tensor, hook: Any = None) -> Tensor:
-        if act.ndim != 3:
+        if act.ndim < 3:
             raise LangNeuronsError(f"expected a [batch, pos, width] activation, got shape {tuple(act.shape)}")
-        up = up_stash.pop(layer, None) if up_stash is not None else None
+        ups = {name: stash.pop(name, None) for name in needs}  # this forward pass's, never a stale one
         # A copy, never in place: a hook registered before this one (an ActivationCache, say) may
         # hold a reference to the clean tensor.
         x = act.clone()
         for op in ops:
-            op.apply(x, up, handle)
+            if isinstance(op, _Op):
+                up = ups.get(op.times_hook) if op.times_up else None
+                x = op.part.edit(x, lambda units, op=op, up=up: op.apply(units, up, handle))
+            else:
+                op.apply(x, None, handle)
         return x
 
     return hook
 
 
-def _stash_hook(stash: dict, layer: int):
+def _stash_hook(stash: dict, name: str):
     def hook(act: Tensor, hook: Any = None) -> None:
-        stash[layer] = act
+        stash[name] = act
     return hook
 
 
@@ -214,10 +240,9 @@ def make_hooks(model: Any, interventions, positions="all", prompt_length=None
     prompt_length = _checks.integer("prompt_length", prompt_length, 0, allow_none=True)
     _check_models(model, items)
     handle = InterventionHandle(items, prompt_length)
-    gated = is_gated(model)
-    n_layers, d_mlp, d_model = int(model.cfg.n_layers), mlp_width(model), int(model.cfg.d_model)
+    n_layers, d_model = int(model.cfg.n_layers), int(model.cfg.d_model)
     points: dict[str, list] = {}  # hook name → ops, in the order given
-    stash_layers: set[int] = set()
+    stashed: set[str] = set()  # hooks whose output set/add/patch multiply by (gated act: up)
     tracked = False
     for item in items:
         pos = item.positions if item.positions is not None else positions
@@ -229,40 +254,43 @@ def make_hooks(model: Any, interventions, positions="all", prompt_length=None
                                        f"does not fit this model ({n_layers} layers, d_model={d_model})")
             points.setdefault(item.hook_name, []).append(_SteerOp(item, pos))
             continue
-        shape = (item.neurons.n_layers, item.neurons.d_mlp) if isinstance(item.neurons, LanguageNeurons) else None
-        if shape is not None and shape != (n_layers, d_mlp):
-            raise LangNeuronsError(f"the neuron set is for {shape[0]} layers × {shape[1]} neurons, "
-                                   f"this model has {n_layers} × {d_mlp}")
-        item._check_range(n_layers, d_mlp, "this model")
         site = resolve_site(model, item.site)  # raises if the model lacks the site's hooks
-        times_up = gated and item.site == "act" and get_mode(item.mode).writes_through_up
+        shape = (item.neurons.n_layers, item.neurons.d_mlp) if isinstance(item.neurons, LanguageNeurons) else None
+        if shape is not None and shape != (site.n_layers, site.d_mlp):
+            raise LangNeuronsError(f"the neuron set is for {shape[0]} layers × {shape[1]} neurons, "
+                                   f"this model has {site.n_layers} × {site.d_mlp}")
+        item._check_range(site.n_layers, site.d_mlp, "this model")
+        writes_value = get_mode(item.mode).writes_through_up  # zero/scale need no multiplier
         for layer in item.layers:
-            # pre is written where it is read; post, non-gated act (= post) and gated act (zero/scale
-            # of φ(gate) = zero/scale of post; set/add/patch as v · up) on hook_post
-            name = site.hook_names[layer] if item.site == "pre" else f"blocks.{layer}.mlp.hook_post"
-            points.setdefault(name, []).append(_Op(item, layer, pos, times_up))
-            if times_up:
-                stash_layers.add(layer)
-    stash: dict[int, Tensor] = {}
+            for part in site.parts[layer]:
+                times = part.times_hook if writes_value else None
+                op = _Op(item, layer, pos, part, times)
+                if op.empty:
+                    continue
+                points.setdefault(part.writes_at, []).append(op)
+                if times is not None:
+                    stashed.add(times)
+    stash: dict[str, Tensor] = {}
     hooks: list[tuple[str, Callable]] = []
     if tracked:
-        # a HookedTransformer's generate embeds outside forward, without hook_embed: it is tracked
-        # where every forward call starts, the first block's input
-        order = ("blocks.0.hook_resid_pre",) if is_hooked(model) else ("hook_embed", "blocks.0.hook_resid_pre")
+        # where every forward call starts, as the back end says (a HookedTransformer's generate
+        # embeds outside forward, without hook_embed: there, the first block's input)
+        order = backend_of(model).call_start
         start = next((n for n in order if n in model.hook_dict), None)
         if start is None:
             raise LangNeuronsError("this model has no 'hook_embed' to track positions; use positions='all' or 'last'")
         hooks.append((start, handle._start_call))
-    for layer in sorted(stash_layers):
-        name = f"blocks.{layer}.mlp.hook_pre_linear"
-        if name not in model.hook_dict:
-            raise LangNeuronsError(f"this gated model has no hook {name!r} to read up from")
-        hooks.append((name, _stash_hook(stash, layer)))
+    for name in sorted(stashed, key=_hook_order):
+        hooks.append((name, _stash_hook(stash, name)))
     for name, ops in points.items():
-        layer = ops[0].layer if isinstance(ops[0], _Op) else None
-        writes_post = name.endswith("mlp.hook_post") and layer in stash_layers
-        hooks.append((name, _point_hook(ops, handle, stash if writes_post else None, layer)))
+        hooks.append((name, _point_hook(ops, handle, stash)))
     return hooks, handle
+
+
+def _hook_order(name: str) -> tuple:
+    """Sort hook names by layer number, then name (``blocks.10`` after ``blocks.9``)."""
+    parts = name.split(".")
+    return (int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else -1, name)
 
 
 @contextmanager

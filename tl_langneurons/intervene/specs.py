@@ -28,9 +28,9 @@ from torch import Tensor
 from .. import _checks
 from ..errors import LangNeuronsError, choices
 from ..identity import compatible
-from ..models import SITES
 from ..neurons import LanguageNeurons
 from ..stats import SENTENCE_STATS, NeuronStats
+from ..units import check_site_name
 from .modes import ARGUMENTS, get_mode
 
 POSITIONS = ("all", "prompt", "generated", "last")
@@ -187,8 +187,7 @@ class Intervention:
         else:
             raise LangNeuronsError("neurons must be a LanguageNeurons or a {layer: [indices]} dict, "
                                    f"got {type(self.neurons).__name__}")
-        if self.site not in SITES:
-            raise LangNeuronsError(f"unknown site {self.site!r}; allowed: {choices(SITES)}")
+        check_site_name(self.site)  # a registered unit kind (its model is checked by intervene)
         if self.positions is not None:
             put("positions", check_positions(self.positions))
         put("statistic", check_statistic(self.statistic))

@@ -21,6 +21,7 @@ import torch
 from jaxtyping import Float, Int64
 from torch import Tensor
 
+from ..backends import backend_of
 from ..models import StopForward, forward_until
 
 
@@ -33,7 +34,7 @@ def lens_hooks(model: Any) -> list[str]:
 def soft_cap(model: Any) -> float | None:
     """The model's final logit soft cap, or None. A bridge's forward is Hugging Face's, which caps
     after ``lm_head`` (outside ``model.unembed``); a HookedTransformer caps by ``cfg.output_logits_soft_cap``."""
-    hf = getattr(model, "original_model", None)
+    hf = backend_of(model).hf_model(model)  # the wrapped Hugging Face model, where the back end keeps one
     if hf is not None:
         cap = getattr(hf.config, "final_logit_softcapping", None)
         if cap is None:  # a multimodal config keeps it in its text part

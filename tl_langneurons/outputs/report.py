@@ -22,6 +22,7 @@ import pandas as pd
 
 from .._io import atomic_write_text
 from ..errors import LangNeuronsError
+from ..identify.methods import method_of
 
 REPORT_NAME = "report.md"
 
@@ -163,40 +164,15 @@ def _steer_section(d: Path, sub: str = "steer") -> list[str]:
     return out + ([fig] if fig else [])
 
 
-def _pct(x) -> str:
-    return f"{100 * x:.3g}%"
-
-
 def method_sentence(method: str, params: dict) -> str:
     """How a neuron set was identified, as a sentence a reader can follow (the parameters are in
-    the set's neurons.json)."""
+    the set's neurons.json): the registered method's own ``describe`` (:mod:`..identify.methods`),
+    or its name and parameters."""
     p = params or {}
-    if method == "lape" and "top_rate" in p:
-        scope = "of each layer" if p.get("per_layer") else "of the model"
-        entropy = "normalised entropy" if p.get("normalize_entropy") else "entropy"
-        text = (f"**LAPE** (Tang et al. 2024) kept the {_pct(p['top_rate'])} of neurons {scope}"
-                + (f" ({p['n_kept']:,})" if isinstance(p.get("n_kept"), int) else "")
-                + f" with the lowest {entropy} of their activation probability over the languages")
-        if isinstance(p.get("tau"), (int, float)):
-            text += (f", among those that fire on more than {p['tau']:.3g} of some language's tokens (the "
-                     f"{100 * p.get('filter_rate', 0.95):g}th percentile of all activation probabilities)")
-        if isinstance(p.get("activation_bar"), (int, float)):
-            text += f"; a neuron belongs to every language on whose tokens it fires more often than {p['activation_bar']:.3g}"
-        return text + "."
-    if method == "ap_experts" and "n" in p:
-        return (f"**Average precision** (Kojima et al. 2024): for each language, the {p['n'] // 2} units whose "
-                f"sentence means best tell its {p.get('n_positive')} sentences from {p.get('n_negative')} of the "
-                f"other languages, and the {p['n'] // 2} that tell them apart worst (lowest average precision).")
-    if method == "threshold":
-        if p.get("all_sentences"):
-            return ("**Threshold** (Rahmanisa et al. 2025): each language's neurons whose mean activation is above 0 "
-                    "in every one of its sentences.")
-        if "top_m" in p:
-            return (f"**Threshold** (Mondal et al. 2025): each language's {p['top_m']} neurons with the highest "
-                    "activation probability on its tokens (not contrastive: no comparison with the other languages).")
-        if "min_probability" in p:
-            return (f"**Threshold**: each language's neurons that fire on at least {p['min_probability']:.3g} of its "
-                    "tokens (not contrastive).")
+    registered = method_of(str(method))
+    text = registered.describe(p) if registered is not None and registered.describe is not None else None
+    if text:
+        return text
     shown = "; ".join(f"{k.replace('_', ' ')} {_fmt(v)}" for k, v in p.items() if not isinstance(v, (dict, list)))
     return f"Method **{method}**" + (f" ({shown})" if shown else "") + "."
 

@@ -208,20 +208,20 @@ def write_analysis(neurons: LanguageNeurons, out: str | os.PathLike, stats: Neur
 def lape_entropy_for(neurons: LanguageNeurons, stats: NeuronStats) -> tuple[torch.Tensor, float | None, int | None]:
     """The per-neuron entropy to plot, the selection cutoff to mark, and K for the ``log K`` line.
 
-    For a LAPE set the entropy is computed with the set's own parameters and the cutoff is the
-    entropy of the last neuron kept (the ``n_kept``-th smallest among eligible neurons); per-layer
-    quotas have one cutoff per layer, so none is marked. For other methods the entropy uses LAPE's
-    defaults, with no cutoff.
+    The method that made the set says (its registry entry's ``entropy_cutoff``,
+    :mod:`..identify.methods`): for a LAPE set the entropy is computed with the set's own parameters
+    and the cutoff is the entropy of the last neuron kept (the ``n_kept``-th smallest among eligible
+    neurons); per-layer quotas have one cutoff per layer, so none is marked. For methods without
+    one the entropy uses LAPE's defaults, with no cutoff.
     """
     from ..identify import lape_entropy
+    from ..identify.methods import method_of
 
-    params = neurons.params if neurons.method == "lape" else {}
-    ent = lape_entropy(stats, filter_rate=params.get("filter_rate", 0.95),
-                       activation_bar_ratio=params.get("activation_bar_ratio", 0.95),
-                       normalize_entropy=params.get("normalize_entropy", False))
+    method = method_of(neurons)
+    kwargs, n_kept = method.entropy_cutoff(neurons.params) if method and method.entropy_cutoff else ({}, None)
+    ent = lape_entropy(stats, **kwargs)
     cutoff = None
-    n_kept = params.get("n_kept")
-    if neurons.method == "lape" and not params.get("per_layer") and isinstance(n_kept, int) and n_kept > 0:
+    if n_kept is not None:
         ranked = ent.ranked.flatten()
         if n_kept <= int(torch.isfinite(ranked).sum()):
             cutoff = float(ranked.kthvalue(n_kept).values)

@@ -20,7 +20,7 @@ from typing import Any
 
 import pandas as pd
 
-from .. import _checks
+from .. import _checks, _smoke
 from ..errors import LangNeuronsError, choices
 from ..evaluate.conditions import check_control, check_neurons, under
 from ..identify import random_like
@@ -207,7 +207,7 @@ def evaluate_tasks(model: Any, tasks, neurons=None, targets=None, mode: str = ZE
     if not isinstance(tasks, (list, tuple)) or not tasks or not all(isinstance(t, str) for t in tasks):
         raise LangNeuronsError(f"tasks must be a non-empty list of lm-eval task names, got {tasks!r}")
     tasks = list(dict.fromkeys(tasks))
-    limit = _checks.positive_int("limit", limit, allow_none=True)
+    limit = _smoke.cap(_checks.positive_int("limit", limit, allow_none=True), _smoke.DOCUMENTS)
     batch_size = _checks.positive_int("batch_size", batch_size)
     num_fewshot = _checks.integer("num_fewshot", num_fewshot, 0, allow_none=True)
     bootstrap_iters = _checks.integer("bootstrap_iters", bootstrap_iters, 0)

@@ -1,0 +1,102 @@
+"""The benchmark's prompts: sentence openings with a meaning to keep, in several source languages,
+split once into a tuning set (strengths are chosen there) and an evaluation set (numbers are
+reported there), never overlapping.
+
+Source: the built-in ``parallel`` split (human translations of LibreOffice's interface and help
+and of the UDHR, 17 languages; see the corpus NOTICE). A prompt is the first half of a sentence's
+words (characters, for scripts written without spaces), at least ``min_words``; the sentence's
+translation into each target is kept as the prompt's reference (what a faithful continuation in
+the target would say). Each sentence index is used once across both splits, so the tuning and the
+evaluation prompts share no sentence in any language.
+
+Prompting instructions (:data:`INSTRUCTIONS`): "Continue in <language>:" in English and in each
+target language's own words, written by the package's authors for the 17 parallel languages; they
+were not checked by native speakers.
+"""
+
+import numpy as np
+import pandas as pd
+
+from .. import _checks
+from ..corpus import load_corpus
+from ..errors import LangNeuronsError
+
+# scripts written without spaces: a "word" is this many characters (as the steering prompts cut them)
+NO_SPACE = {"zh": 2, "ja": 2, "th": 4}
+
+# language -> (its English name, "Continue in <language>:" in that language)
+INSTRUCTIONS = {
+    "en": ("English", "Continue in English:"),
+    "de": ("German", "Weiter auf Deutsch:"),
+    "fr": ("French", "Continuez en français :"),
+    "es": ("Spanish", "Continúa en español:"),
+    "pl": ("Polish", "Kontynuuj po polsku:"),
+    "tr": ("Turkish", "Türkçe devam et:"),
+    "vi": ("Vietnamese", "Tiếp tục bằng tiếng Việt:"),
+    "id": ("Indonesian", "Lanjutkan dalam bahasa Indonesia:"),
+    "ru": ("Russian", "Продолжи на русском языке:"),
+    "uk": ("Ukrainian", "Продовжуй українською мовою:"),
+    "el": ("Greek", "Συνέχισε στα ελληνικά:"),
+    "zh": ("Chinese", "请用中文继续："),
+    "ja": ("Japanese", "日本語で続けてください："),
+    "ko": ("Korean", "한국어로 계속하세요:"),
+    "ar": ("Arabic", "تابع باللغة العربية:"),
+    "he": ("Hebrew", "המשך בעברית:"),
+    "th": ("Thai", "เขียนต่อเป็นภาษาไทย:"),
+}
+
+
+def instruction(target: str, phrasing: str) -> str:
+    """The instruction to continue in ``target``: ``phrasing`` is ``"english"`` or ``"target"``."""
+    if target not in INSTRUCTIONS:
+        raise LangNeuronsError(f"no prompting instruction for language {target!r}; available: {sorted(INSTRUCTIONS)}")
+    name, native = INSTRUCTIONS[target]
+    return f"Continue in {name}:" if phrasing == "english" else native
+
+
+def opening(text: str, language: str, min_words: int) -> str | None:
+    """The first half of ``text``'s words (at least ``min_words``), or None if the sentence is too
+    short to leave a second half of at least as many words."""
+    per = NO_SPACE.get(language)
+    if per is not None:
+        n = max(min_words * per, len(text) // 2)
+        return text[:n].rstrip() if len(text) >= n + min_words * per else None
+    words = text.split()
+    n = max(min_words, len(words) // 2)
+    return " ".join(words[:n]) if len(words) >= n + min_words else None
+
+
+def bench_prompts(targets: list[str], sources: list[str] | None = None, n_tune: int = 8, n_eval: int = 32,
+                  min_words: int = 3, seed: int = 0) -> pd.DataFrame:
+    """Per target: ``n_tune`` tuning and ``n_eval`` evaluation prompts, in the source languages
+    other than the target in turn (prompt *i* in ``sources[i % len]``).
+
+    Returns one row per prompt: ``split`` (``tune``/``eval``), ``target``, ``prompt_id`` (per
+    target and split), ``source``, ``prompt``, ``reference`` (the sentence's translation in the
+    target) and ``sentence`` (its index in the parallel split). Deterministic in ``seed``.
+    """
+    n_tune, n_eval = _checks.positive_int("n_tune", n_tune), _checks.positive_int("n_eval", n_eval)
+    min_words = _checks.positive_int("min_words", min_words)
+    par = load_corpus("builtin", split="parallel")
+    targets = _checks.languages(targets, par.languages, "the built-in parallel split")
+    sources = _checks.languages(sources, par.languages, "the built-in parallel split")
+    order = np.random.default_rng(int(seed)).permutation(len(par[par.languages[0]])).tolist()
+    rows = []
+    for target in targets:
+        srcs = [s for s in sources if s != target]
+        if not srcs:
+            raise LangNeuronsError(f"target {target!r} has no source language besides itself; give more --languages")
+        it = iter(order)  # the same sentence order for every target: tune sentences never reach eval
+        for split, n in (("tune", n_tune), ("eval", n_eval)):
+            for i in range(n):
+                src = srcs[i % len(srcs)]
+                for j in it:
+                    p = opening(par[src][j], src, min_words)
+                    if p:
+                        rows.append({"split": split, "target": target, "prompt_id": i, "source": src, "prompt": p,
+                                     "reference": par[target][j], "sentence": j})
+                        break
+                else:
+                    raise LangNeuronsError(f"the parallel split has too few long sentences for {n_tune} + {n_eval} "
+                                           f"prompts per target")
+    return pd.DataFrame(rows)
