@@ -423,7 +423,7 @@ def test_record_identify_analyze_plot_tiny_model(tiny_llama_dir, tmp_path, capsy
     assert summary["statistics"]["languages"] == sorted(SENTENCES)  # a folder corpus sorts its files
     assert len(list(Path(f).glob("*.pdf"))) == 5
     # AP works on the same recording (sentence means were kept)
-    assert main(["identify", "--stats", stats, "--method", "ap", "--n", "6", "--out", n]) == 0
+    assert main(["identify", "--stats", stats, "--method", "ap", "--n", "6", "--out", n, "--overwrite"]) == 0
     assert LanguageNeurons.load(n).counts() == dict.fromkeys(SENTENCES, 6)
 
 

@@ -15,6 +15,7 @@ import torch
 from conftest import n_hooks
 
 from tl_langneurons import models
+from tl_langneurons.backends import backend_of
 from tl_langneurons.cli import build_parser, main
 from tl_langneurons.errors import LangNeuronsError
 from tl_langneurons.identity import fingerprint
@@ -50,15 +51,20 @@ def test_a_registered_mode_runs_through_intervene(negate, builtin_model):
         got = _logits(model, tokens)
     assert n_hooks(model) == 0
     # the oracle: a := -a for neuron i of layer l is column i of that layer's down projection negated
-    downs = {l: model.original_model.model.layers[l].mlp.down_proj.weight for l in NEURONS}
-    with torch.no_grad():
+    def negate_down():  # the bridge's Hugging Face down_proj [d_model, d_mlp], or TL 3.x's W_out [d_mlp, d_model]
+        hf = backend_of(model).hf_model(model)
         for l, idx in NEURONS.items():
-            downs[l][:, idx] *= -1
+            if hf is not None:
+                hf.model.layers[l].mlp.down_proj.weight[:, idx] *= -1
+            else:
+                model.blocks[l].mlp.W_out[idx, :] *= -1
+
+    with torch.no_grad():
+        negate_down()
         try:
             expected = _logits(model, tokens)
         finally:
-            for l, idx in NEURONS.items():
-                downs[l][:, idx] *= -1  # exact: negation is its own inverse
+            negate_down()  # exact: negation is its own inverse
     assert torch.equal(_logits(model, tokens), clean)
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
     assert (got - clean).abs().max() > 1e-2  # it did something

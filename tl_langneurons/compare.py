@@ -19,6 +19,7 @@ import pandas as pd
 from . import _checks
 from .errors import LangNeuronsError, choices
 from .identify import ap_experts_all, lape_entropy, plnd, threshold
+from .intervene.modes import ZERO
 from .neurons import LanguageNeurons
 from .stats import NeuronStats
 
@@ -150,7 +151,7 @@ def cloze_change(model, sets: dict[str, LanguageNeurons], languages: list[str], 
     tasks = [f"tlln_cloze_{k}" for k in languages]
     rows = []
     for m, nset in sets.items():
-        run = evaluate_tasks(model, tasks, neurons=nset, targets=languages, mode="zero", control=None, limit=limit,
+        run = evaluate_tasks(model, tasks, neurons=nset, targets=languages, mode=ZERO.name, control=None, limit=limit,
                              batch_size=batch_size, progress=progress)
         change = change_matrix(run.frame, metric="acc")
         for lang in languages:

@@ -26,6 +26,7 @@ from collections.abc import Iterator
 
 from . import _checks, _smoke
 from .errors import LangNeuronsError, choices
+from ._io import safe_name
 from .languages import flores_code, normalize_code
 
 BUILTIN_SPLITS = ("train", "stats", "eval", "parallel")
@@ -274,4 +275,6 @@ def load_corpus(
         texts = {k: rng.sample(v, len(v)) for k, v in texts.items()}
     if max_sentences is not None:
         texts = {k: v[:max_sentences] for k, v in texts.items()}
+    for k in texts:  # a language names result folders and files: never a path
+        safe_name("language", k)
     return Corpus(texts=texts, spec=spec)

@@ -7,6 +7,7 @@ is never turned on, it rewrites weights and doubles memory), or with TL 3.x inst
 hook names and the same ``model.hooks(...)`` context manager.
 """
 
+import pickle
 from typing import Any
 
 import torch
@@ -74,6 +75,10 @@ def load_model(
                 f"expected {choices(BUILTIN)}, a reachable hub id, a .gguf file or a local model directory"
             ) from None
         raise LangNeuronsError(f"could not load model directory {model!r}: {str(e).splitlines()[0]}") from None
+    except pickle.UnpicklingError:  # torch's safe loader refusing a pickled checkpoint: as it should
+        raise LangNeuronsError(f"model {model!r}: its pickled weights (pytorch_model.bin) hold objects that torch's "
+                               "safe loader (weights_only) refuses; nothing is unpickled unsafely here: convert the "
+                               "weights to safetensors") from None
     except (ValueError, KeyError) as e:
         if not hf_kwargs:
             raise

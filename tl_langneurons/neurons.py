@@ -16,7 +16,7 @@ from jaxtyping import Bool
 from torch import Tensor
 
 from . import _checks
-from ._io import atomic_write_text, read_json
+from ._io import atomic_write_text, read_json, safe_name
 from .errors import LangNeuronsError, choices
 from .identity import compatible
 
@@ -32,6 +32,7 @@ def _normalise(neurons, n_layers: int, d_mlp: int) -> dict[str, list[tuple[int, 
     for lang, pairs in neurons.items():
         if not isinstance(lang, str) or not lang:
             raise LangNeuronsError(f"language names must be non-empty strings, got {lang!r}")
+        safe_name("language", lang)  # it names folders and files of results
         if not isinstance(pairs, (list, tuple)):
             raise LangNeuronsError(f"neurons of {lang!r} must be a list of (layer, index) pairs, got {pairs!r}")
         out = set()

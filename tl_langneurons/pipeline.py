@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from . import _checks
-from ._io import check_out_dir, write_json
+from ._io import ResultFolder, write_json
 from .corpus import builtin_languages, load_corpus
 from .errors import LangNeuronsError, choices
 from .evaluate import (DEFAULT_GENERATION, DEFAULT_MODE, DEFAULT_STATISTIC, diffmean_sweep, fluency_criterion,
@@ -18,7 +18,9 @@ from .loading import load_model
 from .outputs.measurements import write_ppl, write_steer
 from .outputs.report import write_report
 from .outputs.tables import write_analysis, write_figures
+from .models import weights_hash
 from .record import record
+from .resume import Checkpointed
 
 DEMO_LANGUAGES = ("en", "de", "fr", "es", "ru", "zh", "ja", "ar", "hi", "th")
 
@@ -105,12 +107,27 @@ def demo_plan(model: str = "builtin", **overrides) -> DemoPlan:
                    betas=tuple(_checks.numbers_list("beta", plan.betas)))
 
 
-def run_demo(out="demo_out", model: str = "builtin", languages=DEMO_LANGUAGES, **overrides) -> dict:
+def run_demo(out="demo_out", model: str = "builtin", languages=DEMO_LANGUAGES, *, overwrite: bool = False,
+             resume: bool = False, **overrides) -> dict:
     """Run the pipeline on a built-in model into ``out`` and return its ``summary.json``; see the
-    README for what it writes. ``overrides``: fields of :class:`DemoPlan` (sizes, factors…)."""
-    out = check_out_dir(out)
+    README for what it writes. ``overrides``: fields of :class:`DemoPlan` (sizes, factors…).
+
+    ``out`` is written as a unit (:class:`~._io.ResultFolder`: refused if it holds a result, unless
+    ``overwrite``); with ``resume`` an interrupted demo continues from its last completed unit of
+    work (the recording's checkpoint, each perplexity condition, each batch of generations)."""
     plan = demo_plan(model, **overrides)
     langs = _checks.languages(list(languages), builtin_languages("stats"), "the built-in corpus")
+    if len(set(langs)) < 2:  # LAPE and the perplexity matrix compare languages: checked before any work
+        raise LangNeuronsError(f"the demo compares languages: give at least two, got {choices(langs)}")
+    with ResultFolder(out, overwrite=overwrite, resume=resume) as rf:
+        summary = _demo(rf, Path(out), model, langs, plan)
+        rf.commit()
+    return summary
+
+
+def _demo(rf: ResultFolder, final: Path, model: str, langs: list[str], plan: DemoPlan) -> dict:
+    """The demo's steps, written into ``rf.path``; paths recorded in the outputs name ``final``."""
+    out = rf.path
     steps = 6
 
     _step(1, steps, f"loading {model}; recording {len(langs)} languages x {plan.max_sentences} sentences of the "
@@ -119,14 +136,18 @@ def run_demo(out="demo_out", model: str = "builtin", languages=DEMO_LANGUAGES, *
     if not 0 <= plan.diffmean_layer < lm.cfg.n_layers:  # checked now, not after minutes of work
         raise LangNeuronsError(f"diffmean_layer must be in [0, {lm.cfg.n_layers}), got {plan.diffmean_layer}")
     corpus = load_corpus("builtin", languages=langs, split="stats", max_sentences=plan.max_sentences)
-    stats = record(lm, corpus, site="act", batch_size=plan.record_batch)
+    store = Checkpointed(rf.resume_dir / "units", {"demo": model, "model": weights_hash(lm), "languages": langs,
+                                                    "plan": asdict(plan)}, resume=rf.resume, what="demo")
+    stats = record(lm, corpus, site="act", batch_size=plan.record_batch, checkpoint_dir=rf.resume_dir / "record",
+                   checkpoint_every=10, resume=rf.resume)
     stats.save(out / "stats")
     summary = {"model": model, "plan": asdict(plan), **recording_summary(stats)}
     summary["selective_share_per_layer"] = selective_share(stats)
 
     _step(2, steps, f"LAPE (top_rate {plan.top_rate}), analysis and figures")
     neurons = lape(stats, top_rate=plan.top_rate)
-    neurons_path = neurons.save(out / "neurons.json")
+    neurons.save(out / "neurons.json")
+    neurons_path = final / "neurons.json"  # where it will be once the demo is complete
     analysis = write_analysis(neurons, out / "analysis", stats, source=str(neurons_path))
     figures = write_figures(neurons, out / "figures", stats)
     summary["lape"] = {"top_rate": plan.top_rate, "why": plan.why, "counts": analysis["counts"],
@@ -143,7 +164,7 @@ def run_demo(out="demo_out", model: str = "builtin", languages=DEMO_LANGUAGES, *
           "neurons switched off, and as many random neurons per layer (control)")
     eval_corpus = load_corpus("builtin", languages=langs, split="eval", max_sentences=plan.eval_sentences)
     ppl_df = perplexity_matrix(lm, eval_corpus, neurons, languages=langs, control="random", seed=0,
-                               batch_size=plan.eval_batch, progress=True)
+                               batch_size=plan.eval_batch, progress=True, checkpoint=store)
     ppl = write_ppl(ppl_df, out / "ppl", run={"model": model, "corpus": "builtin", "split": "eval",
                                               "max_sentences": plan.eval_sentences, "neurons": str(neurons_path),
                                               "control": "random", "seed": 0})
@@ -159,9 +180,9 @@ def run_demo(out="demo_out", model: str = "builtin", languages=DEMO_LANGUAGES, *
           f"x{','.join(f'{f:g}' for f in plan.factors)} the {DEFAULT_STATISTIC} activation, from BOS only, with and "
           "without the intervention and under the random control; each generation's language and fluency")
     steer_df = steer_sweep(lm, neurons, found, plan.factors, [DEFAULT_MODE], prompts=[""], stats=stats,
-                           n_samples=plan.n_samples, seed=0, fluency=fluency, progress=True)
+                           n_samples=plan.n_samples, seed=0, fluency=fluency, progress=True, checkpoint=store)
     steer = write_steer(steer_df, out / "steer", run={"model": model, "neurons": str(neurons_path),
-                                                       "stats": str(out / "stats"), "targets": found,
+                                                       "stats": str(final / "stats"), "targets": found,
                                                        "prompts": "BOS only", "seed": 0,
                                                        "fluency": fluency.as_dict()})
     # The baseline neuron steering must be compared with: a direction in the residual stream
@@ -169,7 +190,7 @@ def run_demo(out="demo_out", model: str = "builtin", languages=DEMO_LANGUAGES, *
     _step(5, steps, f"the baseline: residual difference-of-means steering after block {plan.diffmean_layer}, beta "
           f"{','.join(f'{b:g}' for b in plan.betas)}, with a random direction of the same norm as control")
     dm_df = diffmean_sweep(lm, corpus, found, plan.diffmean_layer, plan.betas, prompts=[""],
-                           n_samples=plan.n_samples, seed=0, fluency=fluency, progress=True)
+                           n_samples=plan.n_samples, seed=0, fluency=fluency, progress=True, checkpoint=store)
     dm = write_steer(dm_df, out / "steer_diffmean", run={"model": model, "method": "diffmean",
                                                          "layer": plan.diffmean_layer, "corpus": "builtin stats",
                                                          "targets": found, "prompts": "BOS only", "seed": 0,
@@ -186,12 +207,12 @@ def run_demo(out="demo_out", model: str = "builtin", languages=DEMO_LANGUAGES, *
     _step(6, steps, "report")
     title = "the built-in model" if model == "builtin" else model
     report = write_report(out, title=f"Language-specific neurons of {title}")
-    for what, where in (("statistics", out / "stats"), ("neurons", neurons_path),
-                        ("tables and summary.json", out / "analysis"),
-                        (f"{len(figures) // 2} figures (PNG + PDF)", out / "figures"),
-                        ("perplexity matrix (ppl.csv, summary.json, ppl_change figure)", out / "ppl"),
-                        ("steering generations (steer.csv, summary.json, rate-vs-factor figure)", out / "steer"),
-                        ("the same for residual diffmean steering", out / "steer_diffmean"),
-                        ("this summary", out / "summary.json"), ("the report", Path(report))):
+    for what, where in (("statistics", final / "stats"), ("neurons", neurons_path),
+                        ("tables and summary.json", final / "analysis"),
+                        (f"{len(figures) // 2} figures (PNG + PDF)", final / "figures"),
+                        ("perplexity matrix (ppl.csv, summary.json, ppl_change figure)", final / "ppl"),
+                        ("steering generations (steer.csv, summary.json, rate-vs-factor figure)", final / "steer"),
+                        ("the same for residual diffmean steering", final / "steer_diffmean"),
+                        ("this summary", final / "summary.json"), ("the report", final / Path(report).name)):
         print(f"[demo] {what}: {where}", file=sys.stderr)
     return summary

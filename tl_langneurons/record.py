@@ -31,13 +31,14 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from . import _checks
-from ._io import package_version
+from ._io import package_version, texts_hash
 from .corpus import Corpus
 from .errors import LangNeuronsError
 from .examples import DEFAULT_CONTEXT, TopKAccumulator, check_context, check_units, finish
 from .identity import fingerprint
 from .importance import DEFAULT_TOP_RATE, IMPORTANCE_TENSORS, ImportanceSums, down_norms
 from .models import StopForward, forward_until
+from .resume import key_changes, normal_key
 from .stats import NeuronStats
 from .tokens import Batch, encode, max_length, prepare_batches, tokenizer_of
 from .progress import stage
@@ -227,13 +228,23 @@ def load_checkpoint(d: Path, acc: Accumulator, key: dict, rank: int) -> int:
     path = _ckpt_path(d, rank)
     if not path.is_file():
         return 0
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-        if json.loads(meta.get("key", "null")) != json.loads(json.dumps(key, sort_keys=True)):
-            raise LangNeuronsError(f"checkpoint in {str(d)!r} is from a different recording (model, corpus or "
-                                   "options differ); remove it or record without resume")
-        acc.load_state_dict({name: f.get_tensor(name) for name in f.keys()})
-    return int(meta["batches_done"])
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            old = json.loads(meta.get("key", "null"))
+            changes = key_changes(old, normal_key(key)) if isinstance(old, dict) else ["the key"]
+            if changes:
+                raise LangNeuronsError(f"checkpoint in {str(d)!r} is from a different recording: "
+                                       f"{'; '.join(changes[:4])} changed; record again without resume "
+                                       "(--overwrite)")
+            acc.load_state_dict({name: f.get_tensor(name) for name in f.keys()})
+            done = int(meta["batches_done"])
+    except LangNeuronsError:
+        raise
+    except Exception as e:  # a torn or damaged file: safetensors' own errors, bad metadata
+        raise LangNeuronsError(f"checkpoint {str(path)!r} is damaged ({type(e).__name__}); record again without "
+                               "resume (--overwrite)") from None
+    return done
 
 
 # ---------------------------------------------------------------------------------------------
@@ -298,7 +309,10 @@ def record(
             windows of this many tokens (Tang et al. pack text into 4096-token rows). The BOS and
             EOS tokens the packer inserts are not counted.
         checkpoint_dir / checkpoint_every / resume: write the running sums every N batches; with
-            ``resume=True`` continue from the last checkpoint. The result is bit-identical.
+            ``resume=True`` continue from the last checkpoint. The result is bit-identical. The
+            checkpoint's key holds the model's weights hash, the corpus *content* and every option;
+            a checkpoint of another recording is refused, naming what changed. The checkpoint is
+            left in place: remove it once the statistics are saved.
         progress: show a progress bar per language.
         top_examples: also keep, per unit and language, this many top-activating examples with the
             sentence and position they occurred at (:mod:`tl_langneurons.examples`; memory
@@ -373,16 +387,22 @@ def record(
                "sentence_means": sentence_means, "bos_in_sentence_means": bos_in_sentence_means,
                "histogram": edges is not None,
                "bos_prepended": bos_prepended, "special_tokens_counted": False, "world_size": world}
+    # the corpus by its content (what is recorded), not only by where it was read from
     if plnd:
         options["plnd_top_rate"] = float(plnd_top_rate)
     if top is not None:  # in the checkpoint key only when asked for: older checkpoints still resume
         options["top_examples"] = {"k": top_examples, "context": list(top_context),
                                    "units": hashlib.sha256(top.units.numpy().tobytes()).hexdigest()[:16]}
     key = {"model": fp["weights_hash"], "site": site, "languages": languages,
-           "corpus": json.dumps(corpus_spec, sort_keys=True, default=str), "n_batches": len(batches),
-           "options": options}
+           "corpus": json.dumps(corpus_spec, sort_keys=True, default=str),
+           "corpus_content": texts_hash({k: v[:max_sentences] for k, v in texts.items()}),
+           "n_batches": len(batches), "options": options}
     ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
     done = load_checkpoint(ckpt, acc, key, rank) if resume else 0
+    if done and progress and rank == 0:
+        import sys
+
+        print(f"resuming record: {done} of {len(batches)} batches already done", file=sys.stderr)
 
     hooks = [(p.hook, acc.hook(l, i)) for l, parts in enumerate(resolved.parts) for i, p in enumerate(parts)]
     if plnd:
@@ -424,8 +444,8 @@ def record(
     stats = NeuronStats(languages, site, state["n_tokens"], state["count_pos"], state["sum"], state["sum_sq"],
                         state.get("sentence_means"), sl, state.get("hist"), edges, meta, top_result,
                         **{k: state.get(k) for k in IMPORTANCE_TENSORS})
-    if ckpt is not None:
-        _ckpt_path(ckpt, rank).unlink(missing_ok=True)
+    # the checkpoint stays: the caller drops it once the statistics are saved (the command line's
+    # result folder does so when it commits), so a failed save never loses the recording
     return stats
 
 

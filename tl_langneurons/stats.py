@@ -14,9 +14,11 @@ from jaxtyping import Float, Float64, Int64
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from ._io import atomic_write_text, package_version, sha256
+from . import _checks
+from ._io import atomic_write_text, package_version, read_json, safe_name, sha256
 from .examples import TopExamples
 from .identity import compatible
+from .models import SITES
 from .errors import LangNeuronsError, choices
 
 STATS_TENSORS = "stats.safetensors"
@@ -324,25 +326,95 @@ class NeuronStats:
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> "NeuronStats":
+        """Read statistics written by :meth:`save`, checked whole: every field of ``stats.json``
+        (type and allowed values), the tensor file's checksum (required), the set of tensors (none
+        missing, none extra), their dtypes and shapes. Anything else is one
+        :class:`LangNeuronsError` naming the file and what is wrong."""
         d = Path(directory)
         jp, tp = d / STATS_JSON, d / STATS_TENSORS
         if not jp.is_file() or not tp.is_file():
             raise LangNeuronsError(f"no statistics in {str(d)!r}: expected {STATS_JSON} and {STATS_TENSORS}")
-        try:
-            meta = json.loads(jp.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise LangNeuronsError(f"{str(jp)!r} is not valid JSON: {e}") from None
+        meta = read_json(jp, "statistics")
+        bad = lambda what: LangNeuronsError(f"{str(jp)!r}: {what}")  # noqa: E731
+        if not isinstance(meta, dict):
+            raise bad(f"expected a JSON object, got {type(meta).__name__}")
         if meta.get("format_version") != FORMAT_VERSION:
-            raise LangNeuronsError(f"{str(jp)!r}: unsupported format_version {meta.get('format_version')!r}")
-        if meta.get("tensors_sha256") and meta["tensors_sha256"] != sha256(tp):
-            raise LangNeuronsError(f"{str(tp)!r} does not match {STATS_JSON} (interrupted write?)")
-        t = load_file(str(tp))
-        langs, site = meta.pop("languages"), meta.pop("site")
-        top_ref = meta.pop("top_examples", None)
-        for k in ("format_version", "n_layers", "d_mlp", "tensors_sha256"):
-            meta.pop(k, None)
+            raise bad(f"unsupported format_version {meta.get('format_version')!r} (expected {FORMAT_VERSION})")
+        langs = meta.get("languages")
+        if not isinstance(langs, list) or not langs or not all(isinstance(k, str) for k in langs):
+            raise bad(f"'languages' must be a non-empty list of language codes, got {langs!r}")
+        if len(set(langs)) != len(langs):
+            raise bad(f"'languages' holds duplicates: {langs!r}")
+        try:
+            for k in langs:
+                safe_name("language", k)
+        except LangNeuronsError as e:
+            raise bad(str(e)) from None
+        if meta.get("site") not in SITES:
+            raise bad(f"'site' must be one of {choices(SITES)}, got {meta.get('site')!r}")
+        for k in ("n_layers", "d_mlp"):
+            if not _checks.is_int(meta.get(k)) or meta[k] < 1:
+                raise bad(f"{k!r} must be a positive integer, got {meta.get(k)!r}")
+        for k in ("model", "options", "n_sentences"):
+            if k in meta and meta[k] is not None and not isinstance(meta[k], dict):
+                raise bad(f"{k!r} must be an object, got {meta[k]!r}")
+        digest = meta.get("tensors_sha256")
+        if not isinstance(digest, str) or len(digest) != 64:
+            raise bad(f"'tensors_sha256' (the checksum of {STATS_TENSORS}) is missing or malformed: {digest!r}")
+        if digest != sha256(tp):
+            raise LangNeuronsError(f"{str(tp)!r} does not match the checksum in {STATS_JSON}: the two files are "
+                                   "from different runs, or a write was interrupted or damaged")
+        try:
+            t = load_file(str(tp))
+        except Exception as e:  # safetensors' own errors on a damaged header
+            raise LangNeuronsError(f"{str(tp)!r} is not a readable safetensors file ({e})") from None
+        _check_tensors(t, len(langs), meta["n_layers"], meta["d_mlp"], str(tp))
+        top_ref = meta.get("top_examples")
+        if top_ref is not None and not (isinstance(top_ref, dict) and isinstance(top_ref.get("sha256"), str)):
+            raise bad(f"'top_examples' must be null or an object with the examples' 'sha256', got {top_ref!r}")
+        site = meta["site"]
+        meta = {k: v for k, v in meta.items() if k not in ("languages", "site", "format_version", "n_layers", "d_mlp",
+                                                           "tensors_sha256", "top_examples")}
         top = None if not top_ref else TopExamples.load(d, sha=top_ref["sha256"])
-        stats = cls(langs, site, t["n_tokens"], t["count_pos"], t["sum"], t["sum_sq"], t.get("sentence_means"),
-                    t.get("sentence_language"), t.get("hist"), t.get("hist_edges"), meta, top,
-                    **{n: t.get(n) for n in _IMPORTANCE})
-        return stats
+        return cls(langs, site, t["n_tokens"], t["count_pos"], t["sum"], t["sum_sq"], t.get("sentence_means"),
+                   t.get("sentence_language"), t.get("hist"), t.get("hist_edges"), meta, top,
+                   **{n: t.get(n) for n in _IMPORTANCE})
+
+
+# name → dtype; the optional ones come in pairs (both or neither)
+_REQUIRED = {"n_tokens": torch.float64, "count_pos": torch.float64, "sum": torch.float64, "sum_sq": torch.float64}
+_PAIRS = ({"sentence_means": torch.float32, "sentence_language": torch.int64},
+          {"hist": torch.float64, "hist_edges": torch.float64},
+          {"importance_sum": torch.float64, "importance_docs": torch.float64, "n_documents": torch.float64})
+
+
+def _check_tensors(t: dict, K: int, L: int, I: int, where: str) -> None:
+    allowed = {**_REQUIRED, **_PAIRS[0], **_PAIRS[1], **_PAIRS[2]}
+    missing = [k for k in _REQUIRED if k not in t]
+    extra = [k for k in t if k not in allowed]
+    if missing or extra:
+        raise LangNeuronsError(f"{where!r}: " + "; ".join(
+            ([f"missing tensor(s) {choices(missing)}"] if missing else [])
+            + ([f"unexpected tensor(s) {choices(extra)}"] if extra else [])))
+    for pair in _PAIRS:
+        have = [k for k in pair if k in t]
+        if have and len(have) != len(pair):
+            raise LangNeuronsError(f"{where!r}: {choices(have)} without {choices([k for k in pair if k not in t])}")
+    for k, v in t.items():
+        if v.dtype != allowed[k]:
+            raise LangNeuronsError(f"{where!r}: tensor {k!r} has dtype {v.dtype}, expected {allowed[k]}")
+    shapes = {"n_tokens": (K,), "count_pos": (K, L, I), "sum": (K, L, I), "sum_sq": (K, L, I)}
+    if "sentence_means" in t:
+        S = t["sentence_language"].shape[0] if t["sentence_language"].ndim == 1 else -1
+        shapes.update(sentence_means=(S, L, I), sentence_language=(S,))
+    if "hist" in t:
+        E = t["hist_edges"].shape[0] if t["hist_edges"].ndim == 1 else -1
+        shapes.update(hist=(K, L, I, E + 1), hist_edges=(E,))
+    if "importance_sum" in t:
+        shapes.update(importance_sum=(K, L, I), importance_docs=(K, L, I), n_documents=(K,))
+    for k, shape in shapes.items():
+        if tuple(t[k].shape) != shape:
+            raise LangNeuronsError(f"{where!r}: tensor {k!r} has shape {tuple(t[k].shape)}, expected {shape}")
+    if "sentence_language" in t and t["sentence_language"].numel() and not (
+            0 <= int(t["sentence_language"].min()) and int(t["sentence_language"].max()) < K):
+        raise LangNeuronsError(f"{where!r}: 'sentence_language' holds an index outside [0, {K})")

@@ -156,3 +156,47 @@ def check_model_before_loading(model: str, recorded: dict, what: str) -> dict:
             raise LangNeuronsError(f"{what} was made on {name!r} ({recorded[key]} {label}), not on --model {model!r} "
                                    f"({shape[key]} {label})")
     return shape
+
+
+# ---------------------------------------------------------------------------------------------
+# The output contract (docs/outputs.md): every command writing a folder opens it here, before any work
+
+
+# Options naming input files or folders: the resume key holds their content's hash, not their path.
+INPUT_PATHS = ("neurons", "stats", "prompts", "facts", "sources", "include_path", "corpus", "train")
+# what does not change the units of work: where they go, how the run is resumed, and the metric
+# the summary is read at (a mistaken --metric is fixed with --resume --metric X, losing nothing)
+NOT_KEYED = ("out", "overwrite", "resume", "func", "command", "checkpoint_every", "metric")
+
+
+def result_folder(args):
+    """``--out`` opened under the contract: an existing file, an unwritable place, a folder holding
+    a result (without --overwrite/--resume) are refused now, before anything is loaded."""
+    from .._io import ResultFolder
+
+    return ResultFolder(args.out, overwrite=getattr(args, "overwrite", False),
+                        resume=getattr(args, "resume", False)).open()
+
+
+def run_key(args, **inputs) -> dict:
+    """What a command's result depends on: every option (input paths by their content) and
+    ``inputs`` (the model's weights hash, the corpus content's hash...)."""
+    from .._io import path_hash
+
+    options = {}
+    for k, v in sorted(vars(args).items()):
+        if k in NOT_KEYED or callable(v):
+            continue
+        if k in INPUT_PATHS and isinstance(v, str):
+            h = path_hash(v)
+            v = {"sha256": h} if h is not None else v
+        options[k] = v
+    return {"command": getattr(args, "command", None), "options": options, **inputs}
+
+
+def checkpoint_store(args, rf, **inputs):
+    """The command's :class:`~tl_langneurons.resume.Checkpointed` store in the result folder."""
+    from ..resume import Checkpointed
+
+    return Checkpointed(rf.resume_dir, run_key(args, **inputs), resume=getattr(args, "resume", False),
+                        what=getattr(args, "command", None) or "run")

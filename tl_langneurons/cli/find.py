@@ -2,11 +2,13 @@
 bench, demo."""
 
 import json
+from contextlib import nullcontext
 import os
 from pathlib import Path
 
 from ..errors import LangNeuronsError
-from .args import parse_floats, parse_languages, placement, positive
+from .._io import ResultFolder, result_file
+from .args import parse_floats, parse_languages, placement, positive, result_folder
 from .done import finish
 
 def cmd_record(args) -> int:
@@ -25,25 +27,37 @@ def cmd_record(args) -> int:
     top = _top_options(args)
     placed = placement(args)
     _maybe_init_distributed(args, placed)
-    corpus = load_corpus(args.corpus, languages=parse_languages(args.languages), split=args.split,
-                         max_sentences=args.max_sentences)
-    model = load_model(args.model, dtype=args.dtype, site=args.site, **placed)
-    out = Path(args.out)
-    stats = record(model, corpus, site=args.site, batch_size=args.batch_size,
-                   sentence_means=args.sentence_means or args.bos_in_sentence_means,
-                   bos_in_sentence_means=args.bos_in_sentence_means, histogram_edges=True if args.histograms else None,
-                   pack=args.pack, checkpoint_dir=out / ".checkpoint", checkpoint_every=args.checkpoint_every,
-                   resume=args.resume, plnd=args.plnd, plnd_top_rate=args.plnd_top_rate, **top)
-    rank, _ = dist_info()
-    if rank == 0:
-        stats.save(out)
-        s = recording_summary(stats)
-        tokens = s["tokens"].values()
-        p = s["activation_probability_per_layer"]
-        finish([f"recorded {len(s['languages'])} languages, {sum(tokens):,} tokens ({min(tokens):,} to {max(tokens):,} "
-                f"per language) at site {s['site']} of {s['model']}",
-                f"activation probability per layer: {p[0]:.3f} (first) to {p[-1]:.3f} (last)"],
-               f"wrote the statistics to {out}")
+    rank, world = dist_info()
+    # the output folder is checked (and claimed) by rank 0 before anything is read or recorded; the
+    # other processes wait for it, then write their checkpoints beside rank 0's
+    rf = result_folder(args) if rank == 0 else ResultFolder(args.out, resume=args.resume)
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+    with rf:
+        corpus = load_corpus(args.corpus, languages=parse_languages(args.languages), split=args.split,
+                             max_sentences=args.max_sentences)
+        model = load_model(args.model, dtype=args.dtype, site=args.site, **placed)
+        stats = record(model, corpus, site=args.site, batch_size=args.batch_size,
+                       sentence_means=args.sentence_means or args.bos_in_sentence_means,
+                       bos_in_sentence_means=args.bos_in_sentence_means,
+                       histogram_edges=True if args.histograms else None,
+                       pack=args.pack, checkpoint_dir=rf.resume_dir / "record",
+                       checkpoint_every=args.checkpoint_every, resume=args.resume, plnd=args.plnd,
+                       plnd_top_rate=args.plnd_top_rate, **top)
+        if world > 1:
+            dist.barrier()  # every process's checkpoint stays until the statistics are saved
+        if rank == 0:
+            stats.save(rf.path)
+            out = rf.commit()  # the checkpoints go only now, with the statistics in place
+            s = recording_summary(stats)
+            tokens = s["tokens"].values()
+            p = s["activation_probability_per_layer"]
+            finish([f"recorded {len(s['languages'])} languages, {sum(tokens):,} tokens ({min(tokens):,} to "
+                    f"{max(tokens):,} per language) at site {s['site']} of {s['model']}",
+                    f"activation probability per layer: {p[0]:.3f} (first) to {p[-1]:.3f} (last)"],
+                   f"wrote the statistics to {out}")
     return 0
 
 
@@ -97,13 +111,21 @@ def cmd_identify(args) -> int:
     options = {o.name: o for m in METHODS.values() for o in m.options}
     given = {k: getattr(args, k) for k in options if getattr(args, k, None) is not None}
     method.check_given(given)  # before the statistics are read: mistakes fail at once
-    stats = NeuronStats.load(args.stats)
-    method.check_statistics(stats, given, repr(args.stats))
-    for k, o in options.items():
-        if k in given and o.type == "languages":
-            given[k] = parse_languages(given[k])
-    neurons = method.run(stats, **given)
-    path = neurons.save(args.out)
+    # a .json file, or a folder to write neurons.json in: either checked before the statistics are read
+    as_file = Path(args.out).suffix.lower() == ".json"
+    target = result_file(args.out, args.overwrite) if as_file else result_folder(args)
+    with nullcontext() if as_file else target:  # a folder left half-made by a failure is removed
+        stats = NeuronStats.load(args.stats)
+        method.check_statistics(stats, given, repr(args.stats))
+        for k, o in options.items():
+            if k in given and o.type == "languages":
+                given[k] = parse_languages(given[k])
+        neurons = method.run(stats, **given)
+        if as_file:
+            path = neurons.save(target)
+        else:
+            neurons.save(target.path)
+            path = target.commit() / "neurons.json"
     counts = neurons.counts()
     union = len(neurons.union())
     return finish([f"{neurons.method}: {union:,} neurons ({union / (neurons.n_layers * neurons.d_mlp):.2%} of the "
@@ -139,9 +161,11 @@ def cmd_analyze(args) -> int:
     from ..outputs.tables import write_analysis
 
     neurons, stats = _load_neurons_and_stats(args)
-    summary = write_analysis(neurons, args.out, stats, metric=args.metric, n_permutations=args.permutations,
-                             seed=args.seed, source=str(args.neurons))
-    _print_analysis(summary, Path(args.out))
+    with result_folder(args) as rf:
+        summary = write_analysis(neurons, rf.path, stats, metric=args.metric, n_permutations=args.permutations,
+                                 seed=args.seed, source=str(args.neurons))
+        out = rf.commit()
+    _print_analysis(summary, out)
     return 0
 
 
@@ -149,8 +173,11 @@ def cmd_plot(args) -> int:
     from ..outputs.tables import write_figures
 
     neurons, stats = _load_neurons_and_stats(args)
-    paths = write_figures(neurons, args.out, stats, metric=args.metric)
-    return finish([str(path) for path in paths], f"wrote {len(paths) // 2} figures (PNG and PDF) to {args.out}")
+    with result_folder(args) as rf:
+        paths = write_figures(neurons, rf.path, stats, metric=args.metric)
+        out = rf.commit()
+    paths = [out / Path(p).relative_to(rf.path) for p in paths]
+    return finish([str(path) for path in paths], f"wrote {len(paths) // 2} figures (PNG and PDF) to {out}")
 
 
 
@@ -217,7 +244,8 @@ def cmd_demo(args) -> int:
     summary = run_demo(args.out, model=args.model, **given, max_sentences=args.max_sentences,
                        eval_sentences=args.eval_sentences, top_rate=args.top_rate,
                        factors=floats("--factors", args.factors), diffmean_layer=args.diffmean_layer,
-                       betas=floats("--betas", args.betas), n_samples=args.n_samples)
+                       betas=floats("--betas", args.betas), n_samples=args.n_samples, overwrite=args.overwrite,
+                       resume=args.resume)
     out = Path(args.out)
     return finish(demo_lines(summary), f"the report: {out / 'report.md'} (every number: {out / 'summary.json'})")
 

@@ -3,11 +3,10 @@
 
 import sys
 
-from .._io import check_out_dir
 from .done import finish
 from ..errors import LangNeuronsError
-from .args import (check_model_before_loading, config_shape, control, finite, json_object, parse_floats, parse_languages, placement,
-                   positions_arg, positive)
+from .args import (check_model_before_loading, checkpoint_store, config_shape, control, finite, json_object,
+                   parse_floats, parse_languages, placement, positions_arg, positive, result_folder)
 
 
 def _check_mode(mode: str, allowed, *, stats, factor, statistic: str):
@@ -107,25 +106,33 @@ def _load_for(args, neurons):
 
 
 def cmd_ppl(args) -> int:
-    from ..corpus import builtin_languages, load_corpus
-    from ..evaluate import perplexity_matrix
-    from ..outputs.measurements import write_ppl
     from ..sources import resolve_source
     from ..neurons import LanguageNeurons
 
     positive("--max-sentences", args.max_sentences)
     positive("--batch-size", args.batch_size)
-    out = check_out_dir(args.out)
     resolve_source(args.model)
     neurons = LanguageNeurons.load(args.neurons)
     check_model_before_loading(args.model, neurons.model, f"the neuron set {str(args.neurons)!r}")
     langs = parse_languages(args.languages)
+    ablated = None
     if langs is not None:
         ablated = [k for k in langs if k in neurons and neurons.neurons[k]]
         if not ablated:
             raise LangNeuronsError(f"--languages {args.languages}: none has neurons in {str(args.neurons)!r}, so there "
                                    f"is nothing to switch off; languages with neurons: "
                                    f"{', '.join(_with_neurons(neurons))}")
+    with result_folder(args) as rf:
+        return _ppl(args, rf, neurons, langs, ablated)
+
+
+def _ppl(args, rf, neurons, langs, ablated) -> int:
+    from ..corpus import builtin_languages, load_corpus
+    from ..evaluate import perplexity_matrix
+    from ..outputs.measurements import write_ppl
+    from ..models import weights_hash
+    from .._io import texts_hash
+
     split = args.split
     to_load = langs  # without --languages: only the set's languages (the corpus may hold many more)
     if args.corpus == "builtin":
@@ -140,12 +147,14 @@ def cmd_ppl(args) -> int:
         print(f"note: no neurons for {', '.join(k for k in langs if k not in ablated)} in {args.neurons}: "
               "evaluated only (nothing to switch off)", file=sys.stderr)
     model = _load_for(args, neurons)
+    store = checkpoint_store(args, rf, model=weights_hash(model), corpus=texts_hash(corpus.texts))
     df = perplexity_matrix(model, corpus, neurons, languages=langs, control=control(args.control), seed=args.seed,
-                           batch_size=args.batch_size, progress=True)
+                           batch_size=args.batch_size, progress=True, checkpoint=store)
     run = {"model": args.model, "corpus": args.corpus, "split": split, "max_sentences": args.max_sentences,
            "neurons": str(args.neurons), "site": neurons.site, "method": neurons.method,
            "control": control(args.control), "seed": args.seed}
-    summary = write_ppl(df, out, run=run)
+    summary = write_ppl(df, rf.path, run=run)
+    out = rf.commit()
     return _done(ppl_lines(summary), summary, out)
 
 
@@ -247,8 +256,6 @@ def _generation_run(args, given: dict, generation) -> dict:
 
 
 def cmd_steer(args) -> int:
-    from ..evaluate import steer_sweep
-    from ..outputs.measurements import write_steer
     from ..sources import resolve_source
 
     mode = _steer_mode(args)
@@ -258,8 +265,16 @@ def cmd_steer(args) -> int:
     finite("--factor", args.factor)
     prompts, generation = _generation_args(args)
     positions = positions_arg(args.positions)
-    out = check_out_dir(args.out)
     resolve_source(args.model)
+    with result_folder(args) as rf:
+        return _steer(args, rf, mode, factors, prompts, generation, positions)
+
+
+def _steer(args, rf, mode, factors, prompts, generation, positions) -> int:
+    from ..evaluate import steer_sweep
+    from ..models import weights_hash
+    from ..outputs.measurements import write_steer
+
     targets = parse_languages(args.target) if args.target != "all" else ["all"]
     neurons, stats, targets = _measure_inputs(args, mode, targets)
     if factors is None:
@@ -274,12 +289,14 @@ def cmd_steer(args) -> int:
     _check_fluency_sentences(args)
     model = _load_for(args, neurons)
     fluency = _fluency(args, model, list(neurons.languages), generation)
+    store = checkpoint_store(args, rf, model=weights_hash(model))
     df = steer_sweep(model, neurons, targets, factors, [mode], prompts, stats, generation=generation, seed=args.seed,
-                     control=control(args.control), fluency=fluency, progress=True, **given)
+                     control=control(args.control), fluency=fluency, progress=True, checkpoint=store, **given)
     run = {"model": args.model, "neurons": str(args.neurons), "stats": args.stats, "site": neurons.site,
            "method": neurons.method, "targets": targets, **_generation_run(args, given, generation),
            **_fluency_run(fluency)}
-    summary = write_steer(df, out, run=run)
+    summary = write_steer(df, rf.path, run=run)
+    out = rf.commit()
     lines = [f"{c['mode']} x{c['factor']:g}: mean target-language rate {_rates(c['mean'])} over "
              f"{c['mean']['n_targets']} target(s)" for c in summary["cells"]]
     if summary["sweep"]:
@@ -292,18 +309,24 @@ def cmd_steer(args) -> int:
 
 
 def cmd_diffmean(args) -> int:
-    from ..corpus import load_corpus
-    from ..evaluate import diffmean_sweep
-    from ..outputs.measurements import write_steer
-    from ..models import load_model
     from ..sources import resolve_source
 
     betas = parse_floats("--betas", args.betas)
     positive("--max-sentences", args.max_sentences)
     prompts, generation = _generation_args(args)
     positions = positions_arg(args.positions)
-    out = check_out_dir(args.out)
     resolve_source(args.model)
+    with result_folder(args) as rf:
+        return _diffmean(args, rf, betas, prompts, generation, positions)
+
+
+def _diffmean(args, rf, betas, prompts, generation, positions) -> int:
+    from ..corpus import load_corpus
+    from ..evaluate import diffmean_sweep
+    from ..outputs.measurements import write_steer
+    from ..models import load_model, weights_hash
+    from .._io import texts_hash
+
     langs = parse_languages(args.languages)
     split = "stats" if args.corpus == "builtin" and args.split is None else args.split
     corpus = load_corpus(args.corpus, languages=langs, split=split, max_sentences=args.max_sentences)
@@ -323,12 +346,15 @@ def cmd_diffmean(args) -> int:
     if positions is not None:
         given["positions"] = positions
     fluency = _fluency(args, model, list(corpus.languages), generation)
+    store = checkpoint_store(args, rf, model=weights_hash(model), corpus=texts_hash(corpus.texts))
     df = diffmean_sweep(model, corpus, targets, args.layer, betas, prompts, control=control(args.control),
-                        generation=generation, seed=args.seed, fluency=fluency, progress=True, **given)
+                        generation=generation, seed=args.seed, fluency=fluency, progress=True, checkpoint=store,
+                        **given)
     run = {"model": args.model, "method": "diffmean", "layer": args.layer, "corpus": args.corpus, "split": split,
            "max_sentences": args.max_sentences, "languages": list(corpus.languages), "targets": targets,
            **_generation_run(args, given, generation), **_fluency_run(fluency)}
-    summary = write_steer(df, out, run=run)
+    summary = write_steer(df, rf.path, run=run)
+    out = rf.commit()
     lines = [f"diffmean beta {c['factor']:g} after block {args.layer}: mean target-language rate "
              f"{_rates(c['mean'], control='random direction')} over {c['mean']['n_targets']} target(s)"
              for c in summary["cells"]]
@@ -336,8 +362,7 @@ def cmd_diffmean(args) -> int:
 
 
 def cmd_lss(args) -> int:
-    from ..evaluate import load_facts, lss
-    from ..outputs.measurements import write_lss
+    from ..evaluate import load_facts
     from ..sources import resolve_source
 
     mode = _steer_mode(args)
@@ -346,9 +371,16 @@ def cmd_lss(args) -> int:
     positions = positions_arg(args.positions)
     if args.source == args.target:
         raise LangNeuronsError(f"--source and --target must differ, both are {args.source!r}")
-    out = check_out_dir(args.out)
     resolve_source(args.model)
     items = load_facts(args.facts, languages=[args.source, args.target])
+    with result_folder(args) as rf:
+        return _lss(args, rf, mode, positions, items)
+
+
+def _lss(args, rf, mode, positions, items) -> int:
+    from ..evaluate import lss
+    from ..outputs.measurements import write_lss
+
     neurons, stats, _ = _measure_inputs(args, mode, [args.target])
     given = {k: getattr(args, k) for k in ("factor", "statistic", "batch_size") if getattr(args, k) is not None}
     if positions is not None:
@@ -359,7 +391,8 @@ def cmd_lss(args) -> int:
     run = {"model": args.model, "neurons": str(args.neurons), "stats": args.stats, "facts": args.facts or "bundled",
            "site": neurons.site, "method": neurons.method, "control": control(args.control), "seed": args.seed,
            **{k: v for k, v in given.items() if k != "positions"}}
-    summary = write_lss(df, out, run=run)
+    summary = write_lss(df, rf.path, run=run)
+    out = rf.commit()
     lines = [f"LSS {p['source']}->{p['target']} ({p['mode']} x{p['factor']:g}, {cond}): {_pct(p[cond]['lss'])} "
              f"[{_pct(p[cond]['low'])}, {_pct(p[cond]['high'])}] of {p[cond]['n_items']} items, "
              f"mean shift of delta {p[cond]['mean_delta_shift']:+.3f}"
@@ -367,6 +400,11 @@ def cmd_lss(args) -> int:
     return _done(lines, summary, out)
 
 
+
+
+def _num(x) -> str:
+    """A score or its stderr; lm-eval gives no stderr for one document (null in summary.json)."""
+    return "n/a" if x is None or x != x else f"{x:.3f}"
 
 
 def _task_list(value: str) -> list[str]:
@@ -378,19 +416,24 @@ def _task_list(value: str) -> list[str]:
 
 def cmd_tasks(args) -> int:
     """lm-eval tasks without intervention, under each target's intervention and its control."""
-    from ..models import load_model
-    from ..outputs.measurements import write_tasks
     from ..sources import resolve_source
-    from ..tasks import evaluate_tasks
-    from ..tasks.registry import task_manager, task_specs
 
     tasks = _task_list(args.tasks)
     positive("--limit", args.limit)
     positive("--batch-size", args.batch_size)
     sources = json_object("--sources", args.sources, '{"xcopa_it": {"test": "xcopa_it.jsonl"}}') \
         if args.sources else None
-    out = check_out_dir(args.out)
     resolve_source(args.model)
+    with result_folder(args) as rf:
+        return _tasks(args, rf, tasks, sources)
+
+
+def _tasks(args, rf, tasks, sources) -> int:
+    from ..models import load_model, weights_hash
+    from ..outputs.measurements import write_tasks
+    from ..tasks import evaluate_tasks
+    from ..tasks.registry import task_manager, task_specs
+
     neurons = stats = targets = None
     if args.neurons is not None:
         if args.target is None:
@@ -409,12 +452,15 @@ def cmd_tasks(args) -> int:
     run = evaluate_tasks(model, tasks, neurons, targets, args.mode, factor=args.factor, stats=stats,
                          statistic=args.statistic, control=control(args.control), seed=args.seed, limit=args.limit,
                          batch_size=args.batch_size, num_fewshot=args.num_fewshot, sources=sources,
-                         include_path=args.include_path)
+                         include_path=args.include_path, metric=args.metric,
+                         checkpoint=checkpoint_store(args, rf, model=weights_hash(model)))
     info = {"model": args.model, "tasks": tasks, "neurons": args.neurons, "targets": targets, "mode": args.mode,
             "factor": args.factor, "statistic": args.statistic, "control": control(args.control), "seed": args.seed,
             "limit": args.limit, "num_fewshot": args.num_fewshot, "positions": "all"}
-    summary = write_tasks(run, out, run=info, metric=args.metric)
-    lines = [f"{t}: {b['metric']} {b['value']:.3f} ± {b['stderr']:.3f} (n={b['n']})" for t, b in summary["baseline"].items()]
+    summary = write_tasks(run, rf.path, run=info, metric=args.metric)
+    out = rf.commit()
+    lines = [f"{t}: {b['metric']} {_num(b['value'])} ± {_num(b['stderr'])} (n={b['n']})"
+             for t, b in summary["baseline"].items()]
     if summary.get("own_delta") is not None:
         ctrl = summary.get("control_own_delta")
         lines.append(f"own-language change {summary['own_delta']:+.3f} (other tasks {summary['other_delta']:+.3f}"

@@ -126,6 +126,15 @@ def placement_options(c) -> None:
     c.add_argument("--offload-folder", default=None, help="with --device-map: where weights mapped to disk are written")
 
 
+def contract_options(c, resume: bool = True) -> None:
+    """--overwrite / --resume of a command writing --out (docs/outputs.md)."""
+    c.add_argument("--overwrite", action="store_true", help="replace an existing --out whole (its old files are "
+                   "removed when the new result is complete), or discard an interrupted run")
+    if resume:
+        c.add_argument("--resume", action="store_true", help="continue an interrupted run into --out from its last "
+                       "completed unit of work; refused if the inputs or options changed")
+
+
 def library(name: str):
     """A default of :mod:`tl_langneurons.evaluate` (``DEFAULT_MODE``...)."""
     from .. import evaluate
@@ -191,12 +200,12 @@ def build_parser() -> argparse.ArgumentParser:
     shows_default(r.add_argument("--top-context", default=None, help="with --top-examples: tokens of activation "
                                  "context kept before,after each example"), _top_context_default)
     r.add_argument("--checkpoint-every", type=int, default=50, help="batches between checkpoints")
-    r.add_argument("--resume", action="store_true", help="continue an interrupted recording in --out")
     r.add_argument("--plnd", action="store_true", help="also record PLND importance |post_j| x ||W_down[:, j]|| "
                    "(Zhao et al. 2024), read at hook_post whatever --site is")
     r.add_argument("--plnd-top-rate", type=float, default=0.14, help="with --plnd: the share of each layer's "
                    "neurons counted as activated by a document (0.14)")
     r.add_argument("--out", required=True, help="directory the statistics are written to (and a --resume reads)")
+    contract_options(r)
     r.set_defaults(func=cmd_record)
 
     i = sub.add_parser("identify", help="find language-specific neurons in recorded statistics",
@@ -205,6 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--stats", required=True, help="directory written by 'record'")
     identify_methods(i)
     i.add_argument("--out", required=True, help="neurons.json to write (or a directory to write it in)")
+    contract_options(i, resume=False)
     i.set_defaults(func=cmd_identify)
 
     for name, func, what in (("analyze", cmd_analyze, "CSV tables and summary.json (with the relatedness tests)"),
@@ -220,6 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
             a.add_argument("--permutations", type=int, default=10000, help="permutations of the relatedness tests")
             a.add_argument("--seed", type=int, default=0, help="seeds the permutations")
         a.add_argument("--out", required=True, help="output directory")
+        contract_options(a, resume=False)
         a.set_defaults(func=func)
 
     w = sub.add_parser("browse", help="a static HTML neuron browser (opens from disk)",
@@ -297,6 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
         """A measurement command: it writes into --out."""
         c = sub.add_parser(name, **texts)
         c.add_argument("--out", required=True, help="output directory")
+        contract_options(c)
         c.set_defaults(func=func)
         return c
 
@@ -427,6 +439,8 @@ def build_parser() -> argparse.ArgumentParser:
     dtype_option(c)
     c.add_argument("--seed", type=int, default=0, help="seeds LoRA's initialisation, the example order and the "
                    "random mask")
+    c.add_argument("--checkpoint-every", type=int, default=10, help="optimizer steps between the training "
+                   "checkpoints --resume continues from (10)")
     placement_options(c)
 
     add_lens_parser(sub, placement_options)
@@ -464,6 +478,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--model", default="builtin", help="builtin or gemma-3-270m")
     d.add_argument("--out", default="demo_out", help="directory everything is written to (the report: "
                    "OUT/report.md)")
+    contract_options(d)
     shows_default(d.add_argument("--languages", default=None, help="languages of the built-in corpus, "
                                  "comma-separated"), lambda: ",".join(_pipeline().DEMO_LANGUAGES))
     for opt, field, text in (("--max-sentences", "max_sentences", "sentences per language to record"),

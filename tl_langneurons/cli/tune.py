@@ -1,9 +1,8 @@
 """The fine-tuning command: finetune (neuron-restricted training, its controls, and transfer)."""
 
 
-from .._io import check_out_dir
 from ..errors import LangNeuronsError, choices
-from .args import check_model_before_loading, positive
+from .args import check_model_before_loading, checkpoint_store, positive, result_folder
 from .done import finish
 
 CONTROLS = ("random", "attention-only", "full-lora")
@@ -26,10 +25,7 @@ def _runs(method: str, random_control: bool, controls: list[str]) -> list[tuple[
 def cmd_finetune(args) -> int:
     from ..finetune import FinetuneConfig, neuron_mask
     from ..finetune.methods import METHODS, MLP
-    from ..finetune.transfer import run_name, training_examples, transfer
-    from ..outputs.measurements import write_transfer
     from ..sources import resolve_source
-    from .measure import _load_for
 
     if args.method not in METHODS:
         raise LangNeuronsError(f"unknown --method {args.method!r}; allowed: {', '.join(METHODS)}")
@@ -48,7 +44,7 @@ def cmd_finetune(args) -> int:
                             alpha=args.alpha, lr=args.lr, epochs=args.epochs, batch_size=args.batch_size,
                             max_length=args.max_length, seed=args.seed)
     eval_tasks = [t.strip() for t in args.eval_tasks.split(",") if t.strip()] if args.eval_tasks else []
-    out = check_out_dir(args.out)
+    positive("--checkpoint-every", args.checkpoint_every)
     resolve_source(args.model)
     from ..neurons import LanguageNeurons
 
@@ -56,12 +52,26 @@ def cmd_finetune(args) -> int:
     check_model_before_loading(args.model, neurons.model, f"the neuron set {str(args.neurons)!r}")
     languages = [k.strip() for k in args.language.split(",")]
     neuron_mask(neurons, languages)  # an unknown language fails before the model is loaded
+    with result_folder(args) as rf:
+        return _finetune(args, rf, config, matrices, eval_tasks, neurons, languages, controls)
+
+
+def _finetune(args, rf, config, matrices, eval_tasks, neurons, languages, controls) -> int:
+    from ..finetune.transfer import run_name, training_examples, transfer
+    from ..models import weights_hash
+    from ..outputs.measurements import write_transfer
+    from .measure import _load_for
+
+    out = rf.path
     model = _load_for(args, neurons)  # refuses a neuron set found on other weights
     examples = training_examples(model.tokenizer, args.train, args.train_limit, args.max_length)
     runs = _runs(args.method, args.random_control, controls)
+    store = checkpoint_store(args, rf, model=weights_hash(model))
     result = transfer(model, neurons, languages, examples, eval_tasks, runs=runs, config=config, matrices=matrices,
                       limit=args.eval_limit, batch_size=args.eval_batch_size, out=out, merged=args.merged,
-                      train_info={"train": args.train, "neurons": str(args.neurons), "language": args.language})
+                      train_info={"train": args.train, "neurons": str(args.neurons), "language": args.language},
+                      metric=args.metric if eval_tasks else None, checkpoint=store,
+                      checkpoint_every=args.checkpoint_every)
     losses = {run_name(m, c): a.losses for (m, c), a in result.adapters.items()}
     for (m, c), a in result.adapters.items():
         print(f"{run_name(m, c)}: loss {a.losses[0]:.3f} -> {a.losses[-1]:.3f} over {len(a.losses)} steps"
@@ -82,4 +92,5 @@ def cmd_finetune(args) -> int:
         from ..outputs import plot
 
         plot.save_figure(plot.loss_curves(losses), out, "loss")
+    out = rf.commit()
     return finish([], f"wrote {len(runs)} adapter(s) to {out}")

@@ -13,7 +13,8 @@ from ..corpus import load_corpus
 from ..errors import LangNeuronsError
 from ..placement import compute_devices
 from ..progress import track
-from ..tokens import left_pad, pad_id
+from ..resume import rng_state, set_rng_state
+from ..tokens import left_pad, max_length, pad_id
 from .conditions import under
 
 # Scripts written without spaces between words: prompts are cut by characters.
@@ -147,8 +148,24 @@ def generate_tokens(model, tokens, attention_mask, generation: GenerationConfig)
     return backend_of(model).generate(model, tokens, attention_mask, generation)
 
 
+def check_lengths(model, rows: list[list[int]], generation: GenerationConfig, what: str = "prompt") -> None:
+    """Refuse prompts that do not fit the model's context with ``max_new_tokens`` after them (the
+    rule: refused, never silently cut; a 20,000-token prompt would otherwise grow without bound)."""
+    ctx = max_length(model)
+    if generation.max_new_tokens >= ctx:
+        raise LangNeuronsError(f"max_new_tokens={generation.max_new_tokens} does not fit the model's context of "
+                               f"{ctx} tokens (at most {ctx - 2}, leaving room for BOS and a prompt token)")
+    for i, row in enumerate(rows):
+        if len(row) + generation.max_new_tokens > ctx:
+            raise LangNeuronsError(f"{what} {i + 1} is {len(row)} tokens long (BOS included): with max_new_tokens="
+                                   f"{generation.max_new_tokens} it exceeds the model's context of {ctx} tokens; "
+                                   f"shorten it to at most {ctx - generation.max_new_tokens} tokens or lower "
+                                   "max_new_tokens")
+
+
 def generate_ids(model, rows: list[list[int]], items: list, positions, generation: GenerationConfig,
-                 batch_size: int, seed: int, desc: str = "generate", progress: bool = True) -> list[list[int]]:
+                 batch_size: int, seed: int, desc: str = "generate", progress: bool = True, *,
+                 store=None, unit: str | None = None) -> list[list[int]]:
     """The new token ids (up to, not including, EOS) of every row of prompt tokens, under ``items``.
 
     The prompt is tokenized exactly as the recorder does (BOS + text) and left-padded with an
@@ -158,20 +175,36 @@ def generate_ids(model, rows: list[list[int]], items: list, positions, generatio
     token as it is produced (it stays intervened in the cache). Sampling draws from torch's global
     generator, hence :func:`seeded`; one intervention context per batch, so positions start again
     at 0 for each batch's sequences.
+
+    With ``store`` (a :class:`~..resume.Checkpointed`) each batch is a unit of work named
+    ``"{unit} batch {start}"``: its ids are saved with the generator's state after it, so a resumed
+    run skips the batches done and samples the next one from exactly the same state.
     """
+    check_lengths(model, rows, generation)
     eos = model.tokenizer.eos_token_id
     out: list[list[int]] = []
+    cuda = sorted({d.index or 0 for d in compute_devices(model) if d.type == "cuda"})
     with torch.no_grad(), seeded(model, seed):
         for start in track(range(0, len(rows), batch_size), desc, progress, "generation",
                            size=lambda s: min(batch_size, len(rows) - s)):
+            name = f"{unit} batch {start}"
+            if store is not None and name in store:
+                value, _ = store.load(name)
+                set_rng_state(value["rng"])  # the next batch samples from where this one left off
+                out.extend(value["ids"])
+                continue
             tokens, mask = left_pad(rows[start:start + batch_size], pad_id(model.tokenizer))
             P = tokens.shape[1]
             with under(model, items, positions):
                 seqs = generate_tokens(model, tokens, mask, generation)
+            batch = []
             for row in seqs[:, P:].tolist():
                 if eos is not None and eos in row:
                     row = row[:row.index(eos)]
-                out.append(row)
+                batch.append(row)
+            if store is not None:
+                store.save(name, {"ids": batch, "rng": rng_state(cuda)})
+            out.extend(batch)
     return out
 
 

@@ -11,7 +11,10 @@ from ..errors import LangNeuronsError, choices
 from ..identify import random_like
 from ..intervene import Intervention, as_items, check_positions
 from ..intervene.modes import ZERO
+from .._io import texts_hash
+from ..identity import weights_hash
 from ..progress import stage
+from ..resume import content_hash, open_store, run_unit
 from ..tokens import Batch, max_length, prepare_batches, tokenizer_of
 from .conditions import check_control, check_neurons
 from .scoring import nll_sums
@@ -68,7 +71,7 @@ def nll_per_language(model, corpus, languages: list[str] | None = None, batch_si
 def perplexity_matrix(model, corpus, neurons, languages: list[str] | None = None,
                       control: str | None = "random", seed: int = 0, batch_size: int = 16,
                       max_sentences: int | None = None, ablated: list[str] | None = None,
-                      progress: bool = True) -> pd.DataFrame:
+                      progress: bool = True, checkpoint=None) -> pd.DataFrame:
     """Tang et al.'s deactivation matrix: NLL of every evaluated language with each language's neurons zeroed.
 
     Args:
@@ -80,6 +83,9 @@ def perplexity_matrix(model, corpus, neurons, languages: list[str] | None = None
             layer) of each ablated language; ``None`` — no control.
         seed: the random control's seed.
         ablated: whose neurons are switched off (default: ``languages``, those of them in the set).
+        checkpoint: a :class:`~.resume.Checkpointed` store: each condition x ablated language is a
+            unit of work, so a killed run resumes from the last one completed (and equals the
+            uninterrupted run bit for bit).
 
     Returns:
         one row per ablated × evaluated language × condition (``baseline``, ``intervention``,
@@ -107,25 +113,43 @@ def perplexity_matrix(model, corpus, neurons, languages: list[str] | None = None
     ctrl = random_like(neurons.select(ablated), seed) if control == "random" else None
 
     batches = _nll_batches(model, texts, languages, batch_size, max_sentences)
+    store = open_store(checkpoint, "perplexity_matrix", {
+        "model": weights_hash(model), "corpus": texts_hash({k: texts[k][:max_sentences] for k in languages}),
+        "neurons": content_hash(neurons), "languages": languages, "ablated": ablated, "control": control,
+        "seed": seed, "batch_size": batch_size, "max_sentences": max_sentences})
+    if store is not None:
+        conditions = ("intervention", "control") if ctrl is not None else ("intervention",)
+        store.announce(["baseline"] + [f"{c} {a}" for a in ablated for c in conditions])
     # one bar over every pass: the baseline, then each ablated language (and its control)
     passes = 1 + len(ablated) * (2 if ctrl is not None else 1)
-    with stage("ppl matrix", passes * len(batches), "batch", progress):
-        return _matrix(model, neurons, ctrl, batches, languages, ablated, progress)
+    with stage("ppl matrix", passes * len(batches), "batch", progress) as bar:
+        return _matrix(model, neurons, ctrl, batches, languages, ablated, progress, store, bar)
 
 
-def _matrix(model, neurons, ctrl, batches, languages, ablated, progress) -> pd.DataFrame:
+def _matrix(model, neurons, ctrl, batches, languages, ablated, progress, store, bar) -> pd.DataFrame:
     K = len(languages)
-    base = _nll_frame(languages, *nll_sums(model, batches, K, [], "all", "ppl baseline", progress))
+
+    def frame(unit: str, items: list, desc: str) -> pd.DataFrame:
+        """One pass, a unit of work: read back where a resumed run has it (its batches counted done)."""
+        if store is not None and unit in store:
+            bar.advance(len(batches))
+
+        def compute():
+            sums, counts = nll_sums(model, batches, K, items, "all", desc, progress)
+            return {}, {"sums": sums, "counts": counts}
+        _, t = run_unit(store, unit, compute, tensors=True)
+        return _nll_frame(languages, t["sums"], t["counts"])
+
+    base = frame("baseline", [], "ppl baseline")
     rows = []
     for a in ablated:
         n_neurons = len(neurons.neurons[a])
-        conds = {"intervention": _nll_frame(languages, *nll_sums(
-            model, batches, K, [Intervention(neurons, ZERO.name, language=a)], "all", f"ppl −{a}", progress))}
+        conds = {"intervention": frame(f"intervention {a}", [Intervention(neurons, ZERO.name, language=a)],
+                                       f"ppl −{a}")}
         if ctrl is not None:
-            conds["control"] = _nll_frame(languages, *nll_sums(
-                model, batches, K, [Intervention(ctrl, ZERO.name, language=a)], "all", f"ppl −{a} control", progress))
-        for cond, frame in (("baseline", base), *conds.items()):
-            for r in frame.itertuples(index=False):
+            conds["control"] = frame(f"control {a}", [Intervention(ctrl, ZERO.name, language=a)], f"ppl −{a} control")
+        for cond, frame_ in (("baseline", base), *conds.items()):
+            for r in frame_.itertuples(index=False):
                 rows.append({"ablated": a, "evaluated": r.language, "condition": cond, "nll": r.nll, "ppl": r.ppl,
                              "n_tokens": r.n_tokens, "n_neurons": n_neurons})
     return pd.DataFrame(rows, columns=["ablated", "evaluated", "condition", "nll", "ppl", "n_tokens", "n_neurons"])

@@ -18,8 +18,11 @@ from ..progress import stage
 from ..tokens import encode
 from .conditions import check_control, check_neurons
 from .fluency import FluencyCriterion, fluency_columns
-from .generation import GenerationConfig, check_generation, decode, generate_ids, prompt_list
+from .generation import GenerationConfig, check_generation, check_lengths, decode, generate_ids, prompt_list
 from .intervals import wilson
+from .._io import texts_hash
+from ..progress import track
+from ..resume import content_hash, open_store, run_unit
 from .langid import detect
 
 # Defaults of steer(): set the target's neurons to FACTOR × their mean activation on the target
@@ -77,16 +80,35 @@ def _decoding(n_samples, batch_size, generation, fluency) -> tuple[int, int, Gen
     return n_samples, batch_size, gen, check_fluency(fluency)
 
 
-def _generations(model, toks, items, positions, gen, batch_size, seed, desc, progress, fluency) -> dict[str, list]:
+def _generations(model, toks, items, positions, gen, batch_size, seed, desc, progress, fluency, store=None,
+                 unit: str = "") -> dict[str, list]:
     """Columns of one condition's generations: text, identified language and, unless ``fluency``
     is False, :func:`~.fluency.fluency_columns` — scored with no intervention on, by the model as
-    it is outside the intervention (the unsteered model)."""
-    ids = generate_ids(model, toks, items, positions if items else "all", gen, batch_size, seed, desc, progress)
-    texts = decode(model, ids)
-    cols = {"generation": texts, "detected": detect(texts)}
-    if fluency is not False:
-        cols.update(fluency_columns(model, toks, ids, batch_size))
-    return cols
+    it is outside the intervention (the unsteered model). One unit of work of ``store`` (its
+    batches of generations are units too)."""
+    if store is not None and unit in store:  # done before an interruption: counted on the stage's bar
+        for _ in track([None], desc, progress, "generation", size=lambda _: len(toks)):
+            pass
+
+    def compute() -> dict[str, list]:
+        ids = generate_ids(model, toks, items, positions if items else "all", gen, batch_size, seed, desc, progress,
+                           store=store, unit=unit)
+        texts = decode(model, ids)
+        cols = {"generation": texts, "detected": detect(texts)}
+        if fluency is not False:
+            cols.update(fluency_columns(model, toks, ids, batch_size))
+        return cols
+    return run_unit(store, unit, compute)
+
+
+def _store(checkpoint, name: str, model, **key):
+    """The stage's section of a :class:`~..resume.Checkpointed` store (None without one), keyed by
+    the model's weights and every argument of the stage."""
+    if checkpoint is None:
+        return None
+    from ..identity import weights_hash
+
+    return open_store(checkpoint, name, {"model": weights_hash(model), "arguments": content_hash(key)})
 
 
 def _frame(records: list[dict], fluency) -> pd.DataFrame:
@@ -100,11 +122,14 @@ def steer_sweep(model, neurons, targets, factors, modes=(DEFAULT_MODE,), prompts
                 stats=None, statistic: str = DEFAULT_STATISTIC, n_samples: int = 4,
                 generation: GenerationConfig | None = None, seed: int = 0, control: str | None = "random",
                 positions="all", *, source=None, n_prompts: int = 16, prompt_words: int = 3,
-                batch_size: int = 64, fluency=True, progress: bool = True) -> pd.DataFrame:
+                batch_size: int = 64, fluency=True, progress: bool = True, checkpoint=None) -> pd.DataFrame:
     """:func:`steer` over a grid of targets × modes × factors (× positions, if a list of names).
 
     The baseline generations (no intervention) of a target do not depend on the mode or factor,
     so they are generated once per target and repeated under every grid cell of that target.
+    With ``checkpoint`` (a :class:`~..resume.Checkpointed` store) each condition of each target
+    and cell, and each batch of its generations, is a unit of work: a killed sweep resumes from
+    the last one completed and equals the uninterrupted sweep bit for bit.
     """
     neurons = check_neurons(neurons)
     check_control(control)
@@ -125,29 +150,41 @@ def steer_sweep(model, neurons, targets, factors, modes=(DEFAULT_MODE,), prompts
                 for c in cells} for t in targets}
 
     plists = {t: prompt_list(prompts, t, n_prompts, prompt_words, source, seed) for t in targets}
+    for t in targets:  # every prompt checked against the context before anything is generated
+        check_lengths(model, [encode(model.tokenizer, p) for p, _ in plists[t]], gen)
+    store = _store(checkpoint, "steer_sweep", model, neurons=neurons, stats=stats, targets=targets, factors=factors,
+                   modes=modes, prompts=plists, statistic=statistic, n_samples=n_samples, generation=gen.as_dict(),
+                   seed=seed, control=control, positions=[p if isinstance(p, str) else list(p) for p in pos_list],
+                   batch_size=batch_size,
+                   fluency=fluency.as_dict() if isinstance(fluency, FluencyCriterion) else fluency)
+    if store is not None:
+        store.announce([f"{t} baseline" for t in targets]
+                       + [f"{t} {c!r} {cond}" for t in targets for c in cells
+                          for cond in ("intervention", "control")[:1 + (ctrl_all is not None)]])
     # one bar over every generation of the sweep: each target's baseline, then each cell's
     # intervention (and control)
     per_prompt = n_samples * (1 + len(cells) * (2 if ctrl_all is not None else 1))
     with stage("steer", per_prompt * sum(len(p) for p in plists.values()), "generation", progress):
         return _sweep(model, targets, plists, cells, plan, statistic, n_samples, gen, batch_size, seed, progress,
-                      fluency)
+                      fluency, store)
 
 
 def _sweep(model, targets, plists, cells, plan, statistic, n_samples, gen, batch_size, seed, progress,
-           fluency) -> pd.DataFrame:
+           fluency, store) -> pd.DataFrame:
     frames = []
     for t in targets:
         rows = [(i, s, p, lang) for i, (p, lang) in enumerate(plists[t]) for s in range(n_samples)]
         toks = [encode(model.tokenizer, p) for _, _, p, _ in rows]
         # the same seed for every condition: they differ only by the intervention (common random numbers)
-        run = lambda items, pos, desc: _generations(model, toks, items, pos, gen, batch_size, seed,  # noqa: E731
-                                                    f"steer {t} {desc}", progress, fluency)
-        base = run([], "all", "baseline")
+        run = lambda items, pos, desc, unit: _generations(model, toks, items, pos, gen, batch_size, seed,  # noqa: E731
+                                                          f"steer {t} {desc}", progress, fluency, store, unit)
+        base = run([], "all", "baseline", f"{t} baseline")
         for (mode, factor, pos) in cells:
             iv, civ = plan[t][(mode, factor, pos)]
-            outs = {"baseline": base, "intervention": run([iv], pos, f"{mode}×{factor:g}")}
+            cell = f"{t} {(mode, factor, pos)!r}"
+            outs = {"baseline": base, "intervention": run([iv], pos, f"{mode}×{factor:g}", f"{cell} intervention")}
             if civ is not None:
-                outs["control"] = run([civ], pos, "control")
+                outs["control"] = run([civ], pos, "control", f"{cell} control")
             pos_label = pos if isinstance(pos, str) else ",".join(map(str, pos))
             records = []
             for cond, cols in outs.items():
@@ -164,7 +201,7 @@ def steer(model, neurons, target: str, prompts=None, stats=None, mode: str = DEF
           factor=DEFAULT_FACTOR, statistic: str = DEFAULT_STATISTIC, n_samples: int = 4,
           generation: GenerationConfig | None = None, seed: int = 0, control: str | None = "random",
           positions="all", *, source=None, n_prompts: int = 16, prompt_words: int = 3,
-          batch_size: int = 64, fluency=True, progress: bool = True) -> pd.DataFrame:
+          batch_size: int = 64, fluency=True, progress: bool = True, checkpoint=None) -> pd.DataFrame:
     """Generate under an intervention on ``target``'s neurons and identify the output language.
 
     The same prompts are generated three times — under the intervention, without it
@@ -208,13 +245,14 @@ def steer(model, neurons, target: str, prompts=None, stats=None, mode: str = DEF
     check_target(neurons, target)
     return steer_sweep(model, neurons, [target], [factor], [mode], prompts, stats, statistic, n_samples,
                        generation, seed, control, positions, source=source, n_prompts=n_prompts,
-                       prompt_words=prompt_words, batch_size=batch_size, fluency=fluency, progress=progress)
+                       prompt_words=prompt_words, batch_size=batch_size, fluency=fluency, progress=progress,
+                       checkpoint=checkpoint)
 
 
 def steer_with(model, target: str, interventions, control=None, prompts=None, *, baseline: bool = True,
                n_samples: int = 4, generation: GenerationConfig | None = None,
                seed: int = 0, positions="all", source=None, n_prompts: int = 16, prompt_words: int = 3,
-               batch_size: int = 64, fluency=True, progress: bool = True) -> pd.DataFrame:
+               batch_size: int = 64, fluency=True, progress: bool = True, checkpoint=None) -> pd.DataFrame:
     """:func:`steer` under interventions the caller builds, for steering that is not one mode on
     the target's neurons — e.g. Gurgurov et al.'s (2025) language arithmetic, a list of two::
 
@@ -256,6 +294,17 @@ def steer_with(model, target: str, interventions, control=None, prompts=None, *,
     pos = check_positions(positions)
     n_samples, batch_size, gen, fluency = _decoding(n_samples, batch_size, generation, fluency)
     plist = prompt_list(prompts, target, n_prompts, prompt_words, source, seed)
+    check_lengths(model, [encode(model.tokenizer, p) for p, _ in plist], gen)
+    store = _store(checkpoint, "steer_with", model, target=target, interventions=items, control=ctrl, prompts=plist,
+                   baseline=baseline, n_samples=n_samples, generation=gen.as_dict(), seed=seed, positions=pos,
+                   batch_size=batch_size,
+                   fluency=fluency.as_dict() if isinstance(fluency, FluencyCriterion) else fluency)
+    return _steer_with(model, target, items, ctrl, plist, baseline, n_samples, gen, seed, pos, batch_size, fluency,
+                       progress, store, "")
+
+
+def _steer_with(model, target, items, ctrl, plist, baseline, n_samples, gen, seed, pos, batch_size, fluency,
+                progress, store, prefix: str) -> pd.DataFrame:
     rows = [(i, s, p, lang) for i, (p, lang) in enumerate(plist) for s in range(n_samples)]
     toks = [encode(model.tokenizer, p) for _, _, p, _ in rows]
     conds = {"baseline": []} if baseline else {}
@@ -267,7 +316,7 @@ def steer_with(model, target: str, interventions, control=None, prompts=None, *,
     with stage(f"steer {target}", len(rows) * len(conds), "generation", progress):
         for cond, its in conds.items():
             cols = _generations(model, toks, its, pos, gen, batch_size, seed, f"steer {target} {cond}", progress,
-                                fluency)
+                                fluency, store, f"{prefix}{cond}")
             for k, (i, s, p, lang) in enumerate(rows):
                 records.append({"target": target, "condition": cond, "positions": pos_label, "prompt_id": i,
                                 "prompt_language": lang, "prompt": p, "sample": s,
@@ -288,7 +337,7 @@ def diffmean_sweep(model, corpus, targets, layer: int, betas, prompts=None, cont
                    *, languages: list[str] | None = None, max_sentences: int | None = None,
                    n_samples: int = 4, generation: GenerationConfig | None = None, seed: int = 0, positions="all",
                    source=None, n_prompts: int = 16, prompt_words: int = 3, batch_size: int = 64,
-                   fluency=True, progress: bool = True) -> pd.DataFrame:
+                   fluency=True, progress: bool = True, checkpoint=None) -> pd.DataFrame:
     """Residual-stream difference-of-means steering (:func:`~.intervene.diffmean`) over a grid of
     targets × strengths β, measured exactly as :func:`steer_sweep` measures neuron steering.
 
@@ -296,7 +345,9 @@ def diffmean_sweep(model, corpus, targets, layer: int, betas, prompts=None, cont
     ``layer``, from ``corpus`` (e.g. the built-in ``stats`` split, the text the neurons were found
     on); then generations with ``β · direction`` added at every position, without it
     (``baseline``, generated once per target) and with a random direction of the same norm
-    (``control``, :func:`random_direction_like`), same prompts and seed.
+    (``control``, :func:`random_direction_like`), same prompts and seed. With ``checkpoint`` (a
+    :class:`~..resume.Checkpointed` store) each condition of each target and β, and each batch of
+    its generations, is a unit of work (resumed exactly; the directions are recomputed).
 
     Returns:
         :func:`steer_sweep`'s columns, with ``mode = "diffmean"`` and ``factor = β`` (so
@@ -308,29 +359,34 @@ def diffmean_sweep(model, corpus, targets, layer: int, betas, prompts=None, cont
     if not targets:
         raise LangNeuronsError("targets must hold at least one language")
     betas = _checks.numbers_list("beta", betas)
+    pos = check_positions(positions)
+    n_samples, batch_size, gen, fluency = _decoding(n_samples, batch_size, generation, fluency)
+    plists = {t: prompt_list(prompts, t, n_prompts, prompt_words, source, seed) for t in targets}
+    for t in targets:  # every prompt checked against the context before anything is computed
+        check_lengths(model, [encode(model.tokenizer, p) for p, _ in plists[t]], gen)
+    store = _store(checkpoint, "diffmean_sweep", model, corpus=texts_hash(texts), targets=targets, layer=layer,
+                   betas=betas, prompts=plists, control=control, languages=languages, max_sentences=max_sentences,
+                   n_samples=n_samples, generation=gen.as_dict(), seed=seed, positions=pos, batch_size=batch_size,
+                   fluency=fluency.as_dict() if isinstance(fluency, FluencyCriterion) else fluency)
     # every target's direction from one pass over the corpus
     directions = diffmeans(model, texts, targets, layer, languages=languages, max_sentences=max_sentences,
                            progress=progress)
     # one bar over every generation: each target's baseline, then each beta's intervention (and control)
-    per_prompt = _decoding(n_samples, batch_size, generation, fluency)[0] * (1 + len(betas) * (2 if control else 1))
-    n_prompts_all = sum(len(prompt_list(prompts, t, n_prompts, prompt_words, source, seed)) for t in targets)
-    with stage("diffmean steer", per_prompt * n_prompts_all, "generation", progress):
-        return _diffmean_cells(model, targets, directions, betas, layer, control, seed, prompts, n_samples,
-                               generation, positions, source, n_prompts, prompt_words, batch_size, fluency, progress)
+    per_prompt = n_samples * (1 + len(betas) * (2 if control else 1))
+    with stage("diffmean steer", per_prompt * sum(len(p) for p in plists.values()), "generation", progress):
+        return _diffmean_cells(model, targets, directions, betas, layer, control, seed, plists, n_samples, gen, pos,
+                               batch_size, fluency, progress, store)
 
 
-def _diffmean_cells(model, targets, directions, betas, layer, control, seed, prompts, n_samples, generation,
-                    positions, source, n_prompts, prompt_words, batch_size, fluency, progress) -> pd.DataFrame:
+def _diffmean_cells(model, targets, directions, betas, layer, control, seed, plists, n_samples, gen, pos,
+                    batch_size, fluency, progress, store) -> pd.DataFrame:
     frames = []
     for t, d in zip(targets, directions):
         ctrl = random_direction_like(d, seed) if control == "random" else None
-        kw = dict(prompts=prompts, n_samples=n_samples, generation=generation, seed=seed, positions=positions,
-                  source=source, n_prompts=n_prompts, prompt_words=prompt_words, batch_size=batch_size,
-                  fluency=fluency, progress=progress)
         base = None
         for b in betas:
-            df = steer_with(model, t, [d.with_beta(b)], control=[ctrl.with_beta(b)] if ctrl else None,
-                            baseline=base is None, **kw)
+            df = _steer_with(model, t, [d.with_beta(b)], [ctrl.with_beta(b)] if ctrl else [], plists[t], base is None,
+                             n_samples, gen, seed, pos, batch_size, fluency, progress, store, f"{t} {b!r} ")
             if base is None:
                 base = df[df.condition == "baseline"]
             else:  # the baseline does not depend on β: generated once, repeated in every cell

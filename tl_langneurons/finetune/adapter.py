@@ -24,7 +24,9 @@ from typing import Any
 import torch
 from torch.nn.utils import parametrize
 
-from .._io import atomic_write_text, make_out_dir
+import os
+
+from .._io import atomic_write_text, make_out_dir, read_json, sha256
 from ..errors import LangNeuronsError
 from .masks import NeuronMask
 from .methods import COLUMNS_ARE_NEURONS, FinetuneConfig, SelectedDelta, layer_modules
@@ -88,12 +90,19 @@ class Adapter:
                 "lora_config": self.lora_config, "train": self.train, "losses": self.losses}
 
     def save(self, folder) -> Path:
+        """``adapter.safetensors`` (written to a temporary name and renamed), then ``adapter.json``
+        holding its checksum, then peft's copy: a kill leaves a folder that :meth:`load` refuses,
+        never one it misreads."""
         from peft import LoraConfig
         from safetensors.torch import save_file
 
         d = make_out_dir(folder)
-        save_file(self.tensors, str(d / "adapter.safetensors"))
-        atomic_write_text(d / "adapter.json", json.dumps(self.to_json(), indent=1, default=str) + "\n")
+        tp = d / "adapter.safetensors"
+        tmp = tp.with_name(tp.name + ".tmp")
+        save_file(self.tensors, str(tmp))
+        meta = {**self.to_json(), "tensors_sha256": sha256(tmp)}
+        os.replace(tmp, tp)
+        atomic_write_text(d / "adapter.json", json.dumps(meta, indent=1, default=str) + "\n")
         if self.lora_config is not None:
             peft_dir = make_out_dir(d / "peft")
             save_file(self.tensors, str(peft_dir / "adapter_model.safetensors"))
@@ -103,20 +112,57 @@ class Adapter:
 
     @classmethod
     def load(cls, folder) -> "Adapter":
+        """Read an adapter folder, checked whole: every field of ``adapter.json`` (types, the method,
+        the mask), the tensors' checksum (required), the tensors' dtypes. One
+        :class:`LangNeuronsError` for anything wrong."""
         from safetensors.torch import load_file
 
+        from .methods import METHODS
+
         d = Path(folder)
-        if not (d / "adapter.json").is_file():
+        jp, tp = d / "adapter.json", d / "adapter.safetensors"
+        if not jp.is_file() or not tp.is_file():
             raise LangNeuronsError(f"no adapter in {str(folder)!r}: expected adapter.json and adapter.safetensors")
-        meta = json.loads((d / "adapter.json").read_text(encoding="utf-8"))
-        if meta.get("format") != ADAPTER_FORMAT:
-            raise LangNeuronsError(f"{str(d / 'adapter.json')!r} has format {meta.get('format')!r}, "
-                                   f"expected {ADAPTER_FORMAT!r}")
+        meta = read_json(jp, "adapter")
+        bad = lambda what: LangNeuronsError(f"{str(jp)!r}: {what}")  # noqa: E731
+        if not isinstance(meta, dict) or meta.get("format") != ADAPTER_FORMAT:
+            got = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+            raise bad(f"format {got!r}, expected {ADAPTER_FORMAT!r}")
+        for k, types in (("config", dict), ("base", dict), ("train", dict), ("losses", list),
+                         ("mask", (dict, type(None))), ("lora_config", (dict, type(None))), ("tensors_sha256", str)):
+            if not isinstance(meta.get(k), types):
+                raise bad(f"{k!r} is missing or of the wrong type ({type(meta.get(k)).__name__})")
+        if not all(isinstance(x, (int, float)) for x in meta["losses"]):
+            raise bad("'losses' must be a list of numbers")
+        if not isinstance(meta["base"].get("model"), str):
+            raise bad("'base' names no model")
+        if meta["tensors_sha256"] != sha256(tp):
+            raise LangNeuronsError(f"{str(tp)!r} does not match the checksum in adapter.json: the files are from "
+                                   "different runs, or a write was interrupted or damaged")
         cfg = dict(meta["config"])
-        cfg["matrices"] = tuple(cfg["matrices"])
-        mask = NeuronMask.from_dict(meta["mask"]) if meta.get("mask") else None
-        return cls(FinetuneConfig(**cfg), mask, meta["base"], load_file(str(d / "adapter.safetensors")),
-                   meta.get("lora_config"), meta.get("losses", []), meta.get("train", {}))
+        if cfg.get("method") not in METHODS:
+            raise bad(f"unknown method {cfg.get('method')!r}; allowed: {', '.join(METHODS)}")
+        try:
+            cfg["matrices"] = tuple(cfg["matrices"]) if cfg.get("matrices") is not None else None
+            config = FinetuneConfig(**cfg)
+            mask = NeuronMask.from_dict(meta["mask"]) if meta["mask"] else None
+        except LangNeuronsError as e:
+            raise bad(str(e)) from None
+        except (TypeError, KeyError, ValueError, AttributeError) as e:
+            raise bad(f"malformed config or mask ({e})") from None
+        if (config.lora) != (meta["lora_config"] is not None):
+            raise bad(f"method {config.method!r} and 'lora_config' disagree")
+        try:
+            tensors = load_file(str(tp))
+        except Exception as e:  # safetensors' own errors on a damaged header
+            raise LangNeuronsError(f"{str(tp)!r} is not a readable safetensors file ({e})") from None
+        if not tensors:
+            raise LangNeuronsError(f"{str(tp)!r} holds no tensors")
+        for k, t in tensors.items():
+            want = (torch.int64,) if k.endswith(".index") else (torch.float32, torch.float16, torch.bfloat16)
+            if t.dtype not in want:
+                raise LangNeuronsError(f"{str(tp)!r}: tensor {k!r} has dtype {t.dtype}")
+        return cls(config, mask, meta["base"], tensors, meta["lora_config"], meta["losses"], meta["train"])
 
 
 def apply_adapter(hf, adapter: Adapter, merged: bool = True):
@@ -165,7 +211,18 @@ def merged_folder(adapter: Adapter, out, device: str | None = None) -> Path:
     d = make_out_dir(out)
     merged.save_pretrained(str(d))
     tokenizer.save_pretrained(str(d))
+    # which adapter this folder was merged from: load_finetuned never serves another's merge
+    atomic_write_text(d / MERGED_FROM, json.dumps({"adapter_sha256": _adapter_digest(adapter)}) + "\n")
     return d
+
+
+MERGED_FROM = "tl_langneurons_merged_from.json"
+
+
+def _adapter_digest(adapter: Adapter) -> str:
+    from ..resume import content_hash
+
+    return content_hash(adapter.tensors)
 
 
 def load_finetuned(folder, merged: bool = True, **load_kwargs):
@@ -180,6 +237,13 @@ def load_finetuned(folder, merged: bool = True, **load_kwargs):
         target = Path(folder) / "merged"
         if not (target / "config.json").is_file():
             merged_folder(adapter, target)
+        try:
+            source = json.loads((target / MERGED_FROM).read_text(encoding="utf-8")).get("adapter_sha256")
+        except (OSError, ValueError, AttributeError):
+            source = None
+        if source != _adapter_digest(adapter):
+            raise LangNeuronsError(f"{str(target)!r} was not merged from the adapter in {str(folder)!r} (a folder of "
+                                   "another run?); remove it and load again to merge this adapter")
         return load_model(str(target), **load_kwargs)
     from ..loading import boot_hf
 

@@ -1,12 +1,15 @@
 """The training loop: AdamW on the method's parameters only, seeded, with a loss per step."""
 
+import base64
 import math
+import sys
 from typing import Any
 
 import torch
 
 from ..errors import LangNeuronsError
 from ..progress import stage
+from ..resume import rng_state, set_rng_state
 from .adapter import Adapter, base_model
 from .data import Example
 from .masks import NeuronMask
@@ -36,9 +39,20 @@ def _loss(model, ids, mask, labels) -> torch.Tensor:
                                              ignore_index=-100)
 
 
+def _save_state(store, step: int, epoch: int, losses: list, epoch_state, params: dict, opt) -> None:
+    """The training state after ``step`` optimizer steps, as one unit replacing the previous one."""
+    tensors = {f"param.{name}": p.detach() for name, p in params.items()}
+    for i, st in opt.state_dict()["state"].items():
+        for k, t in st.items():
+            if isinstance(t, torch.Tensor):
+                tensors[f"opt.{i}.{k}"] = t
+    store.save("state", {"step": step, "epoch": epoch, "losses": losses, "rng": rng_state(),
+                         "epoch_generator": base64.b64encode(epoch_state.numpy().tobytes()).decode()}, tensors)
+
+
 def finetune(model: Any, examples: list[Example], config: FinetuneConfig | None = None,
              mask: NeuronMask | None = None, *, train_info: dict | None = None, device: str | None = None,
-             progress: bool = True) -> Adapter:
+             progress: bool = True, checkpoint=None, checkpoint_every: int = 10) -> Adapter:
     """Train ``config.method`` on ``examples`` and return the :class:`Adapter`.
 
     ``model`` is what :func:`~.load_model` accepts (a name, a folder) or a model it loaded; a fresh
@@ -46,6 +60,11 @@ def finetune(model: Any, examples: list[Example], config: FinetuneConfig | None 
     never changed. ``mask`` (a :class:`.NeuronMask`) is required by ``masked-lora`` and
     ``selected-rows``. Everything random — LoRA's initialisation, the order of examples — draws
     from ``config.seed``: the same seed gives the same adapter.
+
+    With ``checkpoint`` (a :class:`~..resume.Checkpointed` store) the state after every
+    ``checkpoint_every`` optimizer steps — the trained parameters, AdamW's moments, the example
+    order's generator, the losses — is saved (replacing the previous one), and a resumed run
+    continues from it: the adapter equals the uninterrupted run's bit for bit.
     """
     config = config or FinetuneConfig()
     if not isinstance(config, FinetuneConfig):
@@ -59,19 +78,44 @@ def finetune(model: Any, examples: list[Example], config: FinetuneConfig | None 
     gen = torch.Generator().manual_seed(config.seed)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     dev = next(hf.parameters()).device
-    losses = []
+    losses: list[float] = []
+    spe = math.ceil(len(examples) / config.batch_size)  # optimizer steps per epoch
+    n_steps = config.epochs * spe
+    step, first_epoch, epoch_state = 0, 0, None
+    if checkpoint is not None and "state" in checkpoint:
+        value, tensors = checkpoint.load("state")
+        step, losses, first_epoch = value["step"], list(value["losses"]), value["epoch"]
+        epoch_state = torch.frombuffer(bytearray(base64.b64decode(value["epoch_generator"])), dtype=torch.uint8)
+        set_rng_state(value["rng"])
+        with torch.no_grad():
+            for name, p in params.items():
+                p.copy_(tensors[f"param.{name}"])
+        sd = opt.state_dict()
+        sd["state"] = {i: {k[len(f"opt.{i}."):]: t for k, t in tensors.items() if k.startswith(f"opt.{i}.")}
+                       for i in range(len(params)) if f"opt.{i}.step" in tensors}
+        opt.load_state_dict(sd)
+        print(f"resuming finetune {config.method}: {step} of {n_steps} steps already done", file=sys.stderr)
     trainable.train()
-    n_steps = config.epochs * math.ceil(len(examples) / config.batch_size)
     with stage(f"finetune {config.method}", n_steps, "step", progress) as bar:
-        for _ in range(config.epochs):
-            for ids, am, labels in _batches(examples, config.batch_size, gen, pad):
+        bar.advance(step)  # a resumed run's bar starts where it was interrupted
+        for epoch in range(first_epoch, config.epochs):
+            if epoch_state is not None:  # the resumed epoch draws its order from where it drew it
+                gen.set_state(epoch_state)
+                epoch_state = None
+            start_state = gen.get_state()
+            for k, (ids, am, labels) in enumerate(_batches(examples, config.batch_size, gen, pad)):
+                if epoch * spe + k < step:
+                    continue  # done before the interruption
                 loss = _loss(trainable, ids.to(dev), am.to(dev), labels.to(dev))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
                 losses.append(float(loss.detach()))
+                step += 1
                 bar.advance(1)
                 bar.note(loss=f"{losses[-1]:.3f}")
+                if checkpoint is not None and (step % checkpoint_every == 0 or step == n_steps):
+                    _save_state(checkpoint, step, epoch, losses, start_state, params, opt)
     trainable.eval()
     bake(trainable)
     return Adapter.from_trained(trainable, config, mask if config.uses_mask else None, base, losses,

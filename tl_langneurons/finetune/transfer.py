@@ -11,7 +11,10 @@ import pandas as pd
 
 from .. import _checks
 from ..errors import LangNeuronsError, choices
-from .adapter import merged_folder
+from .._io import safe_join
+from ..models import weights_hash
+from ..resume import content_hash, open_store, run_unit
+from .adapter import Adapter, merged_folder
 from .data import Example, task_examples, text_examples
 from ..tasks.summary import paired_stderr
 from .masks import NeuronMask, neuron_mask, random_mask
@@ -48,13 +51,13 @@ class TransferRun:
 
 
 def compare_with_base(tuned: Any, tasks, base, method: str, condition: str, limit: int | None = None,
-                      batch_size: int = 8) -> list[dict]:
+                      batch_size: int = 8, checkpoint=None) -> list[dict]:
     """Rows of the transfer table for one fine-tuned model: ``tasks`` scored on ``tuned`` (the
     same documents as ``base``, a :class:`~.tasks.TaskRun` of the base model), with the base
     value, the change and its paired stderr."""
     from ..tasks import evaluate_tasks
 
-    run = evaluate_tasks(tuned, tasks, limit=limit, batch_size=batch_size, progress=False)
+    run = evaluate_tasks(tuned, tasks, limit=limit, batch_size=batch_size, progress=False, checkpoint=checkpoint)
     bs, ts = base.samples[("baseline", None)], run.samples[("baseline", None)]
     merged = run.frame.merge(base.frame[["task", "metric", "filter", "value"]].rename(columns={"value": "base_value"}),
                              on=["task", "metric", "filter"])
@@ -89,7 +92,8 @@ def default_runs(methods, random_control: bool = True) -> list[tuple[str, str]]:
 def transfer(model: Any, neurons, language, train: list[Example], tasks, methods=METHODS, *,
              random_control: bool = True, runs: list[tuple[str, str]] | None = None,
              config: FinetuneConfig | None = None, matrices=None, limit: int | None = None, batch_size: int = 8,
-             out=None, merged: bool = False, train_info: dict | None = None, progress: bool = True) -> TransferRun:
+             out=None, merged: bool = False, train_info: dict | None = None, progress: bool = True,
+             metric: str | None = None, checkpoint=None, checkpoint_every: int = 10) -> TransferRun:
     """Fine-tune ``model`` on ``train`` with every method (and the random-mask control of the
     masked ones), and score ``tasks`` on each fine-tuned model and on the base model.
 
@@ -108,6 +112,11 @@ def transfer(model: Any, neurons, language, train: list[Example], tasks, methods
             (``…/merged/``, written when tasks are scored or ``merged``); default a temporary
             folder, removed afterwards.
         train_info: recorded in each adapter's JSON (what it was trained on).
+        metric: the metric the caller summarises by, checked against the base model's scores
+            before any training.
+        checkpoint: a :class:`~..resume.Checkpointed` store: the base model's task runs, each
+            fine-tuning run (and its optimizer steps, every ``checkpoint_every``) and each tuned
+            model's task runs are units of work; a killed run resumes exactly. Needs ``out``.
     """
     import tempfile
 
@@ -124,27 +133,45 @@ def transfer(model: Any, neurons, language, train: list[Example], tasks, methods
     config = config or FinetuneConfig()
     mask = neuron_mask(neurons, language)
     control = random_mask(mask, config.seed)
+    if checkpoint is not None and out is None:
+        raise LangNeuronsError("a resumable transfer needs out= (the adapters of completed runs are read back from it)")
     tmp = tempfile.TemporaryDirectory() if out is None else None
     root = Path(tmp.name if tmp is not None else out)
-    base = evaluate_tasks(model, tasks, limit=limit, batch_size=batch_size, progress=False) if tasks else None
+    store = open_store(checkpoint, "transfer", {
+        "model": weights_hash(model), "neurons": content_hash(neurons), "language": language,
+        "train": content_hash(train), "tasks": tasks,
+        "runs": runs, "config": config.as_dict(), "matrices": matrices, "limit": limit, "batch_size": batch_size,
+        "merged": merged, "train_info": train_info})
+    section = (lambda name: store.section(name)) if store is not None else (lambda name: None)  # noqa: E731
+    base = evaluate_tasks(model, tasks, limit=limit, batch_size=batch_size, progress=False, metric=metric,
+                          checkpoint=section("base")) if tasks else None
     rows, adapters = [], {}
     try:
         for method, condition in runs:
-            cfg = replace(config, method=method, matrices=matrices)
-            the_mask: NeuronMask | None = {"neurons": mask, "random": control}.get(condition)
-            adapter = finetune(model, train, cfg, the_mask, progress=progress,
-                               train_info={**(train_info or {}), "language_neurons": list(mask.languages),
-                                           "condition": condition})
-            folder = root / run_name(method, condition)
-            adapter.save(folder)
-            adapters[(method, condition)] = adapter
-            if tasks or merged:
-                merged_dir = merged_folder(adapter, folder / "merged")
-            if tasks:
+            name = run_name(method, condition)
+            folder = safe_join(root, name, what="run name")
+
+            def one() -> dict:
+                cfg = replace(config, method=method, matrices=matrices)
+                the_mask: NeuronMask | None = {"neurons": mask, "random": control}.get(condition)
+                adapter = finetune(model, train, cfg, the_mask, progress=progress, checkpoint=section(f"train {name}"),
+                                   checkpoint_every=checkpoint_every,
+                                   train_info={**(train_info or {}), "language_neurons": list(mask.languages),
+                                               "condition": condition})
+                adapter.save(folder)
+                if tasks or merged:
+                    merged_dir = merged_folder(adapter, folder / "merged")
+                if not tasks:
+                    return {"rows": []}
                 tuned = load_model(str(merged_dir), site="act")
-                rows += compare_with_base(tuned, tasks, base, method, condition, limit, batch_size)
+                got = compare_with_base(tuned, tasks, base, method, condition, limit, batch_size,
+                                        checkpoint=section(f"eval {name}"))
                 del tuned
                 gc.collect()
+                return {"rows": got}
+
+            rows += run_unit(store, f"run {name}", one)["rows"]
+            adapters[(method, condition)] = Adapter.load(folder)  # what was saved, in every run alike
     finally:
         if tmp is not None:
             tmp.cleanup()

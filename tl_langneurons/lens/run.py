@@ -8,6 +8,7 @@ from tqdm.auto import tqdm
 
 from .. import _checks
 from ..errors import LangNeuronsError, choices
+from ..intervene.modes import ZERO
 from ..tokens import encode, pad_id, right_pad, tokenizer_of
 from .items import LensItem, build_items
 from .readout import layer_log_probs, mean_interval
@@ -96,7 +97,7 @@ def run_lens(model, languages: list[str] | None = None, tasks: list[str] | None 
             else:
                 from ..intervene import Intervention, intervene
 
-                with intervene(model, [Intervention(nset, "zero", language=lang)]):
+                with intervene(model, [Intervention(nset, ZERO.name, language=lang)]):
                     probs = _probabilities(model, its, batch_size, f"lens {lang} {cond}", progress)
             for i, (it, p) in enumerate(zip(its, probs)):
                 for layer in range(L1):

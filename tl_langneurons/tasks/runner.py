@@ -21,6 +21,9 @@ from typing import Any
 import pandas as pd
 
 from .. import _checks, _smoke
+from .._io import atomic_write_text, path_hash, safe_join, safe_name
+from ..identity import weights_hash
+from ..resume import content_hash, open_store, run_unit
 from ..errors import LangNeuronsError, choices
 from ..evaluate.conditions import check_control, check_neurons, under
 from ..identify import random_like
@@ -169,8 +172,8 @@ def evaluate_tasks(model: Any, tasks, neurons=None, targets=None, mode: str = ZE
                    controls: dict | None = None, control: str | None = "random", seed: int = 0,
                    limit: int | None = None, batch_size: int = 8, num_fewshot: int | None = None,
                    sources: dict | None = None, task_config: dict | None = None, include_path=None,
-                   bootstrap_iters: int = 1000,
-                   progress: bool = True) -> TaskRun:
+                   bootstrap_iters: int = 1000, metric: str | None = None,
+                   progress: bool = True, checkpoint=None) -> TaskRun:
     """Score lm-eval tasks without intervention, under each intervention, and under its control.
 
     Args:
@@ -198,6 +201,11 @@ def evaluate_tasks(model: Any, tasks, neurons=None, targets=None, mode: str = ZE
             condition; :func:`.registry.task_specs`).
         include_path: further folders of lm-eval task YAML files.
         bootstrap_iters: lm-eval's bootstrap resamples for the stderr of non-mean metrics.
+        metric: the metric the caller will summarise by: checked against what every task reports
+            as soon as the baseline has run, not after every condition.
+        checkpoint: a :class:`~..resume.Checkpointed` store: each condition (x intervened
+            language) is a unit of work, so a killed run resumes after the last one completed and
+            equals the uninterrupted run (samples, configs and versions are kept in the units).
 
     Returns:
         a :class:`TaskRun` (``.frame`` is the tidy table).
@@ -225,27 +233,76 @@ def evaluate_tasks(model: Any, tasks, neurons=None, targets=None, mode: str = ZE
 
     from lm_eval import simple_evaluate
 
-    rows, samples, configs, versions, hashes = [], {}, {}, {}, None
-    for condition, label, items in track(runs, "tasks", progress and len(runs) > 1, "run"):
+    store = open_store(checkpoint, "evaluate_tasks", {
+        "model": weights_hash(model), "tasks": tasks, "interventions": content_hash(plan),
+        "controls": content_hash(ctrl), "limit": limit, "batch_size": batch_size, "num_fewshot": num_fewshot,
+        "sources": {t: {k: path_hash(v) for k, v in splits.items()} for t, splits in (sources or {}).items()},
+        "task_config": task_config, "include_path": path_hash(include_path) if include_path else None,
+        "bootstrap_iters": bootstrap_iters, "lm_eval": _lm_eval_version()})
+    names = [f"{condition} {label}" for condition, label, _ in runs]
+    if store is not None:
+        store.announce(names)
+
+    def one(condition: str, label: str | None, items: list) -> dict:
         with under(model, items, "all"), _quiet_custom_dataset_notes():
             out = simple_evaluate(model=lm, tasks=load_specs(specs, manager), num_fewshot=num_fewshot, limit=limit,
                                   task_manager=manager, log_samples=True, cache_requests=False,
                                   bootstrap_iters=bootstrap_iters)
         if out is None:
             raise RuntimeError("lm-eval returned no results (a non-zero rank of a distributed run?)")
+        return {"rows": _rows(out, condition, label), "samples": out["samples"], "configs": out.get("configs", {}),
+                "versions": out.get("versions", {})}
+
+    rows, samples, configs, versions, hashes = [], {}, {}, {}, None
+    for (condition, label, items), name in track(list(zip(runs, names)), "tasks", progress and len(runs) > 1, "run"):
+        out = run_unit(store, name, lambda: one(condition, label, items))
         seen = _doc_hashes(out["samples"])
         if hashes is None:
             hashes = seen
         elif seen != hashes:
             bad = next(t for t in hashes if seen.get(t) != hashes[t])
             raise RuntimeError(f"lm-eval scored different documents of {bad!r} under {condition} {label}")
-        rows += _rows(out, condition, label)
+        rows += out["rows"]
         samples[(condition, label)] = out["samples"]
-        configs.update(out.get("configs", {}))
-        versions.update(out.get("versions", {}))
+        configs.update(out["configs"])
+        versions.update(out["versions"])
+        if condition == "baseline" and metric is not None:  # a metric no task reports fails now
+            from .summary import headline_metric
+
+            first = pd.DataFrame(rows, columns=COLUMNS)
+            for task in dict.fromkeys(first.task):
+                headline_metric(first, task, metric)
     frame = pd.DataFrame(rows, columns=COLUMNS)
     signatures = {task: sig for task, cfg in configs.items() if (sig := task_signatures(cfg))}
     return TaskRun(frame=frame, samples=samples, configs=configs, versions=versions, signatures=signatures)
+
+
+def _lm_eval_version() -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("lm_eval")
+    except PackageNotFoundError:
+        return None
+
+
+def _file_name(name: str) -> str:
+    """A task name as a file name: itself where it is a safe name, else its unsafe characters
+    replaced and a short hash added (lm-eval names are not ours to refuse at the end of a run)."""
+    import hashlib
+    import re
+
+    if _is_safe(name):
+        return name
+    return re.sub(r"[^A-Za-z0-9_.+@-]", "_", name).strip(".")[:100] + "-" + hashlib.sha1(name.encode()).hexdigest()[:8]
+
+
+def _is_safe(name: str) -> bool:
+    try:
+        safe_name("task", name)
+        return True
+    except LangNeuronsError:
+        return False
 
 
 def write_samples(run: TaskRun, folder: str | Path) -> list[Path]:
@@ -256,12 +313,11 @@ def write_samples(run: TaskRun, folder: str | Path) -> list[Path]:
     folder = Path(folder)
     written = []
     for (condition, label), by_task in run.samples.items():
-        sub = folder / (condition if label is None else f"{condition}_{label}")
+        # the intervened label names a folder: a safe name, checked to stay inside `folder`
+        sub = safe_join(folder, condition if label is None else f"{condition}_{label}", what="intervened language")
         sub.mkdir(parents=True, exist_ok=True)
         for task, rows in by_task.items():
-            path = sub / f"{task}.jsonl"
-            with path.open("w", encoding="utf-8") as f:
-                for r in rows:
-                    f.write(json.dumps(r, ensure_ascii=False, default=str) + "\n")
+            path = safe_join(sub, _file_name(task) + ".jsonl", what="task")
+            atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in rows))
             written.append(path)
     return written
