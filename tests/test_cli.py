@@ -306,7 +306,10 @@ def _mistake_table():
         "unknown method": (ident + ["nope"], "unknown --method 'nope'; allowed: lape, ap, threshold"),
         "mistyped method": (ident + ["lap"], "unknown --method 'lap' (did you mean 'lape'?)"),
         "option of another method": (ident + ["lape", "--top-m", "5"], "--top-m is an option of --method threshold"),
-        "top rate out of range": (ident + ["lape", "--top-rate", "1.5"], "top_rate"),
+        "top rate out of range": (ident + ["lape", "--top-rate", "1.5"], "--top-rate must be a number in (0, 1]"),
+        "demo top rate out of range": (["demo", "--top-rate", "2", "--out", "{tmp}/d"],
+                                       "--top-rate must be a number in (0, 1], got 2"),
+        "demo zero samples": (["demo", "--n-samples", "0", "--out", "{tmp}/d"], "--n-samples must be"),
         "top rate not a number": (ident + ["lape", "--top-rate", "lots"], "invalid float"),
         "threshold without criterion": (ident + ["threshold"], "exactly one of --top-m, --min-probability, "
                                                                "--all-sentences; got none"),
@@ -356,6 +359,7 @@ def test_user_mistake_is_one_line_exit_2(case, mistakes, stats_dir, lape_json, c
     assert lines[0].startswith("tl-langneurons: error: ") and expected in lines[0], lines[0]
     assert "Traceback" not in captured.err and captured.out == ""
     assert not (mistakes / "a").exists() and not (mistakes / "f").exists() and not (mistakes / "n.json").exists()
+    assert not (mistakes / "d").exists()
 
 
 def _options():

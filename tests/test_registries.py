@@ -162,8 +162,8 @@ def test_a_registered_method_runs_through_identify(toy_method, tmp_path, capsys)
             {l: sorted(f % 10 for f in top if f // 10 == l) for l in {f // 10 for f in top}}.items())
     assert got.method == "top-p-by-mean" and got.params == {"top_rate": 0.1}
     # its default is the function's; the option is shared with lape (one flag, both defaults in the help)
-    assert main(["identify", "--stats", d, "--method", "top-p-by-mean", "--out", str(out)]) == 0
-    assert LanguageNeurons.load(out).params == {"top_rate": 0.25}
+    assert main(["identify", "--stats", d, "--method", "top-p-by-mean", "--out", str(tmp_path / "d.json")]) == 0
+    assert LanguageNeurons.load(tmp_path / "d.json").params == {"top_rate": 0.25}
     actions = {a.dest: a for a in build_parser()._subparsers._group_actions[0].choices["identify"]._actions}
     assert "top-p-by-mean" in actions["method"].choices
     assert "(--method lape, top-p-by-mean)" in actions["top_rate"].help

@@ -3,6 +3,8 @@ raises :class:`~tl_langneurons.LangNeuronsError` naming the flag, before anythin
 
 import json
 import math
+import re
+from contextlib import contextmanager
 
 from ..errors import LangNeuronsError
 
@@ -156,6 +158,23 @@ def check_model_before_loading(model: str, recorded: dict, what: str) -> dict:
             raise LangNeuronsError(f"{what} was made on {name!r} ({recorded[key]} {label}), not on --model {model!r} "
                                    f"({shape[key]} {label})")
     return shape
+
+
+@contextmanager
+def flags_in_errors(names):
+    """Inside: a :class:`~tl_langneurons.LangNeuronsError` that names one of ``names`` (Python
+    argument names; a dict maps a name to its option's) names its flag instead: ``top_rate must be
+    in (0, 1]`` → ``--top-rate must be in (0, 1]``."""
+    names = names if isinstance(names, dict) else {n: n for n in names}
+    try:
+        yield
+    except LangNeuronsError as e:
+        message = str(e)
+        for python, option in sorted(names.items(), key=lambda kv: -len(kv[0])):
+            # only where the name is what a check is about ("top_rate must be ...", "n=7"): a plain word
+            # like "languages" elsewhere in a message stays a word
+            message = re.sub(rf"(?<![\w-]){re.escape(python)}(?=\s+must\b|\s*=)", flag(option), message)
+        raise LangNeuronsError(message) from None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..errors import LangNeuronsError
 from .._io import ResultFolder, result_file
-from .args import parse_floats, parse_languages, placement, positive, result_folder
+from .args import flags_in_errors, parse_floats, parse_languages, placement, positive, result_folder
 from .done import finish
 
 def cmd_record(args) -> int:
@@ -120,7 +120,8 @@ def cmd_identify(args) -> int:
         for k, o in options.items():
             if k in given and o.type == "languages":
                 given[k] = parse_languages(given[k])
-        neurons = method.run(stats, **given)
+        with flags_in_errors([o.name for o in method.options]):  # "top_rate must be" → "--top-rate must be"
+            neurons = method.run(stats, **given)
         if as_file:
             path = neurons.save(target)
         else:
@@ -236,11 +237,17 @@ def cmd_bench(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from ..pipeline import run_demo
+    from ..pipeline import demo_plan, run_demo
 
     langs = parse_languages(args.languages)
     given = {} if langs is None else {"languages": langs}  # else pipeline.DEMO_LANGUAGES
     floats = lambda opt, v: None if v is None else tuple(parse_floats(opt, v))  # noqa: E731
+    # the plan's checks name its fields (top_rate, factor): in the flags' spelling here
+    names = {k: k for k in ("max_sentences", "eval_sentences", "top_rate", "diffmean_layer", "n_samples")}
+    with flags_in_errors({**names, "factor": "factors", "beta": "betas"}):
+        demo_plan(args.model, max_sentences=args.max_sentences, eval_sentences=args.eval_sentences,
+                  top_rate=args.top_rate, factors=floats("--factors", args.factors),
+                  diffmean_layer=args.diffmean_layer, betas=floats("--betas", args.betas), n_samples=args.n_samples)
     summary = run_demo(args.out, model=args.model, **given, max_sentences=args.max_sentences,
                        eval_sentences=args.eval_sentences, top_rate=args.top_rate,
                        factors=floats("--factors", args.factors), diffmean_layer=args.diffmean_layer,
