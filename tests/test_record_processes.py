@@ -55,7 +55,8 @@ def test_sigkill_at_five_random_moments_then_resume_is_identical(tiny_llama_dir,
     equals the uninterrupted recording's exactly."""
     ref, out = tmp_path / "ref", tmp_path / "out"
     subprocess.run(_record_cmd(tiny_llama_dir, corpus_dir, ref), check=True, env=_env(), capture_output=True)
-    ckpt = out / ".checkpoint" / "rank0.checkpoint.safetensors"
+    # the running result lives in the partial folder beside --out until it is complete (docs/outputs.md)
+    ckpt = tmp_path / ".out.partial" / ".resume" / "record" / "rank0.checkpoint.safetensors"
     rng = random.Random(0)
     kills = 0
     for attempt in range(5):
