@@ -384,3 +384,27 @@ def test_a_real_sigkill_then_resume(tiny, loads, tmp_path):
     assert main(argv + ["--out", str(tmp_path / "out"), "--resume"]) == 0
     assert main(argv + ["--out", str(tmp_path / "ref")]) == 0
     assert _files(tmp_path / "out") == _files(tmp_path / "ref")
+
+
+def test_a_damaged_unit_and_another_runs_merged_model_are_refused(tiny, loads, kill_after, tmp_path, capsys):
+    argv = ["ppl", "--model", tiny["model"], "--neurons", tiny["neurons"], "--corpus", tiny["corpus"],
+            "--batch-size", "2", "--out", str(tmp_path / "out")]
+    kill_after(2)
+    with pytest.raises(Killed):
+        main(argv)
+    kill_after(0)
+    unit = next(p for p in (tmp_path / ".out.partial" / ".resume").rglob("*.json") if p.name != "key.json")
+    unit.write_text('{"name": "baseline", "val')  # a torn write
+    assert main(argv + ["--resume"]) == 2
+    _one_line(capsys, "is damaged")
+    # a merged folder that does not come from the adapter beside it is never served
+    from tl_langneurons.finetune.adapter import MERGED_FROM, load_finetuned
+
+    assert main(["finetune", "--model", tiny["model"], "--neurons", tiny["neurons"], "--language", "de", "--train",
+                 "text:de", "--train-limit", "2", "--batch-size", "2", "--controls", "none", "--no-attention",
+                 "--out", str(tmp_path / "ft")]) == 0
+    run = tmp_path / "ft" / "masked-lora"
+    shutil.copytree(tiny["model"], run / "merged")
+    (run / "merged" / MERGED_FROM).write_text(json.dumps({"adapter_sha256": "0" * 64}))
+    with pytest.raises(LangNeuronsError, match="was not merged from the adapter"):
+        load_finetuned(run)
