@@ -32,6 +32,7 @@ from typing import Any
 
 from ..errors import LangNeuronsError, choices
 from ..intervene import DiffMean, Intervention
+from ..intervene.modes import ADD, SCALE, SET, ZERO, Mode
 from ..evaluate import random_direction_like
 from .prompts import instruction
 
@@ -81,13 +82,15 @@ def check_methods(names) -> list[SteerMethod]:
     return [METHODS[n] for n in dict.fromkeys(names)]
 
 
-def _neurons(kind: str, statistic: str | None = None):
+def _neurons(mode: Mode, statistic: str | None = None, experts: str = "lape"):
+    """``mode`` at strength s on the target's neurons of ``experts`` (``lape`` or ``ap``); a mode
+    that writes a statistic writes the target's ``statistic`` of them."""
     def build(ctx, source, target, s, layer):
         def item(sets):
-            if kind == "scale":
-                return Intervention(sets, "scale", factor=s, language=target)
-            return Intervention(sets, kind, factor=s, stats=ctx.stats, statistic=statistic, language=target)
-        sets, ctrl = (ctx.ap, ctx.ap_random) if statistic == "median" else (ctx.lape, ctx.lape_random)
+            if mode.takes_value:
+                return Intervention(sets, mode.name, factor=s, stats=ctx.stats, statistic=statistic, language=target)
+            return Intervention(sets, mode.name, factor=s, language=target)
+        sets, ctrl = (ctx.ap, ctx.ap_random) if experts == "ap" else (ctx.lape, ctx.lape_random)
         return Arm([item(sets)], [item(ctrl)])
     return build
 
@@ -96,8 +99,8 @@ def _arithmetic(ctx, source, target, s, layer):
     def items(sets):
         out = []
         if sets.neurons.get(source):  # a source with no neurons has nothing to switch off
-            out.append(Intervention(sets, "zero", language=source))
-        out.append(Intervention(sets, "add", factor=s, stats=ctx.stats, statistic="mean", language=target))
+            out.append(Intervention(sets, ZERO.name, language=source))
+        out.append(Intervention(sets, ADD.name, factor=s, stats=ctx.stats, statistic="mean", language=target))
         return out
     return Arm(items(ctx.lape), items(ctx.lape_random))
 
@@ -119,16 +122,16 @@ register_method(SteerMethod("prompt-english", "prompting", _prompting("english")
                             description="'Continue in <language>:' in English before the prompt"))
 register_method(SteerMethod("prompt-target", "prompting", _prompting("target"),
                             description="the same instruction in the target language"))
-register_method(SteerMethod("neurons-set", "neurons", _neurons("set", "mean"), (4.0, 8.0, 16.0),
+register_method(SteerMethod("neurons-set", "neurons", _neurons(SET, "mean"), (4.0, 8.0, 16.0),
                             controlled=True, needs=("lape", "stats"), description="LAPE neurons := s × their target mean"))
-register_method(SteerMethod("neurons-scale", "neurons", _neurons("scale"), (2.0, 4.0, 8.0),
+register_method(SteerMethod("neurons-scale", "neurons", _neurons(SCALE), (2.0, 4.0, 8.0),
                             controlled=True, needs=("lape",), description="LAPE neurons := s × themselves"))
-register_method(SteerMethod("neurons-add", "neurons", _neurons("add", "mean"), (4.0, 8.0, 16.0),
+register_method(SteerMethod("neurons-add", "neurons", _neurons(ADD, "mean"), (4.0, 8.0, 16.0),
                             controlled=True, needs=("lape", "stats"), description="LAPE neurons += s × their target mean"))
 register_method(SteerMethod("arithmetic", "neurons", _arithmetic, (1.0, 4.0, 16.0), per_source=True,
                             controlled=True, needs=("lape", "stats"),
                             description="source's LAPE neurons := 0, target's += s × their mean (Gurgurov 2025)"))
-register_method(SteerMethod("ap-median", "neurons", _neurons("set", "median"), (1.0, 2.0, 4.0),
+register_method(SteerMethod("ap-median", "neurons", _neurons(SET, "median", experts="ap"), (1.0, 2.0, 4.0),
                             controlled=True, needs=("ap", "stats"),
                             description="AP experts := s × median of their target sentence means (Kojima 2024)"))
 for _kind, _what in (("diffmean", "difference of means"), ("probe", "logistic-probe weight"),
