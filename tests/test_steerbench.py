@@ -139,7 +139,8 @@ def test_cli_steer_bench(tmp_path, capsys):
     assert set(board.method) == {"none", "neurons-scale", "prompt-target"}
     assert (out / "figures" / "steer_bench_scatter.png").is_file()
     assert "leaderboard.csv has intervals" in capsys.readouterr().out
-    assert main(argv) == 2  # a non-empty --out is refused
-    assert "not empty" in capsys.readouterr().err
+    assert main(argv) == 2  # a finished result is not overwritten without --overwrite
+    assert "already holds a result" in capsys.readouterr().err
+    assert not list(tmp_path.glob(".*partial"))  # nothing left beside it
     assert main(argv[:-2] + ["--methods", "nope", "--out", str(tmp_path / "x")]) == 2
     assert "unknown steering method 'nope'" in capsys.readouterr().err

@@ -2,8 +2,6 @@
 meaning × fluency), resumable; its parser and its command."""
 
 import time
-from pathlib import Path
-
 from ..errors import LangNeuronsError
 from .args import parse_languages, positive
 
@@ -51,29 +49,12 @@ def add_parser(sub, placement_options) -> None:
     placement_options(c)
     c.add_argument("--dtype", default="float32", help="weights and compute dtype (default: %(default)s)")
     c.add_argument("--seed", type=int, default=0, help="prompts, sampling and controls (default: %(default)s)")
-    c.add_argument("--out", required=True, help="output directory (refused if not empty, unless --resume or "
-                   "--overwrite)")
-    c.add_argument("--resume", action="store_true", help="continue a killed run in --out (the same options)")
-    c.add_argument("--overwrite", action="store_true", help="replace whatever --out holds")
+    c.add_argument("--out", required=True, help="output directory, written as a unit when the run completes "
+                   "(an existing result is refused unless --overwrite)")
+    c.add_argument("--resume", action="store_true", help="continue a killed run into --out: only the missing cells "
+                   "are generated (the same options, or it is refused naming the changed one)")
+    c.add_argument("--overwrite", action="store_true", help="replace the result in --out whole")
     c.set_defaults(func=cmd_steer_bench)
-
-
-def _out_dir(args) -> Path:
-    import shutil
-
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise LangNeuronsError(f"--out {args.out!r} is an existing file")
-    if args.resume and args.overwrite:
-        raise LangNeuronsError("--resume and --overwrite exclude each other")
-    if out.is_dir() and any(out.iterdir()):
-        if args.overwrite:
-            shutil.rmtree(out)
-        elif not args.resume:
-            raise LangNeuronsError(f"--out {args.out!r} is not empty; --resume continues the run in it, --overwrite "
-                                   "replaces it")
-    out.mkdir(parents=True, exist_ok=True)
-    return out
 
 
 def cmd_steer_bench(args) -> int:
@@ -87,7 +68,7 @@ def cmd_steer_bench(args) -> int:
     from ..stats import NeuronStats
     from ..steerbench.methods import check_methods
     from ..steerbench.prompts import bench_prompts
-    from .args import placement
+    from .args import placement, result_folder
 
     start = time.time()
     for name in ("--n-tune", "--n-eval", "--max-new-tokens", "--batch-size", "--max-sentences",
@@ -112,23 +93,23 @@ def cmd_steer_bench(args) -> int:
         if stats.site != "act":
             raise LangNeuronsError(f"--stats were recorded at site {stats.site!r}; the benchmark steers at 'act'")
     resolve_source(args.model)
-    out = _out_dir(args)
-    judge = E5Judge(args.encoder)
-    model = load_model(args.model, dtype=args.dtype, **placement(args))
-    texts = load_corpus("builtin", split="stats", languages=languages, max_sentences=args.max_sentences).texts
-    if stats is None:
-        print(f"recording statistics ({len(languages)} languages × {args.max_sentences} stats sentences)")
-        stats = record(model, texts, sentence_means=True, checkpoint_dir=out / "cells" / "stats-checkpoint",
-                       resume=args.resume)
-    from ..steerbench import steer_bench
+    with result_folder(args) as rf:  # checked before the model is loaded; renamed into place when complete
+        judge = E5Judge(args.encoder)
+        model = load_model(args.model, dtype=args.dtype, **placement(args))
+        texts = load_corpus("builtin", split="stats", languages=languages, max_sentences=args.max_sentences).texts
+        if stats is None:
+            print(f"recording statistics ({len(languages)} languages × {args.max_sentences} stats sentences)")
+            stats = record(model, texts, sentence_means=True, checkpoint_dir=rf.resume_dir / "stats-checkpoint",
+                           resume=args.resume)
+        from ..steerbench import steer_bench
 
-    result = steer_bench(model, stats, targets, languages, [m.name for m in methods], texts=texts,
-                         judge=judge, n_tune=args.n_tune, n_eval=args.n_eval, layers=layers,
-                         top_rate=args.top_rate, generation=generation, seed=args.seed,
-                         batch_size=args.batch_size, calibration_pairs=args.calibration_pairs,
-                         fluency_sentences=args.fluency_sentences,
-                         work_dir=out / "cells")
-    summary = write_steer_bench(result, out)
+        result = steer_bench(model, stats, targets, languages, [m.name for m in methods], texts=texts,
+                             judge=judge, n_tune=args.n_tune, n_eval=args.n_eval, layers=layers,
+                             top_rate=args.top_rate, generation=generation, seed=args.seed,
+                             batch_size=args.batch_size, calibration_pairs=args.calibration_pairs,
+                             fluency_sentences=args.fluency_sentences, work_dir=rf.resume_dir / "cells")
+        summary = write_steer_bench(result, rf.path)
+        out = rf.commit()
     print(f"steer-bench: {len(targets)} targets × {len(methods)} methods in {time.time() - start:.0f} s → {out}")
     print(f"{'method':16} {'lang.':>7} {'fluent':>7} {'relev.':>7} {'score':>7}   (pooled over targets; "
           "leaderboard.csv has intervals and controls)")
