@@ -35,7 +35,7 @@ def calibration(judge):
 @pytest.fixture(scope="module")
 def bench_stats(builtin_model):
     texts = load_corpus("builtin", split="stats", languages=LANGS, max_sentences=40).texts
-    return record(builtin_model, texts, sentence_means=True, progress=False), texts
+    return record(builtin_model, texts, sentence_means=True, plnd=True, progress=False), texts
 
 
 def test_calibration_separates_translations(calibration):
@@ -63,6 +63,29 @@ def test_prompts_tune_and_eval_never_share_a_sentence():
         assert not set(g[g.split == "tune"].sentence) & set(g[g.split == "eval"].sentence)
         assert (g.source != g.target).all()
     assert p.equals(bench_prompts(["de", "ru"], ["en", "de", "ru", "zh"], n_tune=5, n_eval=12, seed=3))
+
+
+def test_prompting_instructions_in_three_phrasings():
+    """English, the target's own words, and the prompt's language naming the target (CLDR names);
+    the source template applied to its own language gives the target phrasing wherever the
+    nominative fits the sentence (all but pl/ru/uk), which checks the templates against each other."""
+    from tl_langneurons.steerbench.prompts import INSTRUCTIONS, SOURCE_TEMPLATES, instruction
+
+    assert instruction("de", "english") == "Continue in German:"
+    assert instruction("de", "target") == "Weiter auf Deutsch:"
+    assert instruction("ru", "source", "de") == "Weiter auf Russisch:"
+    assert instruction("de", "source", "ru") == "Продолжи (язык: немецкий):"
+    assert instruction("de", "source", "el") == "Συνέχισε στα γερμανικά:"
+    assert instruction("zh", "source", "ja") == "中国語で続けてください："
+    assert set(SOURCE_TEMPLATES) == set(INSTRUCTIONS)
+    same = [lang for lang in INSTRUCTIONS if instruction(lang, "source", lang) == INSTRUCTIONS[lang][1]]
+    assert sorted(set(INSTRUCTIONS) - set(same)) == ["pl", "ru", "uk"]
+    arm = METHODS["prompt-source"].build(None, "fr", "ru", None, None)
+    assert METHODS["prompt-source"].per_source and arm.instruction == "Continuez en russe :"
+    with pytest.raises(LangNeuronsError, match="'xx'"):
+        instruction("de", "source", "xx")
+    with pytest.raises(LangNeuronsError, match="phrasing"):
+        instruction("de", "native")
 
 
 @pytest.mark.parametrize("kind", ["probe", "pca", "lda"])
@@ -127,6 +150,47 @@ def test_strength_zero_and_controls(builtin_model, bench_stats, judge, calibrati
                     **{**kw, "n_eval": 5})
 
 
+def test_plnd_and_sae_rows(builtin_model, bench_stats, judge, calibration, tmp_path):
+    """The PLND and SAE rows steer with their own sets (SAE features decoded into the residual),
+    beside their random controls on the same prompts; a default run leaves out what it has nothing
+    to build from, and a named one is refused before any generation, saying what to give."""
+    stats, texts = bench_stats
+    kw = dict(texts=texts, judge=judge, calibration=calibration, n_tune=2, n_eval=6, top_rate=0.05,
+              fluency_sentences=12, progress=False)
+    before = n_hooks(builtin_model)
+    res = steer_bench(builtin_model, stats, ["de"], LANGS, ["none", "plnd-add", "sae-add"], sae="builtin", **kw)
+    assert n_hooks(builtin_model) == before
+    g = res.generations
+    none = g[g.method == "none"].generation.tolist()
+    for m in ("plnd-add", "sae-add"):
+        iv, ct = g[(g.method == m) & (g.condition == "intervention")], g[(g.method == m) & (g.condition == "control")]
+        assert iv.prompt.tolist() == ct.prompt.tolist() and len(iv) == 6
+        assert iv.generation.tolist() != none  # the set is not empty and the edit reaches the output
+    assert res.run["sae"]["saes"][0]["sha256"]  # the SAEs' identity is part of the resume key
+    # what the rows steer with: PLND's set, and SAE-LAPE features at the SAE site
+    from tl_langneurons.identify import lape, plnd
+    from tl_langneurons.steerbench.context import BenchContext
+
+    ctx = BenchContext(builtin_model, stats, texts, top_rate=0.05, sae="builtin", progress=False)
+    assert ctx.plnd.neurons == plnd(stats).neurons
+    assert ctx.sae_features.site == "sae:builtin"
+    assert ctx.sae_features.neurons == lape(record(builtin_model, texts, site="sae:builtin", progress=False),
+                                            top_rate=0.05).neurons
+    assert ctx.sae_random.counts() == ctx.sae_features.counts()
+    # without SAEs or PLND importance: left out of a default run, refused when named
+    plain = record(builtin_model, texts, sentence_means=True, progress=False)
+    assert not BenchContext(builtin_model, plain, texts, top_rate=0.05).has("plnd")
+    with pytest.raises(LangNeuronsError, match="'sae-add' needs the model's SAEs"):
+        steer_bench(builtin_model, stats, ["de"], LANGS, ["none", "sae-add"], **kw)
+    with pytest.raises(LangNeuronsError, match="'plnd-add' needs statistics recorded with PLND importance"):
+        steer_bench(builtin_model, plain, ["de"], LANGS, ["plnd-add"], **kw)
+    from tl_langneurons.steerbench.run import buildable
+
+    left = [m.name for m in buildable(list(METHODS.values()), BenchContext(builtin_model, plain, texts), named=False)]
+    assert "sae-add" not in left and "plnd-add" not in left and "neurons-add" in left
+    assert n_hooks(builtin_model) == before
+
+
 def test_cli_steer_bench(tmp_path, capsys):
     from tl_langneurons.cli import main
 
@@ -144,3 +208,6 @@ def test_cli_steer_bench(tmp_path, capsys):
     assert not list(tmp_path.glob(".*partial"))  # nothing left beside it
     assert main(argv[:-2] + ["--methods", "nope", "--out", str(tmp_path / "x")]) == 2
     assert "unknown steering method 'nope'" in capsys.readouterr().err
+    assert main(argv[:-2] + ["--sae", str(tmp_path / "none"), "--out", str(tmp_path / "y")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "y").exists()

@@ -27,11 +27,14 @@ def add_parser(sub, placement_options) -> None:
     c.add_argument("--target", default=None, help="languages to steer into, comma-separated (default: --languages "
                    "but en)")
     c.add_argument("--stats", default=None, help="statistics at site act with --sentence-means ('record') holding "
-                   "every language; default: recorded here on the built-in stats split (--max-sentences each)")
+                   "every language (and --plnd for the plnd-add row); default: recorded here, with PLND importance, "
+                   "on the built-in stats split (--max-sentences each)")
+    c.add_argument("--sae", default=None, help="folder of the model's SAEs (SAELens format) for the sae-add row "
+                   "(default: the shipped SAEs with --model builtin; no SAE row otherwise)")
     c.add_argument("--max-sentences", type=int, default=200, help="stats-split sentences per language for the "
                    "statistics (without --stats) and the residual directions (default: %(default)s)")
-    c.add_argument("--methods", default=None, help="comma-separated (default: all registered: "
-                   + ",".join(METHODS) + ")")
+    c.add_argument("--methods", default=None, help="comma-separated (default: every registered one the run can "
+                   "build: " + ",".join(METHODS) + "; sae-add only with SAEs, plnd-add only with PLND importance)")
     c.add_argument("--n-tune", type=int, default=8, help="tuning prompts per target (default: %(default)s)")
     c.add_argument("--n-eval", type=int, default=32, help="evaluation prompts per target (default: %(default)s)")
     c.add_argument("--layers", default=None, help="blocks the residual directions are tried after, comma-separated "
@@ -92,6 +95,16 @@ def cmd_steer_bench(args) -> int:
             raise LangNeuronsError(f"--stats holds no statistics of {missing}; it has {', '.join(stats.languages)}")
         if stats.site != "act":
             raise LangNeuronsError(f"--stats were recorded at site {stats.site!r}; the benchmark steers at 'act'")
+    sae = args.sae if args.sae is not None else ("builtin" if args.model == "builtin" else None)
+    if sae is not None:
+        from ..units.sae import load_saes
+
+        load_saes(sae)  # a wrong folder is refused before the model is loaded
+    named = {m.name for m in methods} if args.methods else None
+    if named and "sae-add" in named and sae is None:
+        raise LangNeuronsError("steering method 'sae-add' needs the model's SAEs: give --sae DIR")
+    if stats is not None and stats.importance_sum is None and named and "plnd-add" in named:
+        raise LangNeuronsError("steering method 'plnd-add' needs --stats recorded with --plnd")
     resolve_source(args.model)
     with result_folder(args) as rf:  # checked before the model is loaded; renamed into place when complete
         judge = E5Judge(args.encoder)
@@ -99,18 +112,22 @@ def cmd_steer_bench(args) -> int:
         texts = load_corpus("builtin", split="stats", languages=languages, max_sentences=args.max_sentences).texts
         if stats is None:
             print(f"recording statistics ({len(languages)} languages × {args.max_sentences} stats sentences)")
-            stats = record(model, texts, sentence_means=True, checkpoint_dir=rf.resume_dir / "stats-checkpoint",
-                           resume=args.resume)
+            stats = record(model, texts, sentence_means=True, plnd=True,
+                           checkpoint_dir=rf.resume_dir / "stats-checkpoint", resume=args.resume)
         from ..steerbench import steer_bench
 
-        result = steer_bench(model, stats, targets, languages, [m.name for m in methods], texts=texts,
-                             judge=judge, n_tune=args.n_tune, n_eval=args.n_eval, layers=layers,
+        result = steer_bench(model, stats, targets, languages, [m.name for m in methods] if named else None,
+                             texts=texts, sae=sae, judge=judge, n_tune=args.n_tune, n_eval=args.n_eval, layers=layers,
                              top_rate=args.top_rate, generation=generation, seed=args.seed,
                              batch_size=args.batch_size, calibration_pairs=args.calibration_pairs,
                              fluency_sentences=args.fluency_sentences, work_dir=rf.resume_dir / "cells")
         summary = write_steer_bench(result, rf.path)
         out = rf.commit()
-    print(f"steer-bench: {len(targets)} targets × {len(methods)} methods in {time.time() - start:.0f} s → {out}")
+    ran = result.run["methods"]
+    left_out = [m.name for m in methods if m.name not in ran]
+    if left_out:  # a default run leaves out what it has nothing to build from
+        print(f"left out: {', '.join(left_out)} (no SAEs: --sae DIR; no PLND importance: --stats recorded with --plnd)")
+    print(f"steer-bench: {len(targets)} targets × {len(ran)} methods in {time.time() - start:.0f} s → {out}")
     print(f"{'method':16} {'lang.':>7} {'fluent':>7} {'relev.':>7} {'score':>7}   (pooled over targets; "
           "leaderboard.csv has intervals and controls)")
     for r in summary["leaderboard"]:

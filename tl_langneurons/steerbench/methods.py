@@ -11,19 +11,25 @@ method          steering (``s`` = the strength tuned on the tuning prompts)
 none            nothing (the baseline every row is compared with)
 prompt-english  "Continue in German:" before the prompt
 prompt-target   the same instruction in the target language ("Weiter auf Deutsch:")
+prompt-source   the same instruction in the prompt's language ("Продолжи (язык: немецкий):")
 neurons-set     target's LAPE neurons := s × their mean on the target (Kojima-style forcing)
 neurons-scale   target's LAPE neurons := s × themselves (Rahmanisa's amplification)
 neurons-add     target's LAPE neurons += s × their mean on the target
 arithmetic      source's LAPE neurons := 0 and target's += s × their mean (Gurgurov 2025)
 ap-median       target's AP experts (top and bottom halves) := s × the median of their
                 sentence means on the target (Kojima et al. 2024 force them to the median: s = 1)
+plnd-add        target's PLND neurons += s × their mean on the target (Zhao et al. 2024's set;
+                needs statistics recorded with PLND importance)
+sae-add         target's SAE-LAPE features += s × their mean on the target: the residual gets
+                s × Σ mean_f · W_dec[f] (Deng et al. 2025 steer with language SAE features;
+                needs the model's SAEs, ``sae=``)
 diffmean        + s × (mean residual of the target − of the others) after block ``layer``
 probe/pca/lda   + s × that direction's alternative of the same norm (:mod:`.directions`)
 ============== ============================================================================
 
-Controls: neuron methods run the same intervention on random neurons with the same count per
-layer (:func:`~tl_langneurons.identify.random_like`); direction methods add a random direction of
-the same norm; prompting and ``none`` have none.
+Controls: neuron and SAE methods run the same intervention on random neurons (features) with the
+same count per layer (:func:`~tl_langneurons.identify.random_like`); direction methods add a
+random direction of the same norm; prompting and ``none`` have none.
 """
 
 from collections.abc import Callable
@@ -54,7 +60,9 @@ class SteerMethod:
     strengths: tuple[float, ...] = ()  # the tuning grid; () = nothing to tune
     uses_layer: bool = False  # tuned over the context's layers too
     per_source: bool = False  # the arm depends on the prompt's language
-    needs: tuple[str, ...] = ()  # what the context must hold: "lape", "ap", "stats", "residuals"
+    # what the context must hold: "lape", "ap", "stats", "residuals" (always there or built on demand);
+    # "plnd", "sae" (there only when given: BenchContext.has) — a default run leaves out what it lacks
+    needs: tuple[str, ...] = ()
     controlled: bool = False  # its arms carry a random control, run beside it on the same prompts
     description: str = ""
 
@@ -73,6 +81,7 @@ def register_method(method: SteerMethod) -> SteerMethod:
 
 
 def check_methods(names) -> list[SteerMethod]:
+    """The methods ``names`` (None: every registered one)."""
     if names is None:
         return list(METHODS.values())
     names = [names] if isinstance(names, str) else list(names)
@@ -83,14 +92,18 @@ def check_methods(names) -> list[SteerMethod]:
 
 
 def _neurons(mode: Mode, statistic: str | None = None, experts: str = "lape"):
-    """``mode`` at strength s on the target's neurons of ``experts`` (``lape`` or ``ap``); a mode
-    that writes a statistic writes the target's ``statistic`` of them."""
+    """``mode`` at strength s on the target's units of ``experts`` (``lape``, ``ap``, ``plnd``
+    neurons or ``sae`` features); a mode that writes a statistic writes the target's ``statistic``
+    of them, from the statistics of their site."""
     def build(ctx, source, target, s, layer):
+        stats = ctx.sae_stats if experts == "sae" else ctx.stats
+
         def item(sets):
             if mode.takes_value:
-                return Intervention(sets, mode.name, factor=s, stats=ctx.stats, statistic=statistic, language=target)
+                return Intervention(sets, mode.name, factor=s, stats=stats, statistic=statistic, language=target)
             return Intervention(sets, mode.name, factor=s, language=target)
-        sets, ctrl = (ctx.ap, ctx.ap_random) if experts == "ap" else (ctx.lape, ctx.lape_random)
+        sets = {"ap": ctx.ap, "plnd": ctx.plnd, "sae": ctx.sae_features}.get(experts, ctx.lape)
+        ctrl = {"ap": ctx.ap_random, "plnd": ctx.plnd_random, "sae": ctx.sae_random}.get(experts, ctx.lape_random)
         return Arm([item(sets)], [item(ctrl)])
     return build
 
@@ -113,7 +126,7 @@ def _direction(kind: str):
 
 
 def _prompting(phrasing: str):
-    return lambda ctx, source, target, s, layer: Arm(instruction=instruction(target, phrasing))
+    return lambda ctx, source, target, s, layer: Arm(instruction=instruction(target, phrasing, source))
 
 
 register_method(SteerMethod("none", "none", lambda ctx, source, target, s, layer: Arm(),
@@ -122,6 +135,8 @@ register_method(SteerMethod("prompt-english", "prompting", _prompting("english")
                             description="'Continue in <language>:' in English before the prompt"))
 register_method(SteerMethod("prompt-target", "prompting", _prompting("target"),
                             description="the same instruction in the target language"))
+register_method(SteerMethod("prompt-source", "prompting", _prompting("source"), per_source=True,
+                            description="the same instruction in the prompt's language"))
 register_method(SteerMethod("neurons-set", "neurons", _neurons(SET, "mean"), (4.0, 8.0, 16.0),
                             controlled=True, needs=("lape", "stats"), description="LAPE neurons := s × their target mean"))
 register_method(SteerMethod("neurons-scale", "neurons", _neurons(SCALE), (2.0, 4.0, 8.0),
@@ -134,6 +149,12 @@ register_method(SteerMethod("arithmetic", "neurons", _arithmetic, (1.0, 4.0, 16.
 register_method(SteerMethod("ap-median", "neurons", _neurons(SET, "median", experts="ap"), (1.0, 2.0, 4.0),
                             controlled=True, needs=("ap", "stats"),
                             description="AP experts := s × median of their target sentence means (Kojima 2024)"))
+register_method(SteerMethod("plnd-add", "neurons", _neurons(ADD, "mean", experts="plnd"), (4.0, 8.0, 16.0),
+                            controlled=True, needs=("plnd", "stats"),
+                            description="PLND neurons += s × their target mean (Zhao 2024's set)"))
+register_method(SteerMethod("sae-add", "sae", _neurons(ADD, "mean", experts="sae"), (0.25, 0.5, 1.0, 2.0),
+                            controlled=True, needs=("sae",),
+                            description="SAE-LAPE features += s × their target mean (decoded into the residual)"))
 for _kind, _what in (("diffmean", "difference of means"), ("probe", "logistic-probe weight"),
                      ("pca", "most separating principal component"), ("lda", "Fisher discriminant")):
     register_method(SteerMethod(_kind, "directions", _direction(_kind), (1.0, 2.0, 4.0), uses_layer=True, controlled=True,

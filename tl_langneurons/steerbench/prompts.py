@@ -9,9 +9,12 @@ translation into each target is kept as the prompt's reference (what a faithful 
 the target would say). Each sentence index is used once across both splits, so the tuning and the
 evaluation prompts share no sentence in any language.
 
-Prompting instructions (:data:`INSTRUCTIONS`): "Continue in <language>:" in English and in each
-target language's own words, written by the package's authors for the 17 parallel languages; they
-were not checked by native speakers.
+Prompting instructions: "Continue in <language>:" in English, in each target language's own words
+(:data:`INSTRUCTIONS`), and in the prompt's language (:data:`SOURCE_TEMPLATES`, naming the target
+by its name in the prompt's language from the Unicode CLDR, read through ``babel``). The phrasings
+were written by the package's authors for the 17 parallel languages and were not checked by native
+speakers; the templates that need a grammatical case the CLDR name lacks (Polish, Russian,
+Ukrainian) say "(language: X)" instead.
 """
 
 import numpy as np
@@ -45,13 +48,59 @@ INSTRUCTIONS = {
     "th": ("Thai", "เขียนต่อเป็นภาษาไทย:"),
 }
 
+# source language -> "Continue in {name}:" in that language, {name} = the target's name there (CLDR,
+# nominative). Where the template and the target coincide it gives INSTRUCTIONS' own phrasing
+# (tests check this) except in pl/ru/uk, whose natural phrasing needs a case CLDR does not give.
+SOURCE_TEMPLATES = {
+    "en": "Continue in {name}:",
+    "de": "Weiter auf {name}:",
+    "fr": "Continuez en {name} :",
+    "es": "Continúa en {name}:",
+    "pl": "Kontynuuj (język: {name}):",
+    "tr": "{name} devam et:",
+    "vi": "Tiếp tục bằng {name}:",
+    "id": "Lanjutkan dalam bahasa {name}:",
+    "ru": "Продолжи (язык: {name}):",
+    "uk": "Продовжуй (мова: {name}):",
+    "el": "Συνέχισε στα {name}:",
+    "zh": "请用{name}继续：",
+    "ja": "{name}で続けてください：",
+    "ko": "{name}로 계속하세요:",  # every CLDR Korean language name ends in 어, a vowel: 로, not 으로
+    "ar": "تابع باللغة {name}:",
+    "he": "המשך ב{name}:",
+    "th": "เขียนต่อเป็นภาษา{name}:",
+}
+# CLDR capitalises these names as if alone ("Tiếng Đức", "Γερμανικά"); inside a sentence they are lower case
+_LOWER_FIRST = {"vi", "el"}
+PHRASINGS = ("english", "target", "source")
 
-def instruction(target: str, phrasing: str) -> str:
-    """The instruction to continue in ``target``: ``phrasing`` is ``"english"`` or ``"target"``."""
+
+def language_name(language: str, in_language: str) -> str:
+    """``language``'s name in ``in_language`` (Unicode CLDR via ``babel``), as it stands in a sentence."""
+    try:
+        from babel import Locale
+    except ImportError as e:  # pragma: no cover - babel comes with the steerbench and test extras
+        raise LangNeuronsError("the prompt-source instruction needs babel (the language names of the Unicode "
+                               "CLDR): pip install 'tl_langneurons[steerbench]'") from e
+    name = Locale.parse(in_language).languages[language]
+    return name[:1].lower() + name[1:] if in_language in _LOWER_FIRST else name
+
+
+def instruction(target: str, phrasing: str, source: str | None = None) -> str:
+    """The instruction to continue in ``target``: ``phrasing`` is ``"english"``, ``"target"`` (in the
+    target's own words) or ``"source"`` (in ``source``, the prompt's language)."""
+    phrasing = _checks.one_of("phrasing", phrasing, PHRASINGS)
     if target not in INSTRUCTIONS:
         raise LangNeuronsError(f"no prompting instruction for language {target!r}; available: {sorted(INSTRUCTIONS)}")
     name, native = INSTRUCTIONS[target]
-    return f"Continue in {name}:" if phrasing == "english" else native
+    if phrasing == "english":
+        return f"Continue in {name}:"
+    if phrasing == "target":
+        return native
+    if source not in SOURCE_TEMPLATES:
+        raise LangNeuronsError(f"no prompting instruction in the prompt's language {source!r}; "
+                               f"available: {sorted(SOURCE_TEMPLATES)}")
+    return SOURCE_TEMPLATES[source].format(name=language_name(target, source))
 
 
 def opening(text: str, language: str, min_words: int) -> str | None:

@@ -30,7 +30,8 @@ from ..evaluate.langid import detect
 from ..evaluate.relevance import Calibration, calibrate, check_judge, cosines
 from ..models import identity
 from ..tokens import encode
-from .context import BenchContext
+from ..units import resolve_site
+from .context import GIVEN_NEEDS, BenchContext
 from .methods import Arm, SteerMethod, check_methods
 from .prompts import INSTRUCTIONS, bench_prompts
 from .summary import arm_score
@@ -121,12 +122,24 @@ def _relevance(judge, calibration: Calibration, df: pd.DataFrame, against: str, 
     return df
 
 
+def buildable(methods: list[SteerMethod], ctx: BenchContext, named: bool) -> list[SteerMethod]:
+    """``methods`` that ``ctx`` can build: a default run (``named=False``) leaves the others out;
+    a named method without what it needs is refused before any generation, saying what to give."""
+    if not named:
+        return [m for m in methods if all(ctx.has(n) for n in m.needs)]
+    for m in methods:
+        missing = [GIVEN_NEEDS[n] for n in m.needs if not ctx.has(n)]
+        if missing:
+            raise LangNeuronsError(f"steering method {m.name!r} needs {' and '.join(missing)}")
+    return methods
+
+
 def steer_bench(model: Any, stats, targets, sources=None, methods=None, *, texts: dict | None = None,
                 neurons=None, ap=None, judge=None, calibration: Calibration | None = None,
                 fluency: FluencyCriterion | None = None, n_tune: int = 8, n_eval: int = 32, layers=None,
                 top_rate: float = 0.01, generation: GenerationConfig | None = None, seed: int = 0,
                 batch_size: int = 32, calibration_pairs: int = 100, fluency_sentences: int = 60, work_dir=None,
-                progress: bool = True) -> BenchResult:
+                sae: str | None = None, progress: bool = True) -> BenchResult:
     """Run the steering benchmark (CLaS-Bench's two axes — language forcing and meaning — plus fluency).
 
     Args:
@@ -135,7 +148,9 @@ def steer_bench(model: Any, stats, targets, sources=None, methods=None, *, texts
         targets: languages to steer into; ``sources``: the prompts' languages (default: the
             targets and English), each target prompted from every other source in turn. All must be
             in the built-in parallel split (the prompts and the judge's calibration come from it).
-        methods: names from :data:`~.methods.METHODS` (default: all registered).
+        methods: names from :data:`~.methods.METHODS` (default: every registered one this run can
+            build: ``plnd-add`` only with statistics recorded with ``plnd=True``, ``sae-add`` only
+            with ``sae``).
         texts: ``{language: sentences}`` the directions are fit on (default: the built-in
             ``stats`` split of the statistics' languages, first 200 sentences).
         judge / calibration: the relevance judge (default :class:`~..evaluate.relevance.E5Judge`,
@@ -148,10 +163,12 @@ def steer_bench(model: Any, stats, targets, sources=None, methods=None, *, texts
         generation: decoding (default: the package's, sampling at T = 0.8, 24 new tokens).
         seed: prompts, sampling (the same for every method: common random numbers), controls.
         work_dir: where cells are kept for resuming (``None``: in memory only).
+        sae: ``"sae:DIR"`` (or ``DIR``), the model's SAEs for the ``sae-add`` row.
 
     Returns:
         a :class:`BenchResult`; :func:`~.summary.leaderboard` turns its generations into the table.
     """
+    default_methods = methods is None
     methods = check_methods(methods)
     gen = check_generation(generation)
     n_tune, n_eval = _checks.positive_int("n_tune", n_tune), _checks.positive_int("n_eval", n_eval)
@@ -167,14 +184,20 @@ def steer_bench(model: Any, stats, targets, sources=None, methods=None, *, texts
     if texts is None:
         texts = load_corpus("builtin", split="stats", languages=list(stats.languages), max_sentences=200).texts
     ctx = BenchContext(model, stats, texts, neurons=neurons, ap=ap, top_rate=top_rate, layers=layers, seed=seed,
-                       progress=progress)
+                       sae=sae, progress=progress)
     ctx.check_targets(targets, sources)
+    methods = buildable(methods, ctx, named=not default_methods)
     judge = check_judge(judge)
     run = {"model": identity(model), "stats_model": stats.model, "targets": targets, "sources": sources,
            "methods": [m.name for m in methods], "n_tune": n_tune, "n_eval": n_eval, "layers": ctx.layers,
            "top_rate": top_rate, "lape_size": {k: len(v) for k, v in ctx.lape.neurons.items()},
            "generation": gen.as_dict(), "seed": seed, "judge": judge.name,
-           "prompts_sha256": hashlib.sha256(prompts.to_json().encode()).hexdigest()}
+           "prompts_sha256": hashlib.sha256(prompts.to_json().encode()).hexdigest(),
+           "sae": resolve_site(model, ctx.sae).info if any("sae" in m.needs for m in methods) else None}
+    if any("plnd" in m.needs for m in methods):  # the sets' sizes, for the report
+        run["plnd_size"] = ctx.plnd.counts()
+    if run["sae"] is not None:
+        run["sae_features"] = ctx.sae_features.counts()
     cells = _Cells(work_dir, run)
     if calibration is None:
         calibration = calibrate(judge, targets, n_pairs=calibration_pairs, seed=seed)
