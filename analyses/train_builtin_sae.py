@@ -4,6 +4,9 @@ folder format, so that SAE features can be studied offline (site ``sae:builtin``
 
     python analyses/train_builtin_sae.py            # a few minutes on one idle CPU core
 
+The same recipe trains SAEs for another model, at chosen blocks, into a folder of your own (not
+shipped): ``--model gemma-3-270m --layers 6 --d-sae 2560 --out gemma_saes``.
+
 What it does, all seeded (seed 0, one thread: the same bytes every run):
 
 1. Reads ``blocks.{l}.hook_resid_post`` of every block on the built-in corpus's ``train`` split
@@ -45,37 +48,39 @@ from tl_langneurons.units.sae import builtin_sae_path  # noqa: E402
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default=str(builtin_sae_path()))
+    p.add_argument("--model", default="builtin", help="a model name load_model accepts")
+    p.add_argument("--layers", default=None, help="comma-separated blocks (default: every block)")
+    p.add_argument("--out", default=None, help="default: the package's builtin-resid folder (builtin model only)")
     p.add_argument("--sentences", type=int, default=40, help="training sentences per language (train split)")
     p.add_argument("--eval-sentences", type=int, default=8, help="held-out sentences per language (eval split)")
-    p.add_argument("--d-sae", type=int, default=512)
+    p.add_argument("--d-sae", type=int, default=None, help="default: 2 × d_model")
     p.add_argument("--k", type=int, default=16)
     p.add_argument("--steps", type=int, default=500)
     p.add_argument("--batch", type=int, default=1024, help="tokens per step")
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1, help="CPU threads (1: the shipped SAEs' bytes are reproducible)")
     return p.parse_args(argv)
 
 
-def resid_activations(model, texts, batch_size=32):
-    """Per block, the counted tokens' ``hook_resid_post`` ``[tokens, d_model]`` (float16)."""
-    n = int(model.cfg.n_layers)
-    out = [[] for _ in range(n)]
+def resid_activations(model, texts, layers, batch_size=32):
+    """Per block in ``layers``, the counted tokens' ``hook_resid_post`` ``[tokens, d_model]`` (float16)."""
+    out = {l: [] for l in layers}
     state = {}
 
     def make(layer):
         def hook(act, hook):
             out[layer].append(act.reshape(-1, act.shape[-1])[state["rows"]].to(torch.float16))
-            if layer == n - 1:
+            if layer == max(layers):  # nothing after the last block read is needed
                 raise StopForward
         return hook
 
     batches = prepare_batches(tokenizer_of(model), texts, batch_size, max_length(model)).batches
-    with torch.no_grad(), model.hooks(fwd_hooks=[(f"blocks.{l}.hook_resid_post", make(l)) for l in range(n)]):
+    with torch.no_grad(), model.hooks(fwd_hooks=[(f"blocks.{l}.hook_resid_post", make(l)) for l in layers]):
         for b in batches:
             state["rows"] = b.counted.reshape(-1).nonzero().squeeze(1)
             forward_until(model, b.tokens, b.attention_mask)
-    return [torch.cat(x) for x in out]
+    return [torch.cat(out[l]) for l in layers]
 
 
 class TopK(torch.nn.Module):
@@ -128,7 +133,7 @@ def quality(sae, x):
 
 
 @torch.no_grad()
-def delta_ce(model, saes, texts):
+def delta_ce(model, saes, layers, texts):
     """Mean next-token loss (nats, over the counted targets: never BOS, never padding) of the clean
     model, and its rise with each block's output replaced by its SAE's reconstruction (one at a time)."""
     batches = prepare_batches(tokenizer_of(model), texts, 16, max_length(model)).batches
@@ -147,7 +152,7 @@ def delta_ce(model, saes, texts):
 
     clean = mean_nll([])
     out = []
-    for l, sae in enumerate(saes):
+    for l, sae in zip(layers, saes):
         def splice(act, hook, sae=sae):
             return sae(act.float()).to(act.dtype)
         out.append(mean_nll([(f"blocks.{l}.hook_resid_post", splice)]) - clean)
@@ -160,7 +165,7 @@ def write(sae, d: Path, hook: str, args):
     save_file({k: v.detach().to(torch.float16).contiguous() for k, v in t.items()}, str(d / "sae_weights.safetensors"))
     cfg = {"architecture": "topk", "d_in": int(sae.W_enc.shape[0]), "d_sae": args.d_sae, "k": args.k,
            "apply_b_dec_to_input": True, "normalize_activations": "none", "dtype": "float16",
-           "metadata": {"hook_name": hook, "model_name": "builtin", "trained_by": "analyses/train_builtin_sae.py"}}
+           "metadata": {"hook_name": hook, "model_name": args.model, "trained_by": "analyses/train_builtin_sae.py"}}
     atomic_write_text(d / "cfg.json", json.dumps(cfg, indent=1) + "\n")
 
 
@@ -168,19 +173,26 @@ def readme(summary: dict) -> str:
     a = summary["args"]
     rows = "\n".join(f"| {r['layer']} | `{r['hook_name']}` | {r['fvu']:.3f} | {r['explained_variance']:.3f} | "
                      f"{r['l0']:.1f} | {r['dead_features']} | {r['delta_ce']:+.3f} |" for r in summary["layers"])
-    return f"""# SAEs on the built-in model
+    if a["model"] == "builtin":
+        head = """# SAEs on the built-in model
 
-One TopK sparse autoencoder per block of the built-in model, reading `blocks.{{l}}.hook_resid_post`
+One TopK sparse autoencoder per block of the built-in model, reading `blocks.{l}.hook_resid_post`
 (the residual stream after block l), in SAELens's folder format (`cfg.json` +
 `sae_weights.safetensors`, float16). Use them as units with `site="sae:builtin"` (Python) or
-`--site sae:builtin`; `docs/units.md` has what SAE-LAPE finds with them.
+`--site sae:builtin`; `docs/units.md` has what SAE-LAPE finds with them."""
+    else:
+        head = f"""# SAEs on {a['model']}
 
-Trained by `python analyses/train_builtin_sae.py` (seed {a['seed']}, one CPU thread;
+TopK sparse autoencoders reading `blocks.{{l}}.hook_resid_post` of {a['model']} at blocks {a['layers']}, in
+SAELens's folder format (`cfg.json` + `sae_weights.safetensors`, float16): `--site sae:THIS_FOLDER`."""
+    return f"""{head}
+
+Trained by `python analyses/train_builtin_sae.py` (seed {a['seed']}, {a['threads']} CPU thread(s);
 {summary['seconds']:.0f} s here, on a 2-core machine shared with other work: load average
 {summary['load_average_at_start_and_end'][0]:.1f} at the start, {summary['load_average_at_start_and_end'][1]:.1f} at the end): {summary['train_tokens']:,} tokens of the built-in corpus's `train` split
 ({a['sentences']} sentences of each of its {summary['n_languages']} languages, BOS excluded); per block
-{a['steps']} Adam steps of {a['batch']} tokens (lr {a['lr']}, decayed over the last fifth), d_sae = {a['d_sae']}
-(2 × d_model), k = {a['k']}, `b_dec` initialised to the mean activation, decoder rows kept at unit norm,
+{a['steps']} Adam steps of {a['batch']} tokens (lr {a['lr']}, decayed over the last fifth), d_sae = {a['d_sae']},
+k = {a['k']}, `b_dec` initialised to the mean activation, decoder rows kept at unit norm,
 mean-squared error loss.
 
 Quality on held-out text ({summary['eval_tokens']:,} tokens of the `eval` split, {a['eval_sentences']} sentences
@@ -197,24 +209,33 @@ per language): FVU = Σ‖x − x̂‖² / Σ‖x − x̄‖² (explained varian
 def main(argv=None):
     args = parse_args(argv)
     torch.manual_seed(args.seed)
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     start, load0 = time.time(), os.getloadavg()[0]
-    model = load_model("builtin")
+    if args.out is None and args.model != "builtin":
+        sys.exit("--out is required for a model other than the built-in one (its SAEs are not shipped)")
+    out = Path(args.out or builtin_sae_path())
+    model = load_model(args.model)
+    n = int(model.cfg.n_layers)
+    layers = list(range(n)) if args.layers is None else [int(v) for v in args.layers.split(",")]
+    if any(not 0 <= l < n for l in layers):
+        sys.exit(f"--layers {args.layers}: the model has blocks 0..{n - 1}")
+    args.layers = layers
+    if args.d_sae is None:
+        args.d_sae = 2 * int(model.cfg.d_model)
     train = load_corpus("builtin", split="train", max_sentences=args.sentences)
     held = load_corpus("builtin", split="eval", max_sentences=args.eval_sentences)
-    xs = resid_activations(model, train.texts)
-    hs = resid_activations(model, held.texts)
+    xs = resid_activations(model, train.texts, layers)
+    hs = resid_activations(model, held.texts, layers)
     print(f"{len(xs[0]):,} training tokens, {len(hs[0]):,} held-out tokens per block", file=sys.stderr)
-    out = Path(args.out)
     saes, rows = [], []
-    for l, (x, h) in enumerate(zip(xs, hs)):
+    for l, x, h in zip(layers, xs, hs):
         sae = train_one(x, args)
         saes.append(sae)
         q = quality(sae, h)
         rows.append({"layer": l, "hook_name": f"blocks.{l}.hook_resid_post", **q})
         print(f"block {l}: {q}  ({time.time() - start:.0f} s)", file=sys.stderr)
         write(sae, out / f"blocks.{l}.hook_resid_post", f"blocks.{l}.hook_resid_post", args)
-    clean, dce = delta_ce(model, saes, held.texts)
+    clean, dce = delta_ce(model, saes, layers, held.texts)
     for r, d in zip(rows, dce):
         r["delta_ce"] = d
     summary = {"args": vars(args) | {"out": None}, "train_tokens": len(xs[0]), "eval_tokens": len(hs[0]),

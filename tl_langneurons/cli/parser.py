@@ -162,7 +162,9 @@ def _pipeline():
 def plan_default(field: str) -> str:
     """A demo setting's value in each model's plan: ``builtin 300, gemma-3-270m 100``."""
     def show(v):
-        return ",".join(f"{x:g}" for x in v) if isinstance(v, tuple) else f"{v:g}"
+        if isinstance(v, tuple):
+            return ",".join(x if isinstance(x, str) else f"{x:g}" for x in v) or "none"
+        return f"{v:g}"
 
     return "; ".join(f"{m} {show(getattr(plan, field))}" for m, plan in _pipeline().DEMO_PLANS.items())
 
@@ -491,9 +493,15 @@ def build_parser() -> argparse.ArgumentParser:
                               "added"),
                              ("--betas", "betas", "diffmean strengths beta, comma-separated"),
                              ("--n-samples", "n_samples", "steering: generations per language, factor and "
-                              "condition")):
+                              "condition"),
+                             ("--bench-targets", "bench_targets", "the steering benchmark's targets, comma-separated "
+                              "('none' skips it; it runs only with the steerbench extra installed)"),
+                             ("--bench-tune", "bench_tune", "the steering benchmark's tuning prompts per target"),
+                             ("--bench-eval", "bench_eval", "the steering benchmark's evaluation prompts per target"),
+                             ("--calibration-pairs", "calibration_pairs", "translation pairs per language calibrating "
+                              "the benchmark's relevance judge")):
         typ = {"max_sentences": int, "eval_sentences": int, "diffmean_layer": int, "n_samples": int,
-               "top_rate": float}.get(field, str)
+               "top_rate": float, "bench_tune": int, "bench_eval": int, "calibration_pairs": int}.get(field, str)
         shows_default(d.add_argument(opt, type=typ, default=None, help=text), lambda field=field: plan_default(field))
     d.set_defaults(func=cmd_demo)
     return p

@@ -8,6 +8,8 @@ be rebuilt from a finished directory at any time:
 * ``ppl/ppl.csv`` and ``ppl/ppl_change.png`` — the deactivation matrix with its random control;
 * ``steer/steer.csv`` and ``steer/steer_rate_vs_factor.png`` — steering generations;
 * ``steer_diffmean/`` — the same for residual difference-of-means steering, the baseline method.
+* ``steer_bench/leaderboard.csv`` and its scatter — every steering method on forcing, fluency and
+  meaning (:mod:`..steerbench`).
 
 Sections whose files are missing are left out. Rates and ΔNLLs are computed from the CSVs with the
 package's own summaries, so the report and the CSVs cannot disagree.
@@ -164,6 +166,36 @@ def _steer_section(d: Path, sub: str = "steer") -> list[str]:
     return out + ([fig] if fig else [])
 
 
+def _steer_bench_section(d: Path) -> list[str]:
+    csv = d / "steer_bench" / "leaderboard.csv"
+    if not csv.is_file():
+        return []
+    board = pd.read_csv(csv)
+    pooled = board[board.target == "all"]
+    targets = [t for t in board.target.unique() if t != "all"]
+    n = int(pooled["n"].iloc[0]) if len(pooled) else 0
+    # the interval columns drop "_rate": fluent_rate's are fluent_low / fluent_high
+    ci = lambda r, c: f"{r[c]:.2f} [{r[c.removesuffix('_rate') + '_low']:.2f}, {r[c.removesuffix('_rate') + '_high']:.2f}]"  # noqa: E731
+    ctrl = lambda r: ("–" if pd.isna(r.get("control_fluent_rate"))  # noqa: E731
+                      else f"{r['control_fluent_rate']:.2f} / {_fmt(r['control_relevance'], 2)}")
+    rows = [[r["method"], f"{r['target_rate']:.2f}", ci(r, "fluent_rate"),
+             "–" if pd.isna(r["relevance"]) else ci(r, "relevance"),
+             "–" if pd.isna(r["score"]) else ci(r, "score"), ctrl(r)] for _, r in pooled.iterrows()]
+    out = ["## Every steering method on one footing: forcing, fluency and meaning",
+           f"Each method steers sentence openings in other languages into {', '.join(targets)} ({n} evaluation "
+           "generations pooled), at the strength it scored best with on separate tuning prompts "
+           "(`steer_bench/tuning.csv`). *Fluent* = in the target and fluent by the criterion above; *relevance* = "
+           "how related the continuation is to its prompt by multilingual-e5-small (0 = a random sentence, "
+           "1 = a translation); *score* = their harmonic mean. 95% intervals; the random control's fluent rate "
+           "and relevance beside each row; every generation is in `steer_bench/generations.csv`.",
+           _table(["method", "in target", "fluent in target", "relevance", "score", "control: fluent / relevance"],
+                  rows)]
+    fig = _figure(d, "steer_bench/figures/steer_bench_scatter.png",
+                  "Forcing (fluent target-language rate) against meaning (relevance to the prompt) per method; "
+                  "random controls hollow")
+    return out + ([fig] if fig else [])
+
+
 def method_sentence(method: str, params: dict) -> str:
     """How a neuron set was identified, as a sentence a reader can follow (the parameters are in
     the set's neurons.json): the registered method's own ``describe`` (:mod:`..identify.methods`),
@@ -218,7 +250,8 @@ def write_report(out: str | os.PathLike, title: str = "Language-specific neurons
         parts.append(f"Model `{run.get('model')}`, site `{run.get('site')}`, {len(run.get('languages', []))} "
                      f"languages ({', '.join(run.get('languages', []))}); statistics from "
                      f"{sum(toks.values()):,} tokens of the `stats` split.")
-    parts += _identification_section(d) + _ppl_section(d) + _steer_section(d) + _steer_section(d, "steer_diffmean")
+    parts += (_identification_section(d) + _ppl_section(d) + _steer_section(d) + _steer_section(d, "steer_diffmean")
+              + _steer_bench_section(d))
     if len(parts) == 1 + bool(run):
         raise LangNeuronsError(f"{str(d)!r} holds no pipeline output to report (no analysis/, ppl/ or steer/)")
     path = d / REPORT_NAME

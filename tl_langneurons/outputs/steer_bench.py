@@ -38,7 +38,7 @@ def scatter(board: pd.DataFrame):
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
     cmap = __import__("matplotlib").colormaps["tab20"]
     colour = {m: cmap(i % 20) for i, m in enumerate(methods)}
-    marker = {"none": "X", "prompting": "s", "neurons": "o", "directions": "^"}
+    marker = {"none": "X", "prompting": "s", "neurons": "o", "directions": "^", "sae": "D"}
     for ax, t in zip(axes, targets):
         sub = board[board.target == t]
         for r in sub.itertuples():
