@@ -63,6 +63,14 @@ def test_prompts_tune_and_eval_never_share_a_sentence():
         assert not set(g[g.split == "tune"].sentence) & set(g[g.split == "eval"].sentence)
         assert (g.source != g.target).all()
     assert p.equals(bench_prompts(["de", "ru"], ["en", "de", "ru", "zh"], n_tune=5, n_eval=12, seed=3))
+    # questions: whole sentences whose English side is a question, split the same way
+    q = bench_prompts(["de"], ["en", "de", "fr"], n_tune=4, n_eval=10, seed=3, kind="questions")
+    assert len(q) == 14 and not set(q[q.split == "tune"].sentence) & set(q[q.split == "eval"].sentence)
+    assert q[q.source == "en"].prompt.str.endswith("?").all() and q.reference.str.endswith("?").all()
+    with pytest.raises(LangNeuronsError, match="67 questions"):
+        bench_prompts(["de"], ["en", "de"], n_tune=8, n_eval=60, kind="questions")
+    with pytest.raises(LangNeuronsError, match="'answers'"):
+        bench_prompts(["de"], ["en", "de"], kind="answers")
 
 
 def test_prompting_instructions_in_three_phrasings():

@@ -35,6 +35,9 @@ def add_parser(sub, placement_options) -> None:
                    "statistics (without --stats) and the residual directions (default: %(default)s)")
     c.add_argument("--methods", default=None, help="comma-separated (default: every registered one the run can "
                    "build: " + ",".join(METHODS) + "; sae-add only with SAEs, plnd-add only with PLND importance)")
+    c.add_argument("--prompts", default="openings", choices=["openings", "questions"],
+                   help="openings: the first half of a sentence, to continue; questions: whole questions of the "
+                   "parallel split (67: LibreOffice's dialogs), to answer (default: %(default)s)")
     c.add_argument("--n-tune", type=int, default=8, help="tuning prompts per target (default: %(default)s)")
     c.add_argument("--n-eval", type=int, default=32, help="evaluation prompts per target (default: %(default)s)")
     c.add_argument("--layers", default=None, help="blocks the residual directions are tried after, comma-separated "
@@ -86,7 +89,8 @@ def cmd_steer_bench(args) -> int:
             layers = [int(x) for x in args.layers.split(",") if x.strip()]
         except ValueError:
             raise LangNeuronsError(f"--layers {args.layers!r} must be comma-separated block numbers") from None
-    bench_prompts(targets, languages, args.n_tune, args.n_eval, seed=args.seed)  # languages checked before loading
+    # languages and prompt counts checked before loading
+    bench_prompts(targets, languages, args.n_tune, args.n_eval, seed=args.seed, kind=args.prompts)
     generation = GenerationConfig(max_new_tokens=args.max_new_tokens, greedy=args.greedy)
     stats = NeuronStats.load(args.stats) if args.stats else None
     if stats is not None:
@@ -120,7 +124,8 @@ def cmd_steer_bench(args) -> int:
                              texts=texts, sae=sae, judge=judge, n_tune=args.n_tune, n_eval=args.n_eval, layers=layers,
                              top_rate=args.top_rate, generation=generation, seed=args.seed,
                              batch_size=args.batch_size, calibration_pairs=args.calibration_pairs,
-                             fluency_sentences=args.fluency_sentences, work_dir=rf.resume_dir / "cells")
+                             fluency_sentences=args.fluency_sentences, prompt_kind=args.prompts,
+                             work_dir=rf.resume_dir / "cells")
         summary = write_steer_bench(result, rf.path)
         out = rf.commit()
     ran = result.run["methods"]

@@ -9,6 +9,10 @@ translation into each target is kept as the prompt's reference (what a faithful 
 the target would say). Each sentence index is used once across both splits, so the tuning and the
 evaluation prompts share no sentence in any language.
 
+With ``kind="questions"`` a prompt is instead a whole question of the split (its English side ends
+with "?": 67 confirmation dialogs such as "Do you want to delete the entry?"), to be answered; the
+same rules of splitting hold.
+
 Prompting instructions: "Continue in <language>:" in English, in each target language's own words
 (:data:`INSTRUCTIONS`), and in the prompt's language (:data:`SOURCE_TEMPLATES`, naming the target
 by its name in the prompt's language from the Unicode CLDR, read through ``babel``). The phrasings
@@ -115,10 +119,22 @@ def opening(text: str, language: str, min_words: int) -> str | None:
     return " ".join(words[:n]) if len(words) >= n + min_words else None
 
 
+PROMPT_KINDS = ("openings", "questions")
+
+
+def is_question(english: str) -> bool:
+    """A sentence of the parallel split is a question when its English side ends with "?" (67 of
+    1,023: LibreOffice's confirmation dialogs, "Do you want to overwrite the existing file?")."""
+    return english.rstrip().endswith("?")
+
+
 def bench_prompts(targets: list[str], sources: list[str] | None = None, n_tune: int = 8, n_eval: int = 32,
-                  min_words: int = 3, seed: int = 0) -> pd.DataFrame:
+                  min_words: int = 3, seed: int = 0, kind: str = "openings") -> pd.DataFrame:
     """Per target: ``n_tune`` tuning and ``n_eval`` evaluation prompts, in the source languages
     other than the target in turn (prompt *i* in ``sources[i % len]``).
+
+    ``kind``: ``"openings"`` (the first half of a sentence, to be continued) or ``"questions"``
+    (a whole question of the split, to be answered; 67 exist, so ``n_tune + n_eval`` ≤ 67).
 
     Returns one row per prompt: ``split`` (``tune``/``eval``), ``target``, ``prompt_id`` (per
     target and split), ``source``, ``prompt``, ``reference`` (the sentence's translation in the
@@ -129,7 +145,13 @@ def bench_prompts(targets: list[str], sources: list[str] | None = None, n_tune: 
     par = load_corpus("builtin", split="parallel")
     targets = _checks.languages(targets, par.languages, "the built-in parallel split")
     sources = _checks.languages(sources, par.languages, "the built-in parallel split")
+    kind = _checks.one_of("kind", kind, PROMPT_KINDS)
     order = np.random.default_rng(int(seed)).permutation(len(par[par.languages[0]])).tolist()
+    if kind == "questions":
+        order = [j for j in order if is_question(par["en"][j])]
+        if n_tune + n_eval > len(order):
+            raise LangNeuronsError(f"the parallel split has {len(order)} questions: n_tune + n_eval must be at most "
+                                   f"that, got {n_tune} + {n_eval}")
     rows = []
     for target in targets:
         srcs = [s for s in sources if s != target]
@@ -140,7 +162,7 @@ def bench_prompts(targets: list[str], sources: list[str] | None = None, n_tune: 
             for i in range(n):
                 src = srcs[i % len(srcs)]
                 for j in it:
-                    p = opening(par[src][j], src, min_words)
+                    p = par[src][j] if kind == "questions" else opening(par[src][j], src, min_words)
                     if p:
                         rows.append({"split": split, "target": target, "prompt_id": i, "source": src, "prompt": p,
                                      "reference": par[target][j], "sentence": j})

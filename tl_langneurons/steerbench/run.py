@@ -139,7 +139,7 @@ def steer_bench(model: Any, stats, targets, sources=None, methods=None, *, texts
                 fluency: FluencyCriterion | None = None, n_tune: int = 8, n_eval: int = 32, layers=None,
                 top_rate: float = 0.01, generation: GenerationConfig | None = None, seed: int = 0,
                 batch_size: int = 32, calibration_pairs: int = 100, fluency_sentences: int = 60, work_dir=None,
-                sae: str | None = None, progress: bool = True) -> BenchResult:
+                sae: str | None = None, prompt_kind: str = "openings", progress: bool = True) -> BenchResult:
     """Run the steering benchmark (CLaS-Bench's two axes — language forcing and meaning — plus fluency).
 
     Args:
@@ -164,6 +164,8 @@ def steer_bench(model: Any, stats, targets, sources=None, methods=None, *, texts
         seed: prompts, sampling (the same for every method: common random numbers), controls.
         work_dir: where cells are kept for resuming (``None``: in memory only).
         sae: ``"sae:DIR"`` (or ``DIR``), the model's SAEs for the ``sae-add`` row.
+        prompt_kind: ``"openings"`` (sentence openings to continue) or ``"questions"`` (whole
+            questions of the parallel split to answer; :func:`~.prompts.bench_prompts`).
 
     Returns:
         a :class:`BenchResult`; :func:`~.summary.leaderboard` turns its generations into the table.
@@ -176,7 +178,7 @@ def steer_bench(model: Any, stats, targets, sources=None, methods=None, *, texts
     targets = [targets] if isinstance(targets, str) else list(targets)
     sources = list(dict.fromkeys([*targets, "en"])) if sources is None else (
         [sources] if isinstance(sources, str) else list(sources))
-    prompts = bench_prompts(targets, sources, n_tune, n_eval, seed=seed)
+    prompts = bench_prompts(targets, sources, n_tune, n_eval, seed=seed, kind=prompt_kind)
     if any(m.family == "prompting" for m in methods):
         missing = [t for t in targets if t not in INSTRUCTIONS]
         if missing:
@@ -189,7 +191,8 @@ def steer_bench(model: Any, stats, targets, sources=None, methods=None, *, texts
     methods = buildable(methods, ctx, named=not default_methods)
     judge = check_judge(judge)
     run = {"model": identity(model), "stats_model": stats.model, "targets": targets, "sources": sources,
-           "methods": [m.name for m in methods], "n_tune": n_tune, "n_eval": n_eval, "layers": ctx.layers,
+           "methods": [m.name for m in methods], "n_tune": n_tune, "n_eval": n_eval, "prompt_kind": prompt_kind,
+           "layers": ctx.layers,
            "top_rate": top_rate, "lape_size": {k: len(v) for k, v in ctx.lape.neurons.items()},
            "generation": gen.as_dict(), "seed": seed, "judge": judge.name,
            "prompts_sha256": hashlib.sha256(prompts.to_json().encode()).hexdigest(),
