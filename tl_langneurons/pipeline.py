@@ -175,9 +175,11 @@ def _demo(rf: ResultFolder, final: Path, model: str, langs: list[str], plan: Dem
     corpus = load_corpus("builtin", languages=langs, split="stats", max_sentences=plan.max_sentences)
     store = Checkpointed(rf.resume_dir / "units", {"demo": model, "model": weights_hash(lm), "languages": langs,
                                                     "plan": asdict(plan)}, resume=rf.resume, what="demo")
+    bench = bench_plan(plan, langs)
+    bench_runs = bench["skip"] is None
     # sentence means and PLND importance: the steering benchmark's AP and PLND rows read them
     stats = record(lm, corpus, site="act", batch_size=plan.record_batch, checkpoint_dir=rf.resume_dir / "record",
-                   checkpoint_every=10, resume=rf.resume, sentence_means=True, plnd=True)
+                   checkpoint_every=10, resume=rf.resume, sentence_means=bench_runs, plnd=bench_runs)
     stats.save(out / "stats")
     summary = {"model": model, "plan": asdict(plan), **recording_summary(stats)}
     summary["selective_share_per_layer"] = selective_share(stats)
@@ -240,8 +242,7 @@ def _demo(rf: ResultFolder, final: Path, model: str, langs: list[str], plan: Dem
     summary["steer"] = {"settings": steer.get("settings"), "best": steer.get("best"), "mean": steer.get("mean")}
     summary["steer_diffmean"] = {"layer": plan.diffmean_layer, "settings": dm.get("settings"),
                                  "best": dm.get("best"), "mean": dm.get("mean")}
-    bench = bench_plan(plan, langs)
-    if bench["skip"] is None:
+    if bench_runs:
         _step(6, steps, f"the steering benchmark: every method steering {len(bench['sources'])}-language sentence "
               f"openings into {', '.join(bench['targets'])} ({plan.bench_tune} tuning and {plan.bench_eval} "
               "evaluation prompts per target); language, fluency and relevance to the prompt of each output")
@@ -255,14 +256,16 @@ def _demo(rf: ResultFolder, final: Path, model: str, langs: list[str], plan: Dem
     _step(7, steps, "report")
     title = "the built-in model" if model == "builtin" else model
     report = write_report(out, title=f"Language-specific neurons of {title}")
-    for what, where in (("statistics", final / "stats"), ("neurons", neurons_path),
-                        ("tables and summary.json", final / "analysis"),
-                        (f"{len(figures) // 2} figures (PNG + PDF)", final / "figures"),
-                        ("perplexity matrix (ppl.csv, summary.json, ppl_change figure)", final / "ppl"),
-                        ("steering generations (steer.csv, summary.json, rate-vs-factor figure)", final / "steer"),
-                        ("the same for residual diffmean steering", final / "steer_diffmean"),
-                        ("the steering benchmark (leaderboard.csv, generations.csv, scatter)", final / "steer_bench"),
-                        ("this summary", final / "summary.json"), ("the report", final / Path(report).name)):
+    written = [("statistics", final / "stats"), ("neurons", neurons_path),
+               ("tables and summary.json", final / "analysis"),
+               (f"{len(figures) // 2} figures (PNG + PDF)", final / "figures"),
+               ("perplexity matrix (ppl.csv, summary.json, ppl_change figure)", final / "ppl"),
+               ("steering generations (steer.csv, summary.json, rate-vs-factor figure)", final / "steer"),
+               ("the same for residual diffmean steering", final / "steer_diffmean")]
+    if bench_runs:
+        written.append(("the steering benchmark (leaderboard.csv, generations.csv, scatter)", final / "steer_bench"))
+    written += [("this summary", final / "summary.json"), ("the report", final / Path(report).name)]
+    for what, where in written:
         print(f"[demo] {what}: {where}", file=sys.stderr)
     return summary
 
