@@ -196,6 +196,10 @@ def test_plnd_and_sae_rows(builtin_model, bench_stats, judge, calibration, tmp_p
 
     left = [m.name for m in buildable(list(METHODS.values()), BenchContext(builtin_model, plain, texts), named=False)]
     assert "sae-add" not in left and "plnd-add" not in left and "neurons-add" in left
+    # and every method left in builds its arms without touching the missing PLND and SAE sets
+    bare = BenchContext(builtin_model, plain, texts, top_rate=0.05, progress=False)
+    for name in left:
+        METHODS[name].build(bare, "en", "de", 1.0, bare.layers[0])
     assert n_hooks(builtin_model) == before
 
 

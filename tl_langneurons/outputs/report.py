@@ -174,15 +174,20 @@ def _steer_bench_section(d: Path) -> list[str]:
     pooled = board[board.target == "all"]
     targets = [t for t in board.target.unique() if t != "all"]
     n = int(pooled["n"].iloc[0]) if len(pooled) else 0
-    # the interval columns drop "_rate": fluent_rate's are fluent_low / fluent_high
-    ci = lambda r, c: f"{r[c]:.2f} [{r[c.removesuffix('_rate') + '_low']:.2f}, {r[c.removesuffix('_rate') + '_high']:.2f}]"  # noqa: E731
+    run = (_read_json(d / "steer_bench" / "summary.json") or {}).get("run", {})
+    prompts = "whole questions" if run.get("prompt_kind") == "questions" else "sentence openings"
+
+    def ci(r, c):  # the interval columns drop "_rate": fluent_rate's are fluent_low / fluent_high
+        stem = c.removesuffix("_rate")
+        return f"{r[c]:.2f} [{r[stem + '_low']:.2f}, {r[stem + '_high']:.2f}]"
+
     ctrl = lambda r: ("–" if pd.isna(r.get("control_fluent_rate"))  # noqa: E731
                       else f"{r['control_fluent_rate']:.2f} / {_fmt(r['control_relevance'], 2)}")
     rows = [[r["method"], f"{r['target_rate']:.2f}", ci(r, "fluent_rate"),
              "–" if pd.isna(r["relevance"]) else ci(r, "relevance"),
              "–" if pd.isna(r["score"]) else ci(r, "score"), ctrl(r)] for _, r in pooled.iterrows()]
     out = ["## Every steering method on one footing: forcing, fluency and meaning",
-           f"Each method steers sentence openings in other languages into {', '.join(targets)} ({n} evaluation "
+           f"Each method steers {prompts} in other languages into {', '.join(targets)} ({n} evaluation "
            "generations pooled), at the strength it scored best with on separate tuning prompts "
            "(`steer_bench/tuning.csv`). *Fluent* = in the target and fluent by the criterion above; *relevance* = "
            "how related the continuation is to its prompt by multilingual-e5-small (0 = a random sentence, "

@@ -91,6 +91,11 @@ def check_methods(names) -> list[SteerMethod]:
     return [METHODS[n] for n in dict.fromkeys(names)]
 
 
+# a neuron method's experts -> the context's attributes holding them and their random control
+_EXPERTS = {"lape": ("lape", "lape_random"), "ap": ("ap", "ap_random"), "plnd": ("plnd", "plnd_random"),
+            "sae": ("sae_features", "sae_random")}
+
+
 def _neurons(mode: Mode, statistic: str | None = None, experts: str = "lape"):
     """``mode`` at strength s on the target's units of ``experts`` (``lape``, ``ap``, ``plnd``
     neurons or ``sae`` features); a mode that writes a statistic writes the target's ``statistic``
@@ -102,8 +107,8 @@ def _neurons(mode: Mode, statistic: str | None = None, experts: str = "lape"):
             if mode.takes_value:
                 return Intervention(sets, mode.name, factor=s, stats=stats, statistic=statistic, language=target)
             return Intervention(sets, mode.name, factor=s, language=target)
-        sets = {"ap": ctx.ap, "plnd": ctx.plnd, "sae": ctx.sae_features}.get(experts, ctx.lape)
-        ctrl = {"ap": ctx.ap_random, "plnd": ctx.plnd_random, "sae": ctx.sae_random}.get(experts, ctx.lape_random)
+        # only the one set asked for is built: the others may lack their inputs (no PLND, no SAE)
+        sets, ctrl = (getattr(ctx, name) for name in _EXPERTS[experts])
         return Arm([item(sets)], [item(ctrl)])
     return build
 
